@@ -1,0 +1,1 @@
+"""Host CPU detection (``cpuinfo``) and target selection (``select``)."""

@@ -1,0 +1,36 @@
+"""The one error hierarchy of eessi-pipeline.
+
+Every message says what failed, the offending value, and the next step.  The CLI
+maps ``PipelineError`` to exit code 1 (``UsageError`` to 2) and prints the
+message as one line.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base class: a refusal or failure that the user can act on."""
+
+    exit_code = 1
+
+
+class UsageError(PipelineError):
+    """The command line itself is wrong (unknown option value, missing argument)."""
+
+    exit_code = 2
+
+
+class MatrixError(PipelineError):
+    """The architecture matrix (matrices/targets.yaml) is invalid or lacks an entry."""
+
+
+class DetectionError(PipelineError):
+    """The host CPU could not be described from /proc/cpuinfo or lscpu text."""
+
+
+class SelectionError(PipelineError):
+    """No target can be selected, or an override names no known target."""
+
+
+class BuildNodeError(PipelineError):
+    """This host may not build the requested target natively."""

@@ -1,0 +1,235 @@
+"""The architecture matrix: loading ``matrices/targets.yaml`` into frozen dataclasses.
+
+No raw dict travels past :func:`load_matrix`.  Schema errors and consistency
+errors (duplicate names, unknown archspec names, a version without a generic
+target, ...) are all reported as :class:`MatrixError` naming file, entry, key and fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import archspec.cpu
+
+from .errors import MatrixError
+from .schema import validate
+from .yamlio import load_yaml
+
+#: Environment variable naming another matrix file.
+MATRIX_ENV = "EESSI_PIPELINE_MATRIX"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True, slots=True)
+class IgnoredFeature:
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    name: str
+    archspec: str
+    runner: tuple[str, ...]
+    ignore_features: tuple[IgnoredFeature, ...]
+
+    @property
+    def generic_subdir(self) -> str:
+        return f"{self.name}/generic"
+
+    @property
+    def ignored(self) -> frozenset[str]:
+        return frozenset(f.name for f in self.ignore_features)
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    name: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One CPU target of the stack, e.g. ``zen3`` at ``x86_64/amd/zen3``."""
+
+    name: str
+    subdir: str
+    family: str
+    archspec: str
+    versions: tuple[str, ...]
+    runner: tuple[str, ...]
+    description: str = ""
+
+    @property
+    def marker(self) -> str:
+        """The pytest marker selecting this target's acceptance tests."""
+        return f"arch_{self.name}"
+
+    @property
+    def is_generic(self) -> bool:
+        return self.subdir == f"{self.family}/generic"
+
+
+@dataclass(frozen=True, slots=True)
+class Matrix:
+    path: Path
+    sha256: str
+    default_version: str
+    versions: tuple[Version, ...]
+    families: tuple[Family, ...]
+    targets: tuple[Target, ...]
+
+    # -- look-ups -----------------------------------------------------------
+    def version(self, name: str | None) -> Version:
+        name = name or self.default_version
+        for v in self.versions:
+            if v.name == name:
+                return v
+        known = ", ".join(v.name for v in self.versions)
+        raise MatrixError(f"unknown stack version {name!r} in {self.path}; use one of: {known}")
+
+    def family(self, name: str) -> Family | None:
+        for f in self.families:
+            if f.name == name:
+                return f
+        return None
+
+    def target(self, name: str) -> Target:
+        """Find a target by short name (``zen3``) or subdir (``x86_64/amd/zen3``)."""
+        for t in self.targets:
+            if name in (t.name, t.subdir):
+                return t
+        choices = [t.name for t in self.targets] + [t.subdir for t in self.targets]
+        close = difflib.get_close_matches(name, choices, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise MatrixError(
+            f"unknown target {name!r}{hint}; known targets: {', '.join(t.name for t in self.targets)}"
+            f" (defined in {self.path})"
+        )
+
+    def targets_for(self, version: str | None = None) -> tuple[Target, ...]:
+        v = self.version(version).name
+        return tuple(t for t in self.targets if v in t.versions)
+
+    def runner_for(self, target: Target) -> tuple[str, ...]:
+        if target.runner:
+            return target.runner
+        fam = self.family(target.family)
+        return fam.runner if fam else ()
+
+
+def default_matrix_path() -> Path:
+    """``$EESSI_PIPELINE_MATRIX``, else the project's ``matrices/targets.yaml``."""
+    env = os.environ.get(MATRIX_ENV)
+    if env:
+        return Path(env)
+    return PROJECT_ROOT / "matrices" / "targets.yaml"
+
+
+def load_matrix(path: Path | str | None = None) -> Matrix:
+    """Load and check a matrix file; raise :class:`MatrixError` listing every problem."""
+    p = Path(path) if path is not None else default_matrix_path()
+    raw = load_yaml(p, MatrixError)
+    data = validate(raw, "targets", p, MatrixError)
+    matrix = _build(p, data)
+    problems = check_consistency(matrix)
+    if problems:
+        raise MatrixError("\n".join(f"{p}: {msg}" for msg in problems))
+    return matrix
+
+
+def _build(path: Path, data: dict[str, Any]) -> Matrix:
+    versions = tuple(Version(name, str(v.get("description", ""))) for name, v in data["versions"].items())
+    families = tuple(
+        Family(
+            name=name,
+            archspec=f["archspec"],
+            runner=tuple(f["runner"]),
+            ignore_features=tuple(IgnoredFeature(k, v) for k, v in sorted(f["ignore_features"].items())),
+        )
+        for name, f in data["families"].items()
+    )
+    targets = tuple(
+        Target(
+            name=t["name"],
+            subdir=t["subdir"],
+            family=t["family"],
+            archspec=t["archspec"],
+            versions=tuple(t["versions"]),
+            runner=tuple(t["runner"]),
+            description=t["description"],
+        )
+        for t in data["targets"]
+    )
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return Matrix(path, digest, data["default_version"], versions, families, targets)
+
+
+def check_consistency(m: Matrix) -> list[str]:
+    """Checks the schema cannot express; each problem names entry, key and fix."""
+    out: list[str] = []
+    version_names = {v.name for v in m.versions}
+    if m.default_version not in version_names:
+        out.append(
+            f"default_version: {m.default_version!r} is not a key of `versions`; "
+            f"fix: use one of {sorted(version_names)}"
+        )
+    for fam in m.families:
+        root = archspec.cpu.TARGETS.get(fam.archspec)
+        if root is None or root.family.name != fam.name:
+            out.append(
+                f"families.{fam.name}.archspec: {fam.archspec!r} is not archspec's root for {fam.name}; "
+                f"fix: set it to {fam.name!r}"
+            )
+    seen_names: dict[str, int] = {}
+    seen_subdirs: dict[str, int] = {}
+    for i, t in enumerate(m.targets):
+        where = f"targets[{i}] ({t.name})"
+        if t.name in seen_names:
+            out.append(f"{where}.name: {t.name!r} repeats targets[{seen_names[t.name]}]; fix: rename one")
+        seen_names.setdefault(t.name, i)
+        if t.subdir in seen_subdirs:
+            out.append(
+                f"{where}.subdir: {t.subdir!r} repeats targets[{seen_subdirs[t.subdir]}]; fix: remove one"
+            )
+        seen_subdirs.setdefault(t.subdir, i)
+        if t.subdir.split("/")[0] != t.family:
+            out.append(
+                f"{where}.subdir: {t.subdir!r} is not under family {t.family!r}; "
+                f"fix: start it with '{t.family}/'"
+            )
+        if m.family(t.family) is None:
+            out.append(f"{where}.family: {t.family!r} is not under `families`; fix: add it there")
+        uarch = archspec.cpu.TARGETS.get(t.archspec)
+        if uarch is None:
+            close = difflib.get_close_matches(t.archspec, list(archspec.cpu.TARGETS), n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else "see archspec's microarchitectures.json"
+            out.append(f"{where}.archspec: {t.archspec!r} is not an archspec microarchitecture; fix: {hint}")
+        elif uarch.family.name != t.family:
+            out.append(
+                f"{where}.archspec: {t.archspec!r} belongs to family {uarch.family.name!r}, "
+                f"not {t.family!r}; fix: name a {t.family} microarchitecture"
+            )
+        elif t.is_generic and t.archspec != t.family:
+            out.append(
+                f"{where}.archspec: a generic target must use the family root {t.family!r}, "
+                f"not {t.archspec!r}; fix: set archspec: {t.family}"
+            )
+        for v in t.versions:
+            if v not in version_names:
+                out.append(f"{where}.versions: {v!r} is not a key of `versions`; fix: add it there or drop it")
+    for v in sorted(version_names):
+        fams = {t.family for t in m.targets if v in t.versions}
+        for fam_name in sorted(fams):
+            if not any(t.is_generic and t.family == fam_name and v in t.versions for t in m.targets):
+                out.append(
+                    f"versions.{v}: family {fam_name!r} has targets but no '{fam_name}/generic' target; "
+                    f"fix: add a target with subdir {fam_name}/generic to version {v} (every host of the "
+                    "family needs a fallback)"
+                )
+    return out
