@@ -222,7 +222,9 @@ def check_consistency(m: Matrix) -> list[str]:
             )
         for v in t.versions:
             if v not in version_names:
-                out.append(f"{where}.versions: {v!r} is not a key of `versions`; fix: add it there or drop it")
+                out.append(
+                    f"{where}.versions: {v!r} is not a key of `versions`; fix: add it there or drop it"
+                )
     for v in sorted(version_names):
         fams = {t.family for t in m.targets if v in t.versions}
         for fam_name in sorted(fams):

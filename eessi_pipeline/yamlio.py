@@ -17,7 +17,7 @@ class _StrictLoader(yaml.SafeLoader):
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     seen: dict[Any, int] = {}
     for key_node, _value_node in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=deep)
         line = key_node.start_mark.line + 1
         if key in seen:
             raise yaml.constructor.ConstructorError(
@@ -28,7 +28,7 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
             )
         seen[key] = line
     loader.flatten_mapping(node)
-    return dict(loader.construct_pairs(node, deep=deep))  # type: ignore[no-untyped-call]
+    return dict(loader.construct_pairs(node, deep=deep))
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
@@ -43,7 +43,7 @@ def load_yaml(path: Path, error: type[PipelineError] = PipelineError) -> Any:
     except (OSError, UnicodeDecodeError) as e:
         raise error(f"{path}: cannot read ({e}); check the file's permissions and encoding (UTF-8)") from e
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - _StrictLoader is a SafeLoader
+        return yaml.load(text, Loader=_StrictLoader)  # _StrictLoader is a SafeLoader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""

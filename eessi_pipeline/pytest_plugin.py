@@ -1,0 +1,138 @@
+"""pytest integration: ``arch_<target>`` markers from the matrix, and fixtures for acceptance tests.
+
+* every matrix target registers a marker ``arch_<name>`` (works with ``--strict-markers``
+  and shows in ``pytest --markers``);
+* a test that asks for ``arch_target`` runs once per target of the stack version,
+  carrying that target's marker, so ``pytest -m arch_zen3`` selects zen3's tests;
+* ``build_node`` checks that this host may build the target natively: when the
+  target was named in ``-m`` a mismatch fails with the next step, otherwise the
+  test is skipped with the reason (the full suite on one machine covers what it can).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from .arch.cpuinfo import HostCpu, read_host_cpu
+from .arch.select import Selection, Verdict, check_build_node, require_build_node, select_from_environ
+from .errors import PipelineError
+from .matrix import Matrix, Target, load_matrix
+from .settings import VERSION_ENV
+
+_MATRIX_KEY = pytest.StashKey[Matrix]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("eessi-pipeline")
+    group.addoption(
+        "--eessi-matrix", metavar="FILE", help="architecture matrix (default: matrices/targets.yaml)"
+    )
+    group.addoption(
+        "--eessi-version",
+        metavar="V",
+        help=f"stack version (default: ${VERSION_ENV} or the matrix's default)",
+    )
+    group.addoption(
+        "--eessi-cpuinfo",
+        metavar="FILE",
+        help="describe the build host from FILE (default: $EESSI_PROC_CPUINFO)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        matrix = load_matrix(config.getoption("--eessi-matrix"))
+    except PipelineError as e:
+        raise pytest.UsageError(str(e)) from e
+    config.stash[_MATRIX_KEY] = matrix
+    for t in matrix.targets:
+        config.addinivalue_line(
+            "markers", f"{t.marker}: acceptance tests of {t.subdir} (stack versions {', '.join(t.versions)})"
+        )
+
+
+def _version(config: pytest.Config) -> str:
+    matrix = config.stash[_MATRIX_KEY]
+    try:
+        return matrix.version(config.getoption("--eessi-version") or os.environ.get(VERSION_ENV)).name
+    except PipelineError as e:
+        raise pytest.UsageError(str(e)) from e
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    matrix = config.stash[_MATRIX_KEY]
+    return [f"eessi-pipeline: matrix {matrix.path}, stack version {_version(config)}"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "arch_target" not in metafunc.fixturenames:
+        return
+    config = metafunc.config
+    targets = config.stash[_MATRIX_KEY].targets_for(_version(config))
+    metafunc.parametrize(
+        "arch_target",
+        [pytest.param(t, id=t.name, marks=getattr(pytest.mark, t.marker)) for t in targets],
+        indirect=True,
+        scope="session",
+    )
+
+
+def explicitly_selected(markexpr: str, target: Target) -> bool:
+    """Did the user name this target's marker in ``-m``?"""
+    return re.search(rf"(?<![\w]){re.escape(target.marker)}(?![\w])", markexpr or "") is not None
+
+
+@pytest.fixture(scope="session")
+def eessi_matrix(pytestconfig: pytest.Config) -> Matrix:
+    """The loaded architecture matrix."""
+    return pytestconfig.stash[_MATRIX_KEY]
+
+
+@pytest.fixture(scope="session")
+def eessi_version(pytestconfig: pytest.Config) -> str:
+    """The stack version under test."""
+    return _version(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def host_cpu(pytestconfig: pytest.Config) -> HostCpu:
+    """This build host's CPU (or the one described by ``--eessi-cpuinfo``)."""
+    return read_host_cpu(pytestconfig.getoption("--eessi-cpuinfo"))
+
+
+@pytest.fixture(scope="session")
+def host_selection(host_cpu: HostCpu, eessi_matrix: Matrix, eessi_version: str) -> Selection:
+    """The target selection for this host, honouring ``EESSI_SOFTWARE_SUBDIR_OVERRIDE``."""
+    return select_from_environ(host_cpu, eessi_matrix, eessi_version, os.environ)
+
+
+@pytest.fixture(scope="session")
+def arch_target(request: pytest.FixtureRequest) -> Target:
+    """The matrix entry of the target this test instance is for (parametrised per target)."""
+    target = request.param
+    if not isinstance(target, Target):
+        raise TypeError("arch_target is parametrised by eessi_pipeline.pytest_plugin only")
+    return target
+
+
+@pytest.fixture(scope="session")
+def build_node(
+    request: pytest.FixtureRequest,
+    arch_target: Target,
+    host_cpu: HostCpu,
+    eessi_matrix: Matrix,
+    eessi_version: str,
+) -> Verdict:
+    """The build-node verdict for ``arch_target``: fails or skips when this host may not build it."""
+    verdict = check_build_node(host_cpu, arch_target, eessi_matrix)
+    if not verdict.ok:
+        try:
+            require_build_node(host_cpu, arch_target, eessi_matrix, eessi_version)
+        except PipelineError as e:
+            if explicitly_selected(request.config.getoption("markexpr"), arch_target):
+                pytest.fail(str(e), pytrace=False)
+            pytest.skip(f"not a build node for {arch_target.name}: {'; '.join(verdict.reasons)}")
+    return verdict
