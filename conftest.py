@@ -1,3 +1,8 @@
-"""Project-wide pytest set-up: the eessi-pipeline plugin provides arch markers and fixtures."""
+"""Project-wide pytest set-up.
 
-pytest_plugins = ("eessi_pipeline.pytest_plugin",)
+``eessi_pipeline.pytest_plugin`` registers the ``arch_<target>`` markers from the
+matrix and provides the acceptance fixtures; ``pytester`` lets the plugin's own
+tests run pytest on generated test files.
+"""
+
+pytest_plugins = ("eessi_pipeline.pytest_plugin", "pytester")

@@ -181,7 +181,7 @@ def check_consistency(m: Matrix) -> list[str]:
         )
     for fam in m.families:
         root = archspec.cpu.TARGETS.get(fam.archspec)
-        if root is None or root.family.name != fam.name:
+        if root is None or root.name != fam.name:
             out.append(
                 f"families.{fam.name}.archspec: {fam.archspec!r} is not archspec's root for {fam.name}; "
                 f"fix: set it to {fam.name!r}"

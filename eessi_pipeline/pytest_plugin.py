@@ -128,11 +128,13 @@ def build_node(
 ) -> Verdict:
     """The build-node verdict for ``arch_target``: fails or skips when this host may not build it."""
     verdict = check_build_node(host_cpu, arch_target, eessi_matrix)
-    if not verdict.ok:
-        try:
-            require_build_node(host_cpu, arch_target, eessi_matrix, eessi_version)
-        except PipelineError as e:
-            if explicitly_selected(request.config.getoption("markexpr"), arch_target):
-                pytest.fail(str(e), pytrace=False)
-            pytest.skip(f"not a build node for {arch_target.name}: {'; '.join(verdict.reasons)}")
-    return verdict
+    if verdict.ok:
+        return verdict
+    message = f"not a build node for {arch_target.name}: {'; '.join(verdict.reasons)}"
+    try:
+        require_build_node(host_cpu, arch_target, eessi_matrix, eessi_version)
+    except PipelineError as e:
+        message = str(e)
+    if explicitly_selected(request.config.getoption("markexpr"), arch_target):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(f"not a build node for {arch_target.name}: {'; '.join(verdict.reasons)}")

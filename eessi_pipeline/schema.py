@@ -27,6 +27,11 @@ def load_schema(kind: str) -> dict[str, Any]:
     return schema
 
 
+def _path_key(error: jsonschema.ValidationError) -> list[tuple[int, int, str]]:
+    """Order errors by location, list indexes numerically (targets[2] before targets[10])."""
+    return [(0, p, "") if isinstance(p, int) else (1, 0, str(p)) for p in error.absolute_path]
+
+
 def _location(data: Any, path: list[str | int]) -> str:
     """Render a path like ``targets[3] (zen3).subdir``: entries are named when they have a name."""
     out = ""
@@ -67,7 +72,7 @@ def validate(data: Any, kind: str, path: Path, error: type[PipelineError]) -> di
     """
     schema = load_schema(kind)
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
+    errors = sorted(validator.iter_errors(data), key=_path_key)
     if errors:
         lines = []
         for e in errors:

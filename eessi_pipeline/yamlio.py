@@ -39,9 +39,9 @@ def load_yaml(path: Path, error: type[PipelineError] = PipelineError) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as e:
-        raise error(f"{path}: file not found; pass the right path or restore it from git") from e
+        raise error(f"{path}: file not found; fix: pass the right path or restore the file from git") from e
     except (OSError, UnicodeDecodeError) as e:
-        raise error(f"{path}: cannot read ({e}); check the file's permissions and encoding (UTF-8)") from e
+        raise error(f"{path}: cannot read ({e}); fix: check its permissions and encoding (UTF-8)") from e
     try:
         return yaml.load(text, Loader=_StrictLoader)  # _StrictLoader is a SafeLoader
     except yaml.YAMLError as e:

@@ -64,7 +64,7 @@ def _normalise_features(family: str, flags: frozenset[str]) -> frozenset[str]:
 
 
 def _blocks(text: str) -> list[dict[str, str]]:
-    """Split into blocks of ``{lower-case key: value}``; a repeated ``processor`` key starts a block."""
+    """Split into blocks of ``{lower-case key: value}``; a blank line or a repeated key starts a block."""
     blocks: list[dict[str, str]] = [{}]
     for raw in text.splitlines():
         if not raw.strip():
@@ -75,7 +75,9 @@ def _blocks(text: str) -> list[dict[str, str]]:
         if not m:
             continue
         key = " ".join(m.group(1).lower().replace("_", " ").split())
-        if key == "processor" and "processor" in blocks[-1]:
+        if key in blocks[-1]:
+            # A repeated key starts the next processor: cpuinfo without blank lines, or
+            # lscpu listing one "Model name:"/"Flags:" section per core type.
             blocks.append({})
         blocks[-1][key] = m.group(2)
     return [b for b in blocks if b]
@@ -85,8 +87,7 @@ def _guess_family(blocks: list[dict[str, str]]) -> str | None:
     for b in blocks:
         arch = b.get("architecture", "")
         if arch and not arch.isdigit():  # lscpu's "Architecture:" (cpuinfo's is "CPU architecture")
-            a = _MACHINE_ALIASES.get(arch, arch)
-            return a if a in FAMILIES else None
+            return _MACHINE_ALIASES.get(arch, arch)
     for b in blocks:
         if "vendor id" in b and "flags" in b:
             return "x86_64"

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Set up eessi-pipeline on a fresh Debian/Ubuntu machine, then run the main job.
+#
+#   bash setup.sh            install, then run the main job on the embedded default
+#   bash setup.sh --no-run   install only (CI jobs that run their own commands)
+#
+# As root it installs the missing Debian packages with apt-get; otherwise it lists
+# them and stops.  It then creates .venv and installs the project with its test and
+# lint tools.  Safe to run again: nothing is reinstalled that is already there.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+RUN_MAIN=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-run) RUN_MAIN=0 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option '$arg' (use --no-run or --help)" >&2; exit 2 ;;
+  esac
+done
+
+# Debian packages the pipeline needs.  Later parts of the pipeline add theirs here.
+PACKAGES=(python3 python3-venv python3-pip git ca-certificates openssh-client)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$pkg")
+  fi
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -eq 0 ]]; then
+    echo "[setup] installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "[setup] missing Debian packages: ${missing[*]}" >&2
+    echo "[setup] install them with: sudo apt-get install ${missing[*]}  (then run this script again)" >&2
+    exit 1
+  fi
+fi
+
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "[setup] $PYTHON is $("$PYTHON" -V 2>&1); eessi-pipeline needs Python >= 3.11 (set PYTHON=/path/to/python3.11)" >&2
+  exit 1
+fi
+if [[ ! -x .venv/bin/python ]]; then
+  echo "[setup] creating .venv with $("$PYTHON" -V 2>&1)"
+  "$PYTHON" -m venv .venv
+fi
+echo "[setup] installing eessi-pipeline and its test tools into .venv"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+
+if ((RUN_MAIN)); then
+  echo "[setup] main job: validate the matrix, detect this host, plan its target"
+  .venv/bin/eessi-pipeline validate
+  .venv/bin/eessi-pipeline detect --all
+  target=$(.venv/bin/eessi-pipeline detect --json | .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["target"] or "")')
+  if [[ -n $target ]]; then
+    .venv/bin/eessi-pipeline plan --target "$target"
+  else
+    echo "[setup] the matrix builds no target for this host's CPU family; nothing to plan"
+  fi
+fi

@@ -1,0 +1,32 @@
+"""Helpers shared by the test modules: where the peer fixtures live, and cpuinfo text."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def shared_dir() -> Path:
+    """``$EESSI_PIPELINE_SHARED``, else the ``shared/`` folder beside the project checkout."""
+    return Path(os.environ.get("EESSI_PIPELINE_SHARED", PROJECT_ROOT.parent / "shared"))
+
+
+def archdetect_dir() -> Path:
+    return shared_dir() / "fixtures" / "archdetect"
+
+
+def archdetect_cases() -> list[Path]:
+    """EESSI's archdetect ``*.cpuinfo`` files, sorted; empty when the fixtures are absent."""
+    root = archdetect_dir()
+    return sorted(root.rglob("*.cpuinfo")) if root.is_dir() else []
+
+
+def cpuinfo_text(vendor: str, flags: str | set[str] | frozenset[str], model: str = "Test CPU") -> str:
+    """A minimal x86_64 /proc/cpuinfo block."""
+    flag_text = flags if isinstance(flags, str) else " ".join(sorted(flags))
+    return (
+        f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: 25\nmodel name\t: {model}\n"
+        f"flags\t\t: {flag_text}\n\n"
+    )

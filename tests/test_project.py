@@ -1,0 +1,63 @@
+"""Project files agree with each other: README quick start, .ci/run, tox.ini, pyproject."""
+
+from __future__ import annotations
+
+import configparser
+import re
+import tomllib
+
+from helpers import PROJECT_ROOT
+
+
+def _quick_start_commands() -> list[str]:
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    section = readme.split("## Quick start", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert block, "README's Quick start has no ```bash block"
+    return [ln.strip() for ln in block.group(1).splitlines() if ln.strip()]
+
+
+def test_readme_quick_start_has_exactly_two_commands() -> None:
+    commands = _quick_start_commands()
+    assert len(commands) == 2, commands
+    assert commands[0].startswith("bash setup.sh")
+
+
+def test_ci_run_ends_with_readme_test_command() -> None:
+    lines = [ln.strip() for ln in (PROJECT_ROOT / ".ci" / "run").read_text().splitlines()]
+    commands = [ln for ln in lines if ln and not ln.startswith("#")]
+    assert commands[-1] == _quick_start_commands()[1]
+    assert "bash setup.sh" in commands  # installs the same way the README does
+
+
+def test_tox_has_py_lint_and_publish_envs() -> None:
+    cfg = configparser.ConfigParser()
+    cfg.read(PROJECT_ROOT / "tox.ini")
+    assert "pytest -n auto" in cfg["testenv"]["commands"]
+    assert "mypy --strict eessi_pipeline" in cfg["testenv:lint"]["commands"]
+    assert "ruff check" in cfg["testenv:lint"]["commands"]
+    assert "eessi-pipeline publish" in cfg["testenv:publish"]["commands"]
+
+
+def test_pyproject_declares_console_script_and_python() -> None:
+    data = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+    assert data["project"]["scripts"]["eessi-pipeline"] == "eessi_pipeline.cli:main"
+    assert data["project"]["requires-python"] == ">=3.11"
+    assert any(dep.startswith("archspec==") for dep in data["project"]["dependencies"])
+
+
+def test_top_level_layout_is_complete() -> None:
+    for name in (
+        "pyproject.toml",
+        "conftest.py",
+        "eessi_pipeline",
+        "tests",
+        "checks",
+        "matrices",
+        "tox.ini",
+        "README.md",
+        ".ci/run",
+        "setup.sh",
+        ".github/workflows/pipeline.yml",
+    ):
+        assert (PROJECT_ROOT / name).exists(), name
