@@ -34,3 +34,11 @@ class SelectionError(PipelineError):
 
 class BuildNodeError(PipelineError):
     """This host may not build the requested target natively."""
+
+
+class RepositoryError(PipelineError):
+    """A CVMFS repository is missing, locked, malformed, or fails verification."""
+
+
+class TarballRejected(PipelineError):
+    """A tarball failed validation before anything was written; the repository is unchanged."""
