@@ -1,0 +1,158 @@
+"""Content-addressed storage: zlib-compressed objects named by the SHA-1 of the compressed bytes.
+
+Objects live at ``data/XX/<rest><suffix>``.  Writes go to ``data/txn`` first and
+are renamed into place, so a reader never sees half an object.  Files above the
+chunking minimum are cut with cvmfs's xor32 rolling checksum and stored as ``P``
+objects.  Compression and hashing run in a thread pool (zlib and hashlib
+release the GIL on large buffers), so all cores work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import zlib
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import RepositoryError
+from .common import CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, SUFFIX_PARTIAL, object_path
+
+ZLIB_LEVEL = 6  # zlib's Z_DEFAULT_COMPRESSION, what cvmfs uses
+
+
+def compress(data: bytes) -> bytes:
+    return zlib.compress(data, ZLIB_LEVEL)
+
+
+def content_hash(compressed: bytes) -> str:
+    return hashlib.sha1(compressed).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    offset: int
+    size: int
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    """How one regular file's content was stored: one object, or chunks (hash None)."""
+
+    size: int
+    hash: str | None
+    chunks: tuple[Chunk, ...] = ()
+
+
+def chunk_boundaries(
+    data: bytes, minimum: int = CHUNK_MIN, average: int = CHUNK_AVG, maximum: int = CHUNK_MAX
+) -> list[int]:
+    """End offsets of the chunks of ``data`` by cvmfs's xor32 rule; ``[len(data)]`` means one piece.
+
+    The rolling value over the last 32 bytes is ``x = (x << 1) ^ byte`` (32 bits);
+    a cut follows the byte where ``|int32(x) - 0x7FFFFFFF| < 0xFFFFFFFF // average``;
+    no cut before ``minimum`` bytes, a forced cut at ``maximum``.
+    """
+    n = len(data)
+    if n <= minimum:
+        return [n]
+    threshold = 0xFFFFFFFF // average
+    cuts: list[int] = []
+    start = 0
+    while n - start > minimum:
+        limit = min(start + maximum, n)
+        scan = start + minimum - 32
+        x = 0
+        cut = limit
+        for i in range(scan, limit):
+            x = ((x << 1) ^ data[i]) & 0xFFFFFFFF
+            if i + 1 >= start + minimum:
+                signed = x - 0x100000000 if x & 0x80000000 else x
+                if abs(signed - 0x7FFFFFFF) < threshold:
+                    cut = i + 1
+                    break
+        if cut >= n:
+            break
+        cuts.append(cut)
+        start = cut
+    cuts.append(n)
+    return cuts
+
+
+class ObjectStore:
+    """The ``data/`` tree of one repository directory."""
+
+    def __init__(self, root: Path, workers: int | None = None) -> None:
+        self.root = root
+        self.workers = workers or max(1, os.cpu_count() or 1)
+
+    @property
+    def txn_dir(self) -> Path:
+        return self.root / "data" / "txn"
+
+    def ensure_layout(self) -> None:
+        for i in range(256):
+            (self.root / "data" / f"{i:02x}").mkdir(parents=True, exist_ok=True)
+        self.txn_dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, hex_hash: str, suffix: str = "") -> Path:
+        return self.root / object_path(hex_hash, suffix)
+
+    def has(self, hex_hash: str, suffix: str = "") -> bool:
+        return self.path(hex_hash, suffix).exists()
+
+    def put_compressed(self, compressed: bytes, suffix: str = "") -> str:
+        h = content_hash(compressed)
+        dest = self.path(h, suffix)
+        if dest.exists():
+            return h
+        fd, tmp = tempfile.mkstemp(dir=self.txn_dir, prefix="obj.")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(compressed)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return h
+
+    def put(self, data: bytes, suffix: str = "") -> str:
+        return self.put_compressed(compress(data), suffix)
+
+    def get(self, hex_hash: str, suffix: str = "") -> bytes:
+        p = self.path(hex_hash, suffix)
+        try:
+            raw = p.read_bytes()
+        except OSError as e:
+            raise RepositoryError(f"object {object_path(hex_hash, suffix)} is missing ({e.strerror})") from e
+        if content_hash(raw) != hex_hash:
+            raise RepositoryError(
+                f"object {object_path(hex_hash, suffix)} is corrupt: its SHA-1 does not match its name"
+            )
+        try:
+            return zlib.decompress(raw)
+        except zlib.error as e:
+            raise RepositoryError(
+                f"object {object_path(hex_hash, suffix)} is not valid zlib data ({e})"
+            ) from e
+
+    def store_bytes(self, data: bytes, chunking: bool = True) -> StoredFile:
+        bounds = chunk_boundaries(data) if chunking and len(data) > CHUNK_MIN else [len(data)]
+        if len(bounds) == 1:
+            return StoredFile(len(data), self.put(data))
+        chunks = []
+        start = 0
+        for end in bounds:
+            chunks.append(Chunk(start, end - start, self.put(data[start:end], SUFFIX_PARTIAL)))
+            start = end
+        return StoredFile(len(data), None, tuple(chunks))
+
+    def store_many(self, blobs: Iterable[bytes], chunking: bool = True) -> Iterator[StoredFile]:
+        """Store many contents in parallel; results come back in input order."""
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            yield from pool.map(lambda b: self.store_bytes(b, chunking), blobs)
