@@ -93,7 +93,8 @@ def add_publish_tags(
         )
         if trunk:
             db.execute(
-                "INSERT OR REPLACE INTO tags VALUES ('trunk-previous', ?, ?, ?, 0, 'default undo target', ?, '')",
+                "INSERT OR REPLACE INTO tags "
+                "VALUES ('trunk-previous', ?, ?, ?, 0, 'default undo target', ?, '')",
                 (trunk[0], trunk[1], trunk[2], trunk[3]),
             )
         db.execute(
