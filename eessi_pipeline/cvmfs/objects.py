@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 import zlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -89,6 +90,8 @@ class ObjectStore:
     def __init__(self, root: Path, workers: int | None = None) -> None:
         self.root = root
         self.workers = workers or max(1, os.cpu_count() or 1)
+        self.new_objects = 0  # objects this store instance added (not already present)
+        self._count_lock = threading.Lock()
 
     @property
     def txn_dir(self) -> Path:
@@ -119,6 +122,8 @@ class ObjectStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        with self._count_lock:
+            self.new_objects += 1
         return h
 
     def put(self, data: bytes, suffix: str = "") -> str:

@@ -1,0 +1,717 @@
+"""The embedded Stratum 0: init, transactional ingest and publish, in the real CVMFS format.
+
+State layout under the state directory::
+
+    keys/<name>.{key,crt,masterkey,pub}     repository and master keys
+    srv/cvmfs/<name>/                       the repository's web root (served as /cvmfs/<name>)
+    srv/cvmfs/info/v1/{repositories,meta}.json
+    spool/<name>/lock                       publisher lock (flock; released by the kernel on death)
+    spool/<name>/tmp/                       scratch space for catalogs being written
+
+A publish writes objects first (new names only), then catalogs (as objects),
+history, meta-info and certificate objects, then the reflog, and the manifest
+last by an atomic rename.  Until that rename the previous revision is what
+every reader sees, so a crash at any moment leaves it intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import stat
+import tarfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import RepositoryError
+from .catalog import DIR_SIZE, CatalogDoc, Node, add_subtree, read_catalog, self_statistics, write_catalog
+from .common import (
+    SUFFIX_CATALOG,
+    SUFFIX_CERTIFICATE,
+    SUFFIX_HISTORY,
+    SUFFIX_METAINFO,
+    fingerprint,
+    parent_path,
+)
+from .history import (
+    REF_CATALOG,
+    REF_CERTIFICATE,
+    REF_HISTORY,
+    REF_METAINFO,
+    add_publish_tags,
+    add_reflog_refs,
+)
+from .keys import KeyPaths, create_keys, load_certificate_der, sign_manifest_hash, sign_raw_pkcs1
+from .manifest import Manifest, assemble_signed, parse_manifest
+from .objects import ObjectStore, StoredFile
+from .whitelist import Whitelist
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
+MASTER_REPLICA_TEXT = "This file marks the repository as replicatable to stratum 1 servers\n"
+WHITELIST_DAYS = 30
+DEFAULT_LOCK_TIMEOUT = 60.0
+
+#: Test hook: called with a step name at each point of a publish (fault-injection tests kill there).
+StepHook = Callable[[str], None]
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name) or len(name) > 200:
+        raise RepositoryError(
+            f"invalid repository name {name!r}: use a fully qualified name of lower-case letters, digits, "
+            "dashes and dots, e.g. software.eessi.local"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class RepoPaths:
+    state_dir: Path
+    name: str
+
+    @property
+    def web_root(self) -> Path:
+        return self.state_dir / "srv" / "cvmfs"
+
+    @property
+    def root(self) -> Path:
+        return self.web_root / self.name
+
+    @property
+    def keys(self) -> KeyPaths:
+        return KeyPaths(self.state_dir / "keys", self.name)
+
+    @property
+    def spool(self) -> Path:
+        return self.state_dir / "spool" / self.name
+
+    @property
+    def lock(self) -> Path:
+        return self.spool / "lock"
+
+    @property
+    def tmp(self) -> Path:
+        return self.spool / "tmp"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / ".cvmfspublished"
+
+    @property
+    def whitelist(self) -> Path:
+        return self.root / ".cvmfswhitelist"
+
+    @property
+    def reflog(self) -> Path:
+        return self.root / ".cvmfsreflog"
+
+    @property
+    def reflog_backup(self) -> Path:
+        return self.spool / "reflog.previous"
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    name: str
+    revision: int
+    root_catalog: str
+    catalogs_written: int
+    objects_written: int
+    files_added: int
+    paths_deleted: int
+
+
+@contextlib.contextmanager
+def publisher_lock(paths: RepoPaths, timeout: float = DEFAULT_LOCK_TIMEOUT) -> Iterator[None]:
+    """One publisher at a time.  ``flock`` dies with its process, so a lock is never stale;
+    the file records who holds it so a waiting publisher can say so."""
+    paths.spool.mkdir(parents=True, exist_ok=True)
+    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = Path(paths.lock).read_text(errors="replace").strip() or "unknown"
+                    raise RepositoryError(
+                        f"repository {paths.name} is locked by another publisher ({holder}); "
+                        f"waited {timeout:.0f} s. Retry when it has finished, or raise --lock-timeout"
+                    ) from None
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} since {_now().isoformat()}\n".encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)  # closing releases the flock
+
+
+class Repository:
+    """An embedded Stratum 0 repository in ``state_dir``."""
+
+    def __init__(self, state_dir: Path, name: str, workers: int | None = None) -> None:
+        self.paths = RepoPaths(Path(state_dir), check_name(name))
+        self.store = ObjectStore(self.paths.root, workers)
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    @property
+    def exists(self) -> bool:
+        return self.paths.manifest.exists()
+
+    def init(self, now: dt.datetime | None = None) -> PublishResult:
+        """Create keys (never overwriting them) and revision 1: an empty root directory."""
+        if self.exists:
+            raise RepositoryError(
+                f"repository {self.paths.name} already exists at {self.paths.root}; nothing changed"
+            )
+        now = now or _now()
+        keys = self.paths.keys
+        if not all(p.exists() for p in keys.all()):
+            create_keys(keys, now)
+        else:
+            log.info("reusing the existing keys in %s", keys.directory)
+        self.store.ensure_layout()
+        self.paths.tmp.mkdir(parents=True, exist_ok=True)
+        (self.paths.root / "stats").mkdir(exist_ok=True)
+        _atomic_write(self.paths.root / ".cvmfs_master_replica", MASTER_REPLICA_TEXT.encode())
+        _atomic_write(self.paths.root / ".cvmfs_status.json", b"{}\n")
+        self.write_whitelist(WHITELIST_DAYS, now)
+        with publisher_lock(self.paths):
+            txn = Transaction(self, None, now)
+            root = Node(
+                name="", mode=stat.S_IFDIR | 0o755, mtime=int(now.timestamp()), size=DIR_SIZE, linkcount=2
+            )
+            txn.root_doc().entries[""] = root
+            result = txn.commit()
+        self.write_info_json()
+        return result
+
+    def manifest(self) -> Manifest:
+        try:
+            raw = self.paths.manifest.read_bytes()
+        except FileNotFoundError as e:
+            raise RepositoryError(
+                f"no repository {self.paths.name} in {self.paths.state_dir}: run `eessi-pipeline repo init "
+                f"{self.paths.name}` first"
+            ) from e
+        return parse_manifest(raw)[0]
+
+    def write_whitelist(self, days: int = WHITELIST_DAYS, now: dt.datetime | None = None) -> Whitelist:
+        """(Re)sign ``.cvmfswhitelist`` with the master key, valid for ``days``."""
+        if days < 1:
+            raise RepositoryError(f"whitelist validity must be at least 1 day, not {days}")
+        now = now or _now()
+        der = load_certificate_der(self.paths.keys.certificate)
+        wl = Whitelist(now, now + dt.timedelta(days=days), self.paths.name, (fingerprint(der),))
+        body = wl.body()
+        signature = sign_raw_pkcs1(self.paths.keys.master_key, hashlib.sha1(body).hexdigest().encode())
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.paths.whitelist, assemble_signed(body, signature))
+        return wl
+
+    def write_info_json(self) -> None:
+        """``info/v1/repositories.json`` and ``meta.json`` as a real Stratum 0 publishes them."""
+        info = self.paths.web_root / "info" / "v1"
+        info.mkdir(parents=True, exist_ok=True)
+        repos = sorted(
+            p.name
+            for p in self.paths.web_root.iterdir()
+            if (p / ".cvmfspublished").exists() and not (p / ".cvmfs_last_snapshot").exists()
+        )
+        os_release = _os_release()
+        doc = {
+            "schema": 1,
+            "cvmfs_version": "2.12.0-eessi-pipeline",
+            "os_id": os_release.get("ID", "linux"),
+            "os_version_id": os_release.get("VERSION_ID", ""),
+            "os_pretty_name": os_release.get("PRETTY_NAME", "Linux"),
+            "repositories": [{"name": r, "url": f"/cvmfs/{r}"} for r in repos],
+            "replicas": [],
+        }
+        _atomic_write(info / "repositories.json", (json.dumps(doc, indent=2) + "\n").encode())
+        if not (info / "meta.json").exists():
+            meta = {
+                "administrator": "eessi-pipeline",
+                "email": "root@localhost",
+                "organisation": "eessi-pipeline embedded Stratum 0",
+                "custom": {"_comment": "edit this file to describe your service"},
+            }
+            _atomic_write(info / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+
+    # -- transactions ---------------------------------------------------------------------
+
+    def transaction(self, now: dt.datetime | None = None, hook: StepHook | None = None) -> Transaction:
+        self.repair_interrupted()
+        return Transaction(self, self.manifest(), now or _now(), hook)
+
+    def repair_interrupted(self) -> None:
+        """Undo what an interrupted publish left in the web root (only the reflog can be ahead)."""
+        backup = self.paths.reflog_backup
+        if not backup.exists() or not self.exists:
+            return
+        manifest = self.manifest()
+        current = self.paths.reflog.read_bytes() if self.paths.reflog.exists() else b""
+        behind = manifest.reflog and hashlib.sha1(current).hexdigest() != manifest.reflog
+        if behind and hashlib.sha1(backup.read_bytes()).hexdigest() == manifest.reflog:
+            log.warning("restoring the reflog of revision %d after an interrupted publish", manifest.revision)
+            _atomic_write(self.paths.reflog, backup.read_bytes())
+        backup.unlink(missing_ok=True)
+
+    def ingest(
+        self,
+        tarball: Path | None,
+        base_dir: str = "versions",
+        deletes: Sequence[str] = (),
+        make_catalog: bool = False,
+        *,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        chunking: bool = True,
+        hook: StepHook | None = None,
+        now: dt.datetime | None = None,
+    ) -> PublishResult:
+        """``cvmfs_server ingest`` semantics: delete ``deletes``, then overlay the members at ``base_dir``.
+
+        The caller validates the tarball first (see :mod:`.tarcheck`); everything here
+        happens in memory until :meth:`Transaction.commit`.
+        """
+        base = "/" + base_dir.strip("/") if base_dir.strip("/") else ""
+        if tarball is None and not deletes:
+            raise RepositoryError("nothing to do: give a tarball, --delete PATH, or both")
+        with publisher_lock(self.paths, lock_timeout):
+            txn = self.transaction(now, hook)
+            for d in deletes:
+                txn.remove("/" + d.strip("/"), must_exist=True)
+            if tarball is not None:
+                txn.overlay_tar(tarball, base, chunking)
+                if make_catalog and base:
+                    txn.make_nested(base)
+            return txn.commit()
+
+
+def _os_release() -> dict[str, str]:
+    out: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if "=" in line:
+                k, v = line.split("=", 1)
+                out[k] = v.strip().strip('"')
+    return out
+
+
+def _within(path: str, root: str) -> bool:
+    return root == "" or path == root or path.startswith(root + "/")
+
+
+@dataclass
+class Transaction:
+    """Changes to a repository held in memory until :meth:`commit` publishes them."""
+
+    repo: Repository
+    base: Manifest | None
+    now: dt.datetime
+    hook: StepHook | None = None
+    docs: dict[str, CatalogDoc] = field(default_factory=dict)
+    loaded_hash: dict[str, str] = field(default_factory=dict)
+    dirty: set[str] = field(default_factory=set)
+    files_added: int = 0
+    paths_deleted: int = 0
+    objects_at_start: int = -1
+    implicit_dirs: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.objects_at_start = self.repo.store.new_objects
+
+    def _step(self, name: str) -> None:
+        if self.hook is not None:
+            self.hook(name)
+
+    @property
+    def tmp(self) -> Path:
+        self.repo.paths.tmp.mkdir(parents=True, exist_ok=True)
+        return self.repo.paths.tmp
+
+    # -- catalog navigation ----------------------------------------------------------------
+
+    def _load(self, root: str, hex_hash: str) -> CatalogDoc:
+        doc = read_catalog(self.repo.store.get(hex_hash, SUFFIX_CATALOG), self.tmp)
+        self.docs[root] = doc
+        self.loaded_hash[root] = hex_hash
+        return doc
+
+    def root_doc(self) -> CatalogDoc:
+        if "" not in self.docs:
+            if self.base is None:
+                self.docs[""] = CatalogDoc(root="")
+                self.dirty.add("")
+            else:
+                self._load("", self.base.root_catalog)
+        return self.docs[""]
+
+    def catalog_for(self, path: str) -> CatalogDoc:
+        """The catalog that holds ``path`` (for a mountpoint: the nested catalog itself)."""
+        doc = self.root_doc()
+        while True:
+            child = next((mp for mp in doc.nested if _within(path, mp)), None)
+            if child is None:
+                return doc
+            doc = self.docs.get(child) or self._load(child, doc.nested[child][0])
+
+    def get(self, path: str) -> Node | None:
+        return self.catalog_for(path).entries.get(path)
+
+    def _touch(self, doc: CatalogDoc) -> None:
+        self.dirty.add(doc.root)
+
+    # -- edits ------------------------------------------------------------------------------
+
+    def ensure_dir(self, path: str) -> None:
+        if path == "":
+            return
+        node = self.get(path)
+        if node is not None:
+            if not node.is_dir:
+                raise RepositoryError(
+                    f"{path} is a {_kind(node)} in the repository, but a directory is needed there"
+                )
+            return
+        self.ensure_dir(parent_path(path))
+        name = path.rsplit("/", 1)[1]
+        doc = self.catalog_for(path)
+        doc.entries[path] = Node(
+            name=name, mode=stat.S_IFDIR | 0o755, mtime=int(self.now.timestamp()), size=DIR_SIZE
+        )
+        self.implicit_dirs.add(path)
+        self._touch(doc)
+
+    def put(self, path: str, node: Node) -> None:
+        self.ensure_dir(parent_path(path))
+        existing = self.get(path)
+        if existing is not None and not (existing.is_dir and node.is_dir):
+            self.remove(path)
+        doc = self.catalog_for(path)
+        if existing is not None and existing.is_dir and node.is_dir:
+            # An existing directory keeps its attributes (as cvmfs_server ingest does), unless this
+            # transaction created it as a missing parent a moment ago.
+            if path in self.implicit_dirs:
+                existing.mode, existing.mtime = node.mode, node.mtime
+                existing.uid, existing.gid = node.uid, node.gid
+                self.implicit_dirs.discard(path)
+        else:
+            doc.entries[path] = node
+        self._touch(doc)
+
+    def remove(self, path: str, must_exist: bool = False) -> None:
+        if path in ("", "/"):
+            raise RepositoryError("refusing to delete the repository root")
+        doc = self.catalog_for(path)
+        if path not in doc.entries:
+            if must_exist:
+                raise RepositoryError(
+                    f"cannot delete {path}: no such path in the repository; nothing was changed"
+                )
+            return
+        if doc.root == path:  # a nested catalog's mountpoint: drop the whole catalog
+            parent = self.catalog_for(parent_path(path))
+            parent.nested.pop(path, None)
+            parent.entries.pop(path, None)
+            self._forget_docs_under(path)
+            self._touch(parent)
+        else:
+            for p in [p for p in doc.entries if _within(p, path)]:
+                del doc.entries[p]
+            for mp in [mp for mp in doc.nested if _within(mp, path)]:
+                del doc.nested[mp]
+                self._forget_docs_under(mp)
+            self._touch(doc)
+        self.paths_deleted += 1
+
+    def _forget_docs_under(self, path: str) -> None:
+        for root in [r for r in self.docs if r and _within(r, path)]:
+            del self.docs[root]
+            self.loaded_hash.pop(root, None)
+            self.dirty.discard(root)
+
+    def make_nested(self, path: str) -> None:
+        """Make ``path`` (an existing directory) the root of a nested catalog."""
+        parent = self.catalog_for(path)
+        if parent.root == path:
+            return
+        node = parent.entries.get(path)
+        if node is None or not node.is_dir:
+            raise RepositoryError(f"cannot make a nested catalog at {path}: it is not a directory")
+        child = CatalogDoc(root=path)
+        for p in [p for p in parent.entries if _within(p, path)]:
+            child.entries[p] = parent.entries[p] if p != path else dataclasses.replace(node)
+            if p != path:
+                del parent.entries[p]
+        for mp in [mp for mp in parent.nested if _within(mp, path)]:
+            child.nested[mp] = parent.nested.pop(mp)
+        node.nested_mountpoint = True
+        child.entries[path].nested_mountpoint = True
+        parent.nested[path] = ("", 0)  # filled in at commit
+        self.docs[path] = child
+        self._touch(parent)
+        self._touch(child)
+
+    def overlay_tar(self, tarball: Path, base: str, chunking: bool = True) -> None:
+        """Overlay the members of ``tarball`` at ``base`` (leading ``./`` and ``/`` stripped)."""
+        try:
+            with tarfile.open(tarball, "r:*") as tf:
+                self._overlay_members(tarball, tf, base, chunking)
+        except (OSError, tarfile.TarError) as e:
+            raise RepositoryError(f"{tarball}: cannot read the tarball ({e})") from e
+
+    def _overlay_members(self, tarball: Path, tf: tarfile.TarFile, base: str, chunking: bool) -> None:
+        members = tf.getmembers()
+        nested_at: list[str] = []
+        files: list[tuple[str, tarfile.TarInfo]] = []
+        for m in members:
+            rel = _member_path(m.name)
+            if not rel:
+                continue
+            path = f"{base}/{rel}"
+            mtime = int(m.mtime)
+            perm = m.mode & 0o7777
+            if m.isdir():
+                self.put(
+                    path, Node(rel.rsplit("/", 1)[-1], stat.S_IFDIR | perm, mtime, DIR_SIZE, m.uid, m.gid)
+                )
+            elif m.issym():
+                self.put(
+                    path,
+                    Node(
+                        rel.rsplit("/", 1)[-1],
+                        stat.S_IFLNK | 0o777,
+                        mtime,
+                        0,
+                        m.uid,
+                        m.gid,
+                        symlink=m.linkname,
+                    ),
+                )
+            elif m.isreg() or m.islnk():
+                files.append((path, m))
+                if rel.rsplit("/", 1)[-1] == ".cvmfscatalog":
+                    nested_at.append(parent_path(path))
+            else:
+                raise RepositoryError(
+                    f"{tarball}: {m.name}: unsupported member type; validate tarballs first"
+                )
+        # Regular files: read, compress and hash in parallel; hard links become copies (as cvmfs does).
+        contents: list[bytes] = []
+        for _path, m in files:
+            src = m
+            if m.islnk():
+                target = _member_path(m.linkname)
+                src = next((x for x in members if _member_path(x.name) == target and x.isreg()), m)
+                if src is m:
+                    raise RepositoryError(
+                        f"{tarball}: {m.name}: hard link to {m.linkname!r}, which is not in the tarball"
+                    )
+            fh = tf.extractfile(src)
+            contents.append(fh.read() if fh is not None else b"")
+        stored: list[StoredFile] = list(self.repo.store.store_many(contents, chunking))
+        for (path, m), sf in zip(files, stored, strict=True):
+            perm = m.mode & 0o7777
+            self.put(
+                path,
+                Node(path.rsplit("/", 1)[-1], stat.S_IFREG | perm, int(m.mtime), sf.size, m.uid, m.gid,
+                     hash=sf.hash, chunks=sf.chunks),
+            )  # fmt: skip
+            self.files_added += 1
+        for mp in sorted(set(nested_at)):
+            self.make_nested(mp)
+
+    # -- commit ---------------------------------------------------------------------------
+
+    def _fix_linkcounts(self, doc: CatalogDoc) -> None:
+        subdirs: dict[str, int] = {}
+        for p, n in doc.entries.items():
+            if n.is_dir and p != doc.root:
+                subdirs[parent_path(p)] = subdirs.get(parent_path(p), 0) + 1
+        for p, n in doc.entries.items():
+            if n.is_dir and (p == doc.root or p not in doc.nested):  # mountpoints mirror their catalog
+                n.linkcount = 2 + subdirs.get(p, 0)
+                n.size = DIR_SIZE
+
+    def _stats_of(self, root: str, hex_hash: str, written: dict[str, dict[str, int]]) -> dict[str, int]:
+        if root in written:
+            return written[root]
+        doc = self.docs.get(root) or self._load(root, hex_hash)
+        return doc.statistics
+
+    def commit(self) -> PublishResult:
+        """Write dirty catalogs bottom-up, then history, reflog, and the signed manifest last."""
+        store = self.repo.store
+        paths = self.repo.paths
+        ts = int(self.now.timestamp())
+        # A changed catalog changes its hash, so every catalog above it changes too.
+        for root in list(self.dirty):
+            r = root
+            while r:
+                r = self.catalog_for(parent_path(r)).root
+                self.dirty.add(r)
+        written: dict[str, dict[str, int]] = {}
+        catalogs_written = 0
+        for root in sorted(self.dirty, key=lambda r: (-r.count("/"), r)):
+            doc = self.docs[root]
+            if root not in doc.entries:
+                raise RepositoryError(f"internal error: catalog {root or '/'} lost its root entry")
+            self._fix_linkcounts(doc)
+            stats = self_statistics(doc)
+            for mp, (h, _size) in doc.nested.items():
+                add_subtree(stats, self._stats_of(mp, h, written))
+            revision = int(doc.properties.get("revision", "0")) + 1
+            if root == "":
+                revision = (self.base.revision if self.base else 0) + 1
+            props = dict(doc.properties)
+            props.update({"revision": str(revision), "last_modified": str(ts)})
+            if root in self.loaded_hash:
+                props["previous_revision"] = self.loaded_hash[root]
+            doc.properties = props
+            data = write_catalog(doc, stats, self.tmp)
+            h = store.put(data, SUFFIX_CATALOG)
+            written[root] = stats
+            catalogs_written += 1
+            self._step(f"catalog {root or '/'}")
+            if root:
+                parent = self.catalog_for(parent_path(root))
+                parent.nested[root] = (h, len(data))
+                mirror = parent.entries[root]
+                child_root = doc.entries[root]
+                mirror.mode, mirror.mtime, mirror.linkcount = (
+                    child_root.mode,
+                    child_root.mtime,
+                    child_root.linkcount,
+                )
+                mirror.uid, mirror.gid, mirror.nested_mountpoint = child_root.uid, child_root.gid, True
+            else:
+                root_hash, root_size = h, len(data)
+        self._step("catalogs written")
+        when = self.now
+        revision = (self.base.revision if self.base else 0) + 1
+        old_history = (
+            store.get(self.base.history, SUFFIX_HISTORY) if self.base and self.base.history else None
+        )
+        history = add_publish_tags(
+            old_history, paths.name, root_hash, root_size, revision, when,
+            self.base.history if self.base else None, self.tmp,
+        )  # fmt: skip
+        history_hash = store.put(history, SUFFIX_HISTORY)
+        cert_pem = paths.keys.certificate.read_bytes()
+        cert_hash = store.put(cert_pem, SUFFIX_CERTIFICATE)
+        meta_hash = store.put(_metainfo(paths.name), SUFFIX_METAINFO)
+        self._step("history written")
+        old_reflog = paths.reflog.read_bytes() if paths.reflog.exists() else None
+        reflog = add_reflog_refs(
+            old_reflog,
+            paths.name,
+            [
+                (root_hash, REF_CATALOG),
+                (cert_hash, REF_CERTIFICATE),
+                (history_hash, REF_HISTORY),
+                (meta_hash, REF_METAINFO),
+            ],
+            when,
+            self.tmp,
+        )
+        manifest = Manifest(
+            root_catalog=root_hash,
+            root_catalog_size=root_size,
+            revision=revision,
+            name=paths.name,
+            certificate=cert_hash,
+            history=history_hash,
+            timestamp=ts,
+            metainfo=meta_hash,
+            reflog=hashlib.sha1(reflog).hexdigest(),
+        )
+        body = manifest.body()
+        signature = sign_manifest_hash(paths.keys.key, hashlib.sha1(body).hexdigest())
+        signed = assemble_signed(body, signature)
+        objects_written = store.new_objects - self.objects_at_start
+        self._step("objects written")
+        # The reflog must change with the manifest; keep the old one so an interrupted
+        # publish can be repaired (Repository.repair_interrupted).
+        if old_reflog is not None:
+            _atomic_write(paths.reflog_backup, old_reflog)
+        _atomic_write(paths.reflog, reflog)
+        self._step("reflog written")
+        _atomic_write(paths.manifest, signed)
+        paths.reflog_backup.unlink(missing_ok=True)
+        self._step("manifest written")
+        log.info("published %s revision %d (%d catalogs)", paths.name, revision, catalogs_written)
+        return PublishResult(
+            paths.name,
+            revision,
+            root_hash,
+            catalogs_written,
+            objects_written,
+            self.files_added,
+            self.paths_deleted,
+        )
+
+
+def _member_path(name: str) -> str:
+    """A tar member name as a relative path: no leading "/" or "./", no trailing "/"."""
+    rel = name.lstrip("/")
+    while rel.startswith("./"):
+        rel = rel[2:].lstrip("/")
+    rel = rel.rstrip("/")
+    return "" if rel == "." else rel
+
+
+def _kind(node: Node) -> str:
+    return "directory" if node.is_dir else "symlink" if node.is_symlink else "file"
+
+
+def _metainfo(name: str) -> bytes:
+    doc = {
+        "administrator": "eessi-pipeline",
+        "email": "root@localhost",
+        "organisation": "eessi-pipeline",
+        "description": f"{name}: an EESSI-style software stack published by eessi-pipeline",
+        "url": "",
+        "recommended-stratum0": f"http://127.0.0.1/cvmfs/{name}",
+        "recommended-stratum1s": [],
+        "custom": {},
+    }
+    return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+def remove_repository(state_dir: Path, name: str) -> None:
+    """Delete a repository's web root and spool (keys are kept)."""
+    paths = RepoPaths(Path(state_dir), name)
+    shutil.rmtree(paths.root, ignore_errors=True)
+    shutil.rmtree(paths.spool, ignore_errors=True)
