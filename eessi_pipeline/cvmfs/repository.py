@@ -209,10 +209,13 @@ class Repository:
         self.write_whitelist(WHITELIST_DAYS, now)
         with publisher_lock(self.paths):
             txn = Transaction(self, None, now)
-            root = Node(
-                name="", mode=stat.S_IFDIR | 0o755, mtime=int(now.timestamp()), size=DIR_SIZE, linkcount=2
+            stamp = int(now.timestamp())
+            txn.root_doc().entries[""] = Node("", stat.S_IFDIR | 0o755, stamp, DIR_SIZE, linkcount=2)
+            welcome = f"New CernVM-FS repository for {self.paths.name}\n".encode()  # what mkfs writes
+            node = Node(
+                "new_repository", stat.S_IFREG | 0o644, stamp, len(welcome), hash=self.store.put(welcome)
             )
-            txn.root_doc().entries[""] = root
+            txn.put("/new_repository", node)
             result = txn.commit()
         self.write_info_json()
         return result
