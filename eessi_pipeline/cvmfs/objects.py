@@ -90,6 +90,7 @@ class ObjectStore:
     def __init__(self, root: Path, workers: int | None = None) -> None:
         self.root = root
         self.workers = workers or max(1, os.cpu_count() or 1)
+        self.chunk_sizes = (CHUNK_MIN, CHUNK_AVG, CHUNK_MAX)  # min, average, max
         self.new_objects = 0  # objects this store instance added (not already present)
         self._count_lock = threading.Lock()
 
@@ -147,7 +148,8 @@ class ObjectStore:
             ) from e
 
     def store_bytes(self, data: bytes, chunking: bool = True) -> StoredFile:
-        bounds = chunk_boundaries(data) if chunking and len(data) > CHUNK_MIN else [len(data)]
+        lo, avg, hi = self.chunk_sizes
+        bounds = chunk_boundaries(data, lo, avg, hi) if chunking and len(data) > lo else [len(data)]
         if len(bounds) == 1:
             return StoredFile(len(data), self.put(data))
         chunks = []

@@ -1,0 +1,53 @@
+"""Helpers for the CVMFS tests: tarball builders and the reference fixture's location."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+from helpers import shared_dir
+
+
+def reference_dir() -> Path:
+    return shared_dir() / "fixtures" / "cvmfs-reference"
+
+
+def make_tarball(path: Path, members: dict[str, bytes | str | None], mtime: int = 1700000000) -> Path:
+    """Write a .tar.gz: bytes -> file, str -> symlink target, None -> directory."""
+    with tarfile.open(path, "w:gz") as tf:
+        for name, content in members.items():
+            info = tarfile.TarInfo(name)
+            info.mtime = mtime
+            if content is None:
+                info.type = tarfile.DIRTYPE
+                info.mode = 0o755
+                tf.addfile(info)
+            elif isinstance(content, str):
+                info.type = tarfile.SYMTYPE
+                info.linkname = content
+                info.mode = 0o777
+                tf.addfile(info)
+            else:
+                info.size = len(content)
+                info.mode = 0o644
+                tf.addfile(info, io.BytesIO(content))
+    return path
+
+
+def software_tarball(
+    tmp: Path, version: str, subdir: str, files: dict[str, bytes], stamp: int = 1700000000
+) -> Path:
+    """An EESSI-style software tarball with ``files`` under ``<version>/software/linux/<subdir>/``."""
+    name = f"eessi-{version}-software-linux-{subdir.replace('/', '-')}-{stamp}.tar.gz"
+    prefix = f"{version}/software/linux/{subdir}"
+    members: dict[str, bytes | str | None] = {}
+    parts = prefix.split("/")
+    for i in range(1, len(parts) + 1):
+        members["/".join(parts[:i])] = None
+    for rel, data in files.items():
+        segs = rel.split("/")
+        for i in range(1, len(segs)):
+            members.setdefault(f"{prefix}/{'/'.join(segs[:i])}", None)
+        members[f"{prefix}/{rel}"] = data
+    return make_tarball(tmp / name, members, stamp)
