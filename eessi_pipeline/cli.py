@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from . import __version__
 from .arch.cpuinfo import CPUINFO_ENV, MACHINE_ENV, read_host_cpu
 from .arch.select import OVERRIDE_ENV, check_build_node, require_build_node, select_from_environ, why_not
+from .cli_repo import add_repo_parser
 from .errors import PipelineError, UsageError
 from .matrix import MATRIX_ENV, Matrix, load_matrix
 from .plan import make_plan
@@ -263,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="say what would be published, change nothing")
     p.add_argument("tarballs", nargs="*", metavar="TARBALL", help="tarballs to publish (default: all staged)")
     p.set_defaults(handler=cmd_publish)
+
+    add_repo_parser(sub)
     return parser
 
 
