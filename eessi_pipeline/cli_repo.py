@@ -118,9 +118,12 @@ def _open(args: argparse.Namespace) -> RepositoryReader:
 def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     with _open(args) as reader:
         report = reader.verify()
+    for warning in report.warnings:
+        _progress(f"warning: {warning}")
     if args.json:
         _emit({"ok": True, "revision": report.revision, "catalogs": report.catalogs,
-               "objects": report.objects, "entries": report.entries}, out)  # fmt: skip
+               "objects": report.objects, "entries": report.entries,
+               "warnings": list(report.warnings)}, out)  # fmt: skip
     else:
         out.write(f"revision {report.revision}\n")
         _progress(f"verified {report.catalogs} catalogs, {report.objects} objects, {report.entries} entries")

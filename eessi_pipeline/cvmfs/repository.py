@@ -600,8 +600,8 @@ class Transaction:
                 revision = (self.base.revision if self.base else 0) + 1
             props = dict(doc.properties)
             props.update({"revision": str(revision), "last_modified": str(ts)})
-            if root in self.loaded_hash:
-                props["previous_revision"] = self.loaded_hash[root]
+            # The catalog this one replaces; cvmfs writes 40 zeros for a new catalog.
+            props["previous_revision"] = self.loaded_hash.get(root, "0" * 40)
             doc.properties = props
             data = write_catalog(doc, stats, self.tmp)
             h = store.put(data, SUFFIX_CATALOG)
