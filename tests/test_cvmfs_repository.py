@@ -291,3 +291,44 @@ def test_large_file_is_chunked_into_partial_objects(repo: Repository, tmp_path: 
     rebuilt = b"".join(zlib.decompress(repo.store.path(c.hash, "P").read_bytes()) for c in node.chunks)
     assert rebuilt == blob
     assert doc.statistics["self_chunked"] == 1 and doc.statistics["self_chunks"] == len(node.chunks)
+
+
+KILLER = """
+import os, sys
+from pathlib import Path
+from eessi_pipeline.cvmfs.repository import Repository
+calls = []
+def hook(name):
+    calls.append(name)
+    if len(calls) == int(sys.argv[3]):
+        os.kill(os.getpid(), 9)
+Repository(Path(sys.argv[1]), "software.eessi.local").ingest(Path(sys.argv[2]), hook=hook)
+"""
+
+
+def test_kill_9_during_publish_leaves_previous_revision_verifiable(repo: Repository, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from eessi_pipeline.cvmfs.reader import verify_repository
+
+    master = repo.paths.keys.master_public.read_bytes()
+    files = {"software/a/1.0/.cvmfscatalog": b"", "software/a/1.0/bin/a": b"a" * 1000, "b": b"b"}
+    t = software_tarball(tmp_path, "2023.06", "x86_64/generic", files)
+    steps: list[str] = []
+    (tmp_path / "probe").mkdir()
+    probe = Repository(tmp_path / "probe", NAME)
+    probe.init()
+    probe.ingest(t, hook=steps.append)
+    assert len(steps) >= 5
+    for k in range(1, len(steps)):  # every step but the last ("manifest written")
+        proc = subprocess.run(
+            [sys.executable, "-c", KILLER, str(repo.paths.state_dir), str(t), str(k)], check=False
+        )
+        assert proc.returncode == -9, f"not killed at step {k} ({steps[k - 1]})"
+        report = verify_repository(repo.paths.root, master)
+        assert report.revision == 1, steps[k - 1]
+    result = repo.ingest(t, lock_timeout=5)
+    assert result.revision == 2
+    report = verify_repository(repo.paths.root, master)
+    assert report.revision == 2 and report.warnings == ()
