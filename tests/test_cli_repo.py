@@ -12,6 +12,8 @@ import pytest
 from cvmfs_helpers import make_tarball, reference_dir, software_tarball
 
 from eessi_pipeline import cli
+from eessi_pipeline.cvmfs.common import object_path
+from eessi_pipeline.cvmfs.reader import open_repository
 
 NAME = "software.eessi.local"
 PREFIX = "versions/2023.06/software/linux/x86_64/generic"
@@ -108,10 +110,11 @@ def test_repo_verify_tampered_object_fails_naming_it(initialised: Run, tmp_path:
     t = software_tarball(tmp_path, "2023.06", "x86_64/generic", {"f": b"payload"})
     assert initialised("repo", "ingest", "--tarball", str(t))[0] == 0
     root = tmp_path / "state" / "srv" / "cvmfs" / NAME
-    code, out, _ = initialised("repo", "ls", "--json", f"/{PREFIX}/f")
-    assert code == 0
-    data_objects = [p for p in (root / "data").rglob("*") if p.is_file() and p.name[-1] in "0123456789abcdef"]
-    victim = next(p for p in data_objects if len(p.read_bytes()) < 64 and p.stat().st_size > 8)
+    key = (tmp_path / "state" / "keys" / f"{NAME}.pub").read_bytes()
+    with open_repository(root, key) as reader:
+        entry = reader.lookup(f"/{PREFIX}/f")
+    assert entry is not None and entry.hash
+    victim = root / object_path(entry.hash)
     raw = bytearray(victim.read_bytes())
     raw[-1] ^= 0xFF
     victim.write_bytes(bytes(raw))
