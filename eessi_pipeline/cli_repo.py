@@ -83,7 +83,7 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO) -> int:
     _progress(f"ingesting into {repo.paths.name} (lock timeout {args.lock_timeout:.0f} s)")
     result = repo.ingest(
         tarball, args.base_dir, args.delete, args.catalog,
-        lock_timeout=args.lock_timeout, chunking=not args.no_chunking,
+        lock_timeout=args.lock_timeout, chunking=not args.no_chunking, apply_dirtab=not args.no_dirtab,
     )  # fmt: skip
     if args.json:
         _emit({"repository": result.name, "revision": result.revision, "root_catalog": result.root_catalog,
@@ -197,6 +197,7 @@ def add_repo_parser(sub: Any) -> None:
     )
     p.add_argument("--catalog", action="store_true", help="make --base-dir a nested catalog")
     p.add_argument("--no-chunking", action="store_true", help="store large files whole")
+    p.add_argument("--no-dirtab", action="store_true", help="do not apply the repository's /.cvmfsdirtab")
     p.add_argument("--max-member-size", type=int, default=DEFAULT_MAX_MEMBER_SIZE, metavar="BYTES")
     p.add_argument("--lock-timeout", type=float, default=DEFAULT_LOCK_TIMEOUT, metavar="SECONDS")
     p.add_argument("--backend", choices=["embedded", "cvmfs_server"], default="embedded")

@@ -52,8 +52,8 @@ def test_init_creates_signed_revision_one_with_keys(repo: Repository) -> None:
         assert (repo.paths.root / f).exists(), f
     assert (repo.paths.web_root / "info" / "v1" / "repositories.json").exists()
     doc = root_doc(repo)
-    assert set(doc.entries) == {"", "/new_repository"}
-    assert doc.statistics["self_regular"] == 1 and doc.statistics["self_dir"] == 1
+    assert set(doc.entries) == {"", "/new_repository", "/.cvmfsdirtab"}
+    assert doc.statistics["self_regular"] == 2 and doc.statistics["self_dir"] == 1
 
 
 def test_init_twice_refuses_and_keeps_keys(repo: Repository, tmp_path: Path) -> None:
@@ -153,9 +153,10 @@ def test_ingest_incremental_writes_only_new_objects_and_changed_catalogs(
     repo.ingest(software_tarball(tmp_path / "big", "2023.06", "x86_64/generic", files))
     small = software_tarball(tmp_path, "2023.06", "x86_64/generic", {"software/new/1.0/file": b"brand new"})
     result = repo.ingest(small)
-    assert result.catalogs_written == 1  # only the root catalog; 20 nested catalogs untouched
-    # the new file, the root catalog, history, and meta-info/certificate already exist
-    assert result.objects_written <= 3
+    # the root catalog and the new package's own catalog (the dirtab nests it); 20 others untouched
+    assert result.catalogs_written == 2
+    # the new file, two catalogs and the history; certificate and meta-info exist already
+    assert result.objects_written == 4
 
 
 def test_ingest_matches_real_cvmfs_server_catalogs(tmp_path: Path) -> None:
@@ -163,7 +164,7 @@ def test_ingest_matches_real_cvmfs_server_catalogs(tmp_path: Path) -> None:
     if not ref.is_dir():
         pytest.skip(f"CVMFS reference fixture not found at {ref}")
     repo = Repository(tmp_path / "state", "reference.eessi.local")
-    repo.init()
+    repo.init(dirtab=None)  # cvmfs_server ingest applies no .cvmfsdirtab
     for t in sorted((ref / "tarballs").glob("*.tar.gz")):
         repo.ingest(t, "versions", chunking=False)  # the real ingest stored its 20 MiB file whole
     repo.ingest(None, deletes=[ZLIB.lstrip("/") + "/share/empty"])
@@ -332,3 +333,48 @@ def test_kill_9_during_publish_leaves_previous_revision_verifiable(repo: Reposit
     assert result.revision == 2
     report = verify_repository(repo.paths.root, master)
     assert report.revision == 2 and report.warnings == ()
+
+
+def test_dirtab_nests_installations_and_module_trees(repo: Repository, tmp_path: Path) -> None:
+    files = {
+        "software/zlib/1.2.13/lib/libz.so": b"z",
+        "software/GSL/2.7/lib/libgsl.so": b"g",
+        "modules/all/zlib/1.2.13.lua": b"-- lua",
+    }
+    repo.ingest(software_tarball(tmp_path, "2023.06", "x86_64/amd/zen3", files))
+    prefix = "/versions/2023.06/software/linux/x86_64/amd/zen3"
+    assert set(root_doc(repo).nested) == {
+        f"{prefix}/software/zlib/1.2.13",
+        f"{prefix}/software/GSL/2.7",
+        f"{prefix}/modules/all",
+    }
+
+
+def test_dirtab_can_be_skipped(repo: Repository, tmp_path: Path) -> None:
+    t = software_tarball(tmp_path, "2023.06", "x86_64/generic", {"software/zlib/1.2.13/lib/libz.so": b"z"})
+    repo.ingest(t, apply_dirtab=False)
+    assert root_doc(repo).nested == {}
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path", "expected"),
+    [
+        (
+            "/versions/*/software/linux/*/*/modules/all",
+            "/versions/2023.06/software/linux/x86_64/generic/modules/all",
+            True,
+        ),
+        (
+            "/versions/*/software/linux/*/*/modules/all",
+            "/versions/2023.06/software/linux/x86_64/amd/zen3/modules/all",
+            False,
+        ),
+        ("/versions/*/software/*", "/versions/2023.06/software", False),
+        ("/versions/2023.*", "/versions/2023.06", True),
+    ],
+    ids=["two-level", "depth-differs", "shorter-path", "wildcard-in-component"],
+)
+def test_dirtab_match_is_component_wise(pattern: str, path: str, expected: bool) -> None:
+    from eessi_pipeline.cvmfs.repository import dirtab_match
+
+    assert dirtab_match(pattern, path) is expected

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import fcntl
+import fnmatch
 import hashlib
 import json
 import logging
@@ -61,6 +62,15 @@ log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
 MASTER_REPLICA_TEXT = "This file marks the repository as replicatable to stratum 1 servers\n"
 WHITELIST_DAYS = 30
+#: EESSI-style nesting: one catalog per installation and one for the module tree of each CPU
+#: target (subdirs have two or three levels: x86_64/generic, x86_64/amd/zen3).
+DEFAULT_DIRTAB = (
+    "/versions/*/software/linux/*/*/software/*/*",
+    "/versions/*/software/linux/*/*/*/software/*/*",
+    "/versions/*/software/linux/*/*/modules/all",
+    "/versions/*/software/linux/*/*/*/modules/all",
+)
+DIRTAB_PATH = "/.cvmfsdirtab"
 DEFAULT_LOCK_TIMEOUT = 60.0
 
 #: Test hook: called with a step name at each point of a publish (fault-injection tests kill there).
@@ -189,8 +199,11 @@ class Repository:
     def exists(self) -> bool:
         return self.paths.manifest.exists()
 
-    def init(self, now: dt.datetime | None = None) -> PublishResult:
-        """Create keys (never overwriting them) and revision 1: an empty root directory."""
+    def init(
+        self, now: dt.datetime | None = None, dirtab: Sequence[str] | None = DEFAULT_DIRTAB
+    ) -> PublishResult:
+        """Create keys (never overwriting them) and revision 1: the root with ``/new_repository``
+        and, unless ``dirtab`` is None, a ``/.cvmfsdirtab`` with those nesting patterns."""
         if self.exists:
             raise RepositoryError(
                 f"repository {self.paths.name} already exists at {self.paths.root}; nothing changed"
@@ -216,6 +229,10 @@ class Repository:
                 "new_repository", stat.S_IFREG | 0o644, stamp, len(welcome), hash=self.store.put(welcome)
             )
             txn.put("/new_repository", node)
+            if dirtab is not None:
+                text = "".join(f"{line}\n" for line in dirtab).encode()
+                tab = Node(".cvmfsdirtab", stat.S_IFREG | 0o644, stamp, len(text), hash=self.store.put(text))
+                txn.put(DIRTAB_PATH, tab)
             result = txn.commit()
         self.write_info_json()
         return result
@@ -300,13 +317,16 @@ class Repository:
         *,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
         chunking: bool = True,
+        apply_dirtab: bool = True,
         hook: StepHook | None = None,
         now: dt.datetime | None = None,
     ) -> PublishResult:
         """``cvmfs_server ingest`` semantics: delete ``deletes``, then overlay the members at ``base_dir``.
 
-        The caller validates the tarball first (see :mod:`.tarcheck`); everything here
-        happens in memory until :meth:`Transaction.commit`.
+        With ``apply_dirtab`` the repository's ``/.cvmfsdirtab`` then nests the directories this
+        ingest added, as EESSI's empty transaction + publish after each ingest does.  The
+        caller validates the tarball first (see :mod:`.tarcheck`); everything here happens in
+        memory until :meth:`Transaction.commit`.
         """
         base = "/" + base_dir.strip("/") if base_dir.strip("/") else ""
         if tarball is None and not deletes:
@@ -319,6 +339,8 @@ class Repository:
                 txn.overlay_tar(tarball, base, chunking)
                 if make_catalog and base:
                     txn.make_nested(base)
+            if apply_dirtab:
+                txn.apply_dirtab()
             return txn.commit()
 
 
@@ -330,6 +352,13 @@ def _os_release() -> dict[str, str]:
                 k, v = line.split("=", 1)
                 out[k] = v.strip().strip('"')
     return out
+
+
+def dirtab_match(pattern: str, path: str) -> bool:
+    """Component-wise shell-wildcard match of a ``.cvmfsdirtab`` line against a repository path."""
+    want = pattern.strip().rstrip("/").split("/")
+    have = path.split("/")
+    return len(want) == len(have) and all(fnmatch.fnmatchcase(h, w) for h, w in zip(have, want, strict=True))
 
 
 def _within(path: str, root: str) -> bool:
@@ -351,6 +380,7 @@ class Transaction:
     paths_deleted: int = 0
     objects_at_start: int = -1
     implicit_dirs: set[str] = field(default_factory=set)
+    new_dirs: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.objects_at_start = self.repo.store.new_objects
@@ -415,6 +445,7 @@ class Transaction:
             name=name, mode=stat.S_IFDIR | 0o755, mtime=int(self.now.timestamp()), size=DIR_SIZE
         )
         self.implicit_dirs.add(path)
+        self.new_dirs.add(path)
         self._touch(doc)
 
     def put(self, path: str, node: Node) -> None:
@@ -432,6 +463,8 @@ class Transaction:
                 self.implicit_dirs.discard(path)
         else:
             doc.entries[path] = node
+            if node.is_dir:
+                self.new_dirs.add(path)
         self._touch(doc)
 
     def remove(self, path: str, must_exist: bool = False) -> None:
@@ -486,6 +519,42 @@ class Transaction:
         self.docs[path] = child
         self._touch(parent)
         self._touch(child)
+
+    def read_file(self, path: str) -> bytes | None:
+        node = self.get(path)
+        if node is None or not node.is_regular:
+            return None
+        if node.hash:
+            return self.repo.store.get(node.hash)
+        return b"".join(self.repo.store.get(c.hash, "P") for c in node.chunks)
+
+    def apply_dirtab(self, patterns: Sequence[str] | None = None) -> list[str]:
+        """Nest every directory added in this transaction that a dirtab pattern matches.
+
+        Patterns are absolute paths whose components may use shell wildcards (one component
+        each); a leading ``!`` excludes.  Without ``patterns`` the repository's own
+        ``/.cvmfsdirtab`` is used (no file: nothing to do).  Returns the new mountpoints.
+        """
+        if patterns is None:
+            raw = self.read_file(DIRTAB_PATH)
+            if raw is None:
+                return []
+            patterns = raw.decode("utf-8", "replace").splitlines()
+        include = [p.strip() for p in patterns if p.strip() and not p.strip().startswith(("#", "!"))]
+        exclude = [p.strip()[1:] for p in patterns if p.strip().startswith("!")]
+        made = []
+        for path in sorted(self.new_dirs, key=lambda p: (p.count("/"), p)):
+            node = self.get(path)
+            if node is None or not node.is_dir:
+                continue
+            if (
+                any(dirtab_match(p, path) for p in include)
+                and not any(dirtab_match(p, path) for p in exclude)
+                and self.catalog_for(path).root != path
+            ):
+                self.make_nested(path)
+                made.append(path)
+        return made
 
     def overlay_tar(self, tarball: Path, base: str, chunking: bool = True) -> None:
         """Overlay the members of ``tarball`` at ``base`` (leading ``./`` and ``/`` stripped)."""
