@@ -378,3 +378,15 @@ def test_dirtab_match_is_component_wise(pattern: str, path: str, expected: bool)
     from eessi_pipeline.cvmfs.repository import dirtab_match
 
     assert dirtab_match(pattern, path) is expected
+
+
+def test_ingest_zstd_tarball(repo: Repository, tmp_path: Path) -> None:
+    import zstandard
+
+    gz = software_tarball(tmp_path, "2023.06", "x86_64/generic", {"bin/z": b"zstd content"})
+    import gzip
+
+    zst = tmp_path / gz.name.replace(".tar.gz", ".tar.zst")
+    zst.write_bytes(zstandard.ZstdCompressor().compress(gzip.decompress(gz.read_bytes())))
+    repo.ingest(zst)
+    assert any(p.endswith("/bin/z") for p in root_doc(repo).entries)

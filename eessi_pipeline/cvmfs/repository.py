@@ -29,6 +29,7 @@ import re
 import shutil
 import stat
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -559,8 +560,21 @@ class Transaction:
     def overlay_tar(self, tarball: Path, base: str, chunking: bool = True) -> None:
         """Overlay the members of ``tarball`` at ``base`` (leading ``./`` and ``/`` stripped)."""
         try:
-            with tarfile.open(tarball, "r:*") as tf:
-                self._overlay_members(tarball, tf, base, chunking)
+            if tarball.name.endswith(".tar.zst"):
+                import zstandard
+
+                with tempfile.TemporaryFile(dir=self.tmp) as plain:
+                    with (
+                        tarball.open("rb") as src,
+                        zstandard.ZstdDecompressor().stream_reader(src, read_across_frames=True) as reader,
+                    ):
+                        shutil.copyfileobj(reader, plain)
+                    plain.seek(0)
+                    with tarfile.open(fileobj=plain, mode="r:") as tf:
+                        self._overlay_members(tarball, tf, base, chunking)
+            else:
+                with tarfile.open(tarball, "r:*") as tf:
+                    self._overlay_members(tarball, tf, base, chunking)
         except (OSError, tarfile.TarError) as e:
             raise RepositoryError(f"{tarball}: cannot read the tarball ({e})") from e
 
