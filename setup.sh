@@ -54,7 +54,7 @@ echo "[setup] installing eessi-pipeline and its test tools into .venv"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 
 if ((RUN_MAIN)); then
-  echo "[setup] main job: validate the matrix, detect this host, plan its target"
+  echo "[setup] main job: validate the matrix, detect this host, plan its target, check the repository"
   .venv/bin/eessi-pipeline validate
   .venv/bin/eessi-pipeline detect --all
   target=$(.venv/bin/eessi-pipeline detect --json | .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["target"] or "")')
@@ -63,4 +63,10 @@ if ((RUN_MAIN)); then
   else
     echo "[setup] the matrix builds no target for this host's CPU family; nothing to plan"
   fi
+  repo=${EESSI_PIPELINE_REPOSITORY:-software.eessi.local}
+  if ! .venv/bin/eessi-pipeline repo verify "$repo" >/dev/null 2>&1; then
+    echo "[setup] creating the embedded CVMFS repository $repo"
+    .venv/bin/eessi-pipeline repo init "$repo"
+  fi
+  .venv/bin/eessi-pipeline repo verify "$repo"
 fi
