@@ -390,3 +390,20 @@ def test_ingest_zstd_tarball(repo: Repository, tmp_path: Path) -> None:
     zst.write_bytes(zstandard.ZstdCompressor().compress(gzip.decompress(gz.read_bytes())))
     repo.ingest(zst)
     assert any(p.endswith("/bin/z") for p in root_doc(repo).entries)
+
+
+def test_ingest_pax_xattrs_land_in_the_catalog_blob(repo: Repository, tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    t = tmp_path / "eessi-2023.06-software-linux-x86_64-generic-1700000000.tar.gz"
+    with tarfile.open(t, "w:gz", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo("2023.06/f")
+        info.size, info.mode = 1, 0o644
+        info.pax_headers = {"SCHILY.xattr.user.origin": "eessi", "SCHILY.xattr.user.a": "1"}
+        tf.addfile(info, io.BytesIO(b"x"))
+    repo.ingest(t)
+    doc = root_doc(repo)
+    node = doc.entries["/versions/2023.06/f"]
+    assert node.xattr == bytes([1, 2, 6, 1]) + b"user.a1" + bytes([11, 5]) + b"user.origineessi"
+    assert doc.statistics["self_xattr"] == 1

@@ -355,6 +355,32 @@ def _os_release() -> dict[str, str]:
     return out
 
 
+XATTR_PREFIX = "SCHILY.xattr."
+
+
+def pack_xattrs(tarball: Path, member: tarfile.TarInfo) -> bytes | None:
+    """A member's extended attributes (pax ``SCHILY.xattr.*``) in cvmfs's catalog blob:
+    version 1, count, then per attribute a key length, a value length, key and value (one byte
+    each for the lengths)."""
+    attrs = sorted(
+        (k[len(XATTR_PREFIX) :].encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
+        for k, v in member.pax_headers.items()
+        if k.startswith(XATTR_PREFIX)
+    )
+    if not attrs:
+        return None
+    too_long = [k.decode("utf-8", "replace") for k, v in attrs if len(k) > 255 or len(v) > 255]
+    if too_long or len(attrs) > 255:
+        raise RepositoryError(
+            f"{tarball}: {member.name}: extended attributes {too_long or 'count'} exceed what a CVMFS "
+            "catalog stores (255 attributes of at most 255-byte names and values); drop them when packing"
+        )
+    blob = bytes([1, len(attrs)])
+    for k, v in attrs:
+        blob += bytes([len(k), len(v)]) + k + v
+    return blob
+
+
 def dirtab_match(pattern: str, path: str) -> bool:
     """Component-wise shell-wildcard match of a ``.cvmfsdirtab`` line against a repository path."""
     want = pattern.strip().rstrip("/").split("/")
@@ -633,7 +659,7 @@ class Transaction:
             self.put(
                 path,
                 Node(path.rsplit("/", 1)[-1], stat.S_IFREG | perm, int(m.mtime), sf.size, m.uid, m.gid,
-                     hash=sf.hash, chunks=sf.chunks),
+                     hash=sf.hash, chunks=sf.chunks, xattr=pack_xattrs(tarball, m)),
             )  # fmt: skip
             self.files_added += 1
         for mp in sorted(set(nested_at)):
