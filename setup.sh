@@ -20,7 +20,8 @@ for arg in "$@"; do
 done
 
 # Debian packages the pipeline needs.  Later parts of the pipeline add theirs here.
-PACKAGES=(python3 python3-venv python3-pip git ca-certificates openssh-client)
+PACKAGES=(python3 python3-venv python3-pip git ca-certificates openssh-client
+          fuse3 lmod)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from . import __version__
 from .arch.cpuinfo import CPUINFO_ENV, MACHINE_ENV, read_host_cpu
 from .arch.select import OVERRIDE_ENV, check_build_node, require_build_node, select_from_environ, why_not
+from .cli_client import add_client_parser
 from .cli_repo import add_repo_parser
 from .errors import PipelineError, UsageError
 from .matrix import MATRIX_ENV, Matrix, load_matrix
@@ -266,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_publish)
 
     add_repo_parser(sub)
+    add_client_parser(sub)
     return parser
 
 

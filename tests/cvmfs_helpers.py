@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import io
 import tarfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from helpers import shared_dir
@@ -51,3 +56,22 @@ def software_tarball(
             members.setdefault(f"{prefix}/{'/'.join(segs[:i])}", None)
         members[f"{prefix}/{rel}"] = data
     return make_tarball(tmp / name, members, stamp)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serve_directory(root: Path) -> Iterator[str]:
+    """Serve ``root`` over HTTP on 127.0.0.1 (a free port); yields ``http://127.0.0.1:PORT``."""
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
