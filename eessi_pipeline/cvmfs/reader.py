@@ -92,28 +92,40 @@ class DirSource:
 
 @dataclass(frozen=True, slots=True)
 class HttpSource:
-    """A repository served over HTTP; ``base_url`` like ``http://127.0.0.1:8080/cvmfs/<name>``."""
+    """A repository served over HTTP; ``base_url`` like ``http://127.0.0.1:8080/cvmfs/<name>``.
+
+    ``proxy`` (``http://squid:3128``) sends every request through that forward proxy;
+    without it urllib's default applies (the ``http_proxy`` environment variables).
+    """
 
     base_url: str
     timeout: float = HTTP_TIMEOUT_S
+    proxy: str | None = None
 
     def url(self, relpath: str) -> str:
         return f"{self.base_url.rstrip('/')}/{relpath}"
 
+    def _open(self, request: urllib.request.Request) -> Any:
+        if self.proxy is None:
+            return urllib.request.urlopen(request, timeout=self.timeout)
+        handler = urllib.request.ProxyHandler({"http": self.proxy, "https": self.proxy})
+        return urllib.request.build_opener(handler).open(request, timeout=self.timeout)
+
     def fetch(self, relpath: str) -> bytes:
         url = self.url(relpath)
         request = urllib.request.Request(url, headers={"User-Agent": "eessi-pipeline-cvmfs-reader"})
+        via = f" via proxy {self.proxy}" if self.proxy else ""
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with self._open(request) as response:
                 data: bytes = response.read()
                 return data
         except urllib.error.HTTPError as e:
             what = "missing from the repository" if e.code == 404 else "refused"
-            raise RepositoryError(f"{url}: {what} (HTTP {e.code} {e.reason})") from e
+            raise RepositoryError(f"{url}: {what} (HTTP {e.code} {e.reason}{via})") from e
         except urllib.error.URLError as e:
-            raise RepositoryError(f"{url}: cannot be fetched ({e.reason})") from e
+            raise RepositoryError(f"{url}: cannot be fetched ({e.reason}{via})") from e
         except (TimeoutError, OSError) as e:
-            raise RepositoryError(f"{url}: cannot be fetched ({e})") from e
+            raise RepositoryError(f"{url}: cannot be fetched ({e}{via})") from e
 
     def __str__(self) -> str:
         return self.base_url
@@ -860,7 +872,62 @@ def verify_repository(
         return reader.verify()
 
 
+@dataclass(frozen=True, slots=True)
+class CatalogReferences:
+    """What one catalog points at, as a replicator needs it (nothing of the tree itself)."""
+
+    nested: tuple[tuple[str, str], ...]  # (mountpoint, hash) of each nested catalog; not bind mountpoints
+    previous_revision: str | None  # the catalog this one replaced; None when absent or all zeros
+    objects: frozenset[tuple[str, str]]  # (hash, suffix): whole files "" and chunks "P"; no external files
+
+
+def catalog_references(raw: bytes, hex_hash: str) -> CatalogReferences:
+    """Read the references of the catalog object ``raw`` (its compressed bytes, hash already checked)."""
+    relpath = object_path(hex_hash, SUFFIX_CATALOG)
+    try:
+        data = zlib.decompress(raw)
+    except zlib.error as e:
+        raise RepositoryError(f"{relpath}: not a valid zlib stream ({e})") from e
+    with tempfile.TemporaryDirectory(prefix="eessi-cvmfs-catalog-") as tmp:
+        path = Path(tmp) / "catalog.sqlite"
+        path.write_bytes(data)
+        try:
+            conn = sqlite3.connect(path.as_uri() + "?mode=ro&immutable=1", uri=True)
+        except sqlite3.Error as e:
+            raise RepositoryError(f"{relpath}: not an SQLite database ({e})") from e
+        try:
+            conn.text_factory = _decode_text
+            nested = tuple(
+                (str(p), str(h))
+                for p, h in conn.execute("SELECT path, sha1 FROM nested_catalogs ORDER BY path")
+            )
+            row = conn.execute("SELECT value FROM properties WHERE key = 'previous_revision'").fetchone()
+            rows = conn.execute("SELECT hash, flags FROM catalog WHERE hash IS NOT NULL").fetchall()
+            rows_p = conn.execute(
+                "SELECT chunks.hash, catalog.flags FROM chunks JOIN catalog "
+                "ON chunks.md5path_1 = catalog.md5path_1 AND chunks.md5path_2 = catalog.md5path_2"
+            ).fetchall()
+        except sqlite3.DatabaseError as e:
+            raise RepositoryError(f"{relpath}: unreadable; not a CVMFS catalog ({e})") from e
+        finally:
+            conn.close()
+    objects: set[tuple[str, str]] = set()
+    for suffix, found in (("", rows), (SUFFIX_PARTIAL, rows_p)):
+        for blob, flags in found:
+            flags = int(flags or 0)
+            if blob and not flags & FLAG_FILE_EXTERNAL:
+                objects.add((bytes(blob).hex() + _ALGO_TAGS.get((flags >> 8) & 0x7, ""), suffix))
+    previous = str(row[0]) if row is not None and row[0] else None
+    if previous is not None and not previous.strip("0"):
+        previous = None
+    for h in [h for _, h in nested] + ([previous] if previous else []):
+        if not _HASH_RE.match(h):
+            raise RepositoryError(f"{relpath}: references {h!r}, which is not a CVMFS content hash")
+    return CatalogReferences(nested, previous, frozenset(objects))
+
+
 __all__ = [
+    "CatalogReferences",
     "Chunk",
     "DirSource",
     "Entry",
@@ -869,6 +936,7 @@ __all__ = [
     "Source",
     "Tag",
     "VerifyReport",
+    "catalog_references",
     "open_repository",
     "open_source",
     "verify_repository",
