@@ -69,9 +69,9 @@ def test_mount_lists_reads_and_runs_programs(mounted: tuple[Repository, Path]) -
 
 def test_mount_is_read_only(mounted: tuple[Repository, Path]) -> None:
     _repo, mp = mounted
-    with pytest.raises(OSError, match="Read-only file system|Function not implemented|Permission denied"):
+    with pytest.raises(OSError, match=r"Read-only file system|Function not implemented|Permission denied"):
         (mp / "new_file").write_text("x")
-    with pytest.raises(OSError, match="Read-only file system|Permission denied"):
+    with pytest.raises(OSError, match=r"Read-only file system|Permission denied"):
         (mp / "new_repository").write_text("x")
 
 
