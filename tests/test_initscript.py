@@ -77,7 +77,7 @@ def _prefix(tmp_path: Path, version: str, subdirs: list[str]) -> Path:
     for sub in subdirs:
         mod = repo / "versions" / version / "software" / "linux" / sub / "modules" / "all" / "hello"
         mod.mkdir(parents=True)
-        (mod / "1.0.lua").write_text('whatis("hello world")\nsetenv("HELLO_SUBDIR", "%s")\n' % sub)
+        (mod / "1.0.lua").write_text(f'whatis("hello world")\nsetenv("HELLO_SUBDIR", "{sub}")\n')
     return repo
 
 
