@@ -40,21 +40,28 @@ def replication_lag(
     behind = stratum0_revision - stratum1_revision
     age = (now - stratum0_published).total_seconds()
     if behind < 0:
-        return Finding("replication", Level.FAILURE,
-                       f"Stratum 1 is at revision {stratum1_revision}, ahead of the Stratum 0's "
-                       f"{stratum0_revision}: it replicates another repository or the Stratum 0 was rolled back")  # fmt: skip
+        return Finding(
+            "replication",
+            Level.FAILURE,
+            f"Stratum 1 is at revision {stratum1_revision}, ahead of the Stratum 0's {stratum0_revision}: "
+            "it replicates another repository or the Stratum 0 was rolled back",
+        )
     if behind == 0:
         return Finding(
             "replication", Level.OK, f"Stratum 1 is at the Stratum 0's revision {stratum0_revision}"
         )
     if age < grace_s:
         return Finding("replication", Level.OK,
-                       f"Stratum 1 is {behind} revision(s) behind, within the {grace_s} s grace period "
-                       f"after the publish ({age:.0f} s ago)")  # fmt: skip
+                       f"Stratum 1 is {behind} revision(s) behind (at {stratum1_revision}, Stratum 0 at "
+                       f"{stratum0_revision}), within the {grace_s} s grace period after the publish "
+                       f"({age:.0f} s ago)")  # fmt: skip
     level = Level.WARNING if behind == 1 else Level.FAILURE
-    return Finding("replication", level,
-                   f"Stratum 1 is {behind} revision(s) behind (at {stratum1_revision}, Stratum 0 at "
-                   f"{stratum0_revision}) {age:.0f} s after the publish; run `eessi-pipeline stratum snapshot`")  # fmt: skip
+    return Finding(
+        "replication",
+        level,
+        f"Stratum 1 is {behind} revision(s) behind (at {stratum1_revision}, Stratum 0 at {stratum0_revision}) "
+        f"{age:.0f} s after the publish; run `eessi-pipeline stratum snapshot`",
+    )
 
 
 def whitelist_expiry(
