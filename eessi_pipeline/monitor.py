@@ -59,7 +59,8 @@ def replication_lag(
     return Finding(
         "replication",
         level,
-        f"Stratum 1 is {behind} revision(s) behind (at {stratum1_revision}, Stratum 0 at {stratum0_revision}) "
+        f"Stratum 1 is {behind} revision(s) behind (at {stratum1_revision}, "
+        f"Stratum 0 at {stratum0_revision}) "
         f"{age:.0f} s after the publish; run `eessi-pipeline stratum snapshot`",
     )
 
