@@ -1,8 +1,9 @@
 """Project-wide pytest set-up.
 
 ``eessi_pipeline.pytest_plugin`` registers the ``arch_<target>`` markers from the
-matrix and provides the acceptance fixtures; ``pytester`` lets the plugin's own
+matrix and provides the acceptance fixtures; ``eessi_pipeline.compat.fixtures`` provides
+``compat_layer(family)``; ``pytester`` lets the plugin's own
 tests run pytest on generated test files.
 """
 
-pytest_plugins = ("eessi_pipeline.pytest_plugin", "pytester")
+pytest_plugins = ("eessi_pipeline.pytest_plugin", "eessi_pipeline.compat.fixtures", "pytester")

@@ -20,6 +20,7 @@ from . import __version__
 from .arch.cpuinfo import CPUINFO_ENV, MACHINE_ENV, read_host_cpu
 from .arch.select import OVERRIDE_ENV, check_build_node, require_build_node, select_from_environ, why_not
 from .cli_client import add_client_parser
+from .cli_compat import add_compat_parser
 from .cli_repo import add_repo_parser
 from .errors import PipelineError, UsageError
 from .matrix import MATRIX_ENV, Matrix, load_matrix
@@ -268,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_repo_parser(sub)
     add_client_parser(sub)
+    add_compat_parser(sub)
     return parser
 
 

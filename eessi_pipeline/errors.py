@@ -42,3 +42,11 @@ class RepositoryError(PipelineError):
 
 class TarballRejected(PipelineError):
     """A tarball failed validation before anything was written; the repository is unchanged."""
+
+
+class ServiceError(PipelineError):
+    """A local service (nginx Stratum 0/1, squid proxy) could not be configured, started or stopped."""
+
+
+class CompatError(PipelineError):
+    """A compatibility layer could not be planned, built, packed or checked."""

@@ -45,9 +45,15 @@ Decisions (the spec leaves them open):
   version directory (the directory itself included).  An absolute target is
   allowed only into the same version tree of a repository:
   ``/cvmfs/<repo>/versions/<top-level>[/…]`` (``<repo>`` must equal
-  ``repository`` when one is given).  EESSI compat layers that link to host
-  files (``/etc/passwd``) are therefore rejected; such tarballs need a reviewed
-  exception, not a silent pass.
+  ``repository`` when one is given).  The one reviewed exception: a ``compat``
+  tarball may link to exactly the host files in :data:`COMPAT_HOST_FILES`
+  (``/etc/passwd``, ``/etc/group``, ``/etc/hosts``, ``/etc/resolv.conf``,
+  ``/etc/nsswitch.conf``, ``/etc/localtime``), which a compatibility layer must
+  take from the host, as EESSI's do.  The target must be one of those paths
+  exactly (no ``..``, no other file under ``/etc``), and the link must lie
+  directly in the layer's own ``etc`` directory
+  (``<version>/compat/<os>/<arch>/etc/<name>``); every other absolute target,
+  and any host link in another content type, is rejected.
 * **Hard links** must name a regular-file member that came earlier in the
   archive and had no problem itself.
 * **Modes.** setuid, setgid and sticky bits are refused on every member,
@@ -90,6 +96,7 @@ from ..errors import TarballRejected
 
 __all__ = [
     "ARCHES",
+    "COMPAT_HOST_FILES",
     "CONTENT_TYPES",
     "DEFAULT_MAX_MEMBER_SIZE",
     "EXTENSIONS",
@@ -118,6 +125,10 @@ MAX_LISTED_PROBLEMS = 500
 CATALOG_MARKER = ".cvmfscatalog"
 
 _TYPES_WITH_ARCH = frozenset({"compat", "software"})
+#: Host files a ``compat`` tarball may symlink to by absolute path (and nothing else outside /cvmfs).
+COMPAT_HOST_FILES = frozenset(
+    {"/etc/passwd", "/etc/group", "/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf", "/etc/localtime"}
+)
 # Second-level directories allowed in a tarball of each content type.
 _ALLOWED_SECOND_LEVEL = {
     "compat": frozenset({"compat"}),
@@ -370,6 +381,14 @@ def _layout_problems(info: tarfile.TarInfo, parts: list[str], ctx: CheckContext)
     return problems
 
 
+def _allowed_host_link(target: str, parts: list[str], ctx: CheckContext) -> bool:
+    """A compat layer's link to one of :data:`COMPAT_HOST_FILES`, lying directly in the layer's etc."""
+    if ctx.name.content_type != "compat" or target not in COMPAT_HOST_FILES:
+        return False
+    # parts: <version>, compat, <os>, <arch>, etc, <name>
+    return len(parts) == 6 and parts[1] == "compat" and parts[4] == "etc"
+
+
 def _symlink_problems(info: tarfile.TarInfo, parts: list[str], ctx: CheckContext) -> list[str]:
     target = info.linkname
     if not target:
@@ -388,6 +407,8 @@ def _symlink_problems(info: tarfile.TarInfo, parts: list[str], ctx: CheckContext
             and (ctx.repository is None or fields[2] == ctx.repository)
             and fields[3:5] == ["versions", top]
         )
+        if not inside and _allowed_host_link(target, parts, ctx):
+            return problems
         if not inside:
             repo = ctx.repository or "<repo>"
             problems.append(

@@ -1,0 +1,77 @@
+"""pytest fixtures for compatibility layers: ``compat_layer(family)`` builds once per run and reuses.
+
+``compat_layer`` is a session-scoped factory: ``compat_layer("x86_64")`` returns a
+:class:`CompatLayer` (the staged tree, its prefix, a :class:`LayerView` to run its
+programs at the prefix).  The first call in a run builds the layer, or reuses the one in
+the state directory when its inputs digest is unchanged; :func:`ensure_layer` holds the
+layer's file lock meanwhile, so xdist workers asking at the same time wait for one build
+and then reuse it.  The state directory is ``--eessi-compat-state DIR``, else
+``$EESSI_PIPELINE_COMPAT_TEST_STATE``, else ``<rootdir>/.state/test`` (kept between runs, so
+an unchanged layer is never rebuilt).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .backend import BuildRequest, get_backend
+from .layout import LayerSpec
+from .packageset import load_package_set
+from .runner import LayerView
+from .state import BuildRecord, ensure_layer
+
+STATE_ENV = "EESSI_PIPELINE_COMPAT_TEST_STATE"
+TEST_VERSION = "2023.06"
+TEST_REPOSITORY = "software.eessi.local"
+
+
+@dataclass(frozen=True, slots=True)
+class CompatLayer:
+    spec: LayerSpec
+    record: BuildRecord
+    reused: bool
+    view: LayerView
+
+    @property
+    def staging(self) -> Path:
+        return self.spec.staging
+
+    @property
+    def prefix(self) -> str:
+        return self.spec.prefix
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.getgroup("eessi-pipeline").addoption(
+        "--eessi-compat-state",
+        metavar="DIR",
+        help=f"state directory of the compatibility layers tests build (default: ${STATE_ENV}, .state/test)",
+    )
+
+
+def compat_state_dir(config: pytest.Config) -> Path:
+    chosen = config.getoption("--eessi-compat-state") or os.environ.get(STATE_ENV)
+    return Path(chosen) if chosen else Path(config.rootpath) / ".state" / "test"
+
+
+@pytest.fixture(scope="session")
+def compat_layer(pytestconfig: pytest.Config) -> Callable[[str], CompatLayer]:
+    """Factory: the built (or reused) compatibility layer of a CPU family, built with the debian backend."""
+    cache: dict[str, CompatLayer] = {}
+    state = compat_state_dir(pytestconfig)
+
+    def get(family: str) -> CompatLayer:
+        if family not in cache:
+            spec = LayerSpec.create(TEST_VERSION, family, state, repository=TEST_REPOSITORY)
+            result = ensure_layer(get_backend("debian"), BuildRequest(spec, load_package_set(family)))
+            cache[family] = CompatLayer(
+                spec, result.record, result.reused, LayerView.for_host(spec.staging, spec.prefix)
+            )
+        return cache[family]
+
+    return get

@@ -1,0 +1,191 @@
+"""The real x86_64 layer, built once per run with the debian backend (``compat_layer`` fixture), passes
+every acceptance property; each test would fail if its property broke.  Slow the first time (the build,
+about 20 s here; the issue allows 5 minutes), then the layer is reused while its inputs are unchanged."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import tarfile
+import time
+from pathlib import Path
+
+import archspec.cpu
+import pytest
+
+from eessi_pipeline.compat.acceptance import Acceptance, Manifest, listing_verdict, parse_list_output
+from eessi_pipeline.compat.backend import BuildRequest, get_backend
+from eessi_pipeline.compat.elf import read_elf
+from eessi_pipeline.compat.fixtures import CompatLayer
+from eessi_pipeline.compat.pack import pack_layer, read_meta
+from eessi_pipeline.compat.packageset import load_package_set
+from eessi_pipeline.compat.rfm_runner import run_checks
+from eessi_pipeline.compat.runner import LayerView
+from eessi_pipeline.compat.state import ensure_layer
+from eessi_pipeline.cvmfs.tarcheck import check_tarball
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(platform.machine() != "x86_64", reason="the x86_64 layer is built on x86_64 hosts"),
+    pytest.mark.skipif(shutil.which("apt-get") is None, reason="the debian backend needs a Debian host"),
+]
+BUILD_BUDGET_S = 300.0
+
+
+@pytest.fixture(scope="module")
+def layer(compat_layer) -> CompatLayer:
+    return compat_layer("x86_64")
+
+
+@pytest.fixture(scope="module")
+def acceptance(layer: CompatLayer) -> Acceptance:
+    return Acceptance(layer.view, Manifest.read(layer.staging), expected_cpu=str(archspec.cpu.host().name))
+
+
+def test_layer_build_within_budget_and_layout(layer: CompatLayer) -> None:
+    assert layer.record.seconds < BUILD_BUDGET_S, layer.record.timings
+    assert layer.staging.as_posix().endswith("compat/versions/2023.06/compat/linux/x86_64")
+    assert layer.prefix == "/cvmfs/software.eessi.local/versions/2023.06/compat/linux/x86_64"
+    assert (layer.staging / "startprefix").is_file()
+    assert {"libc6", "bash", "coreutils", "python3.11", "lmod", "pypi:archspec"} <= set(layer.record.packages)
+
+
+def test_layer_binaries_carry_the_layer_loader_and_runpath(layer: CompatLayer) -> None:
+    info = read_elf(layer.staging / "bin/bash")
+    assert info is not None and info.interpreter == f"{layer.prefix}/lib64/ld-linux-x86-64.so.2"
+    assert info.runpath and all(p.startswith(layer.prefix + "/") for p in info.runpath)
+    assert (layer.staging / "lib64/ld-linux-x86-64.so.2").readlink().as_posix().startswith("../")
+
+
+def test_layer_startprefix_runs_a_command(acceptance: Acceptance) -> None:
+    r = acceptance.check_startprefix()
+    assert r.ok, r.detail
+
+
+def test_layer_libc_and_ldso_come_from_layer_per_proc_maps(acceptance: Acceptance) -> None:
+    r = acceptance.check_loader()
+    assert r.ok, r.detail
+    assert "/lib/x86_64-linux-gnu/libc.so.6" in r.detail and acceptance.prefix in r.detail
+
+
+def test_layer_no_elf_resolves_a_host_library(acceptance: Acceptance) -> None:
+    r = acceptance.check_no_host_libraries()
+    assert r.ok, r.detail
+    assert int(r.detail.split()[0]) > 300  # every ELF file was listed, not a handful
+
+
+def test_layer_listing_catches_a_host_binary(
+    layer: CompatLayer, acceptance: Acceptance, tmp_path: Path
+) -> None:
+    """The ld.so --list check is not blind: an unrelocated copy of a host binary resolves the host's libc."""
+    host_true = tmp_path / "true"
+    shutil.copy("/bin/true", host_true)
+    loader = f"{layer.prefix}/lib64/ld-linux-x86-64.so.2"
+    result = layer.view.run(
+        [
+            f"{layer.prefix}/bin/bash",
+            "-c",
+            f'printf "@@ELF %s\\n" "$1"; "{loader}" --list "$1"; echo "@@RC $?"',
+            "bash",
+            str(host_true),
+        ],
+        timeout=60,
+    )
+    verdict = listing_verdict(parse_list_output(result.stdout), layer.prefix, 1)
+    assert not verdict.ok and "a host path" in verdict.detail
+
+
+def test_layer_lmod_module_avail_works(acceptance: Acceptance) -> None:
+    r = acceptance.check_lmod()
+    assert r.ok, r.detail
+
+
+def test_layer_archspec_cpu_runs_with_layer_python(acceptance: Acceptance) -> None:
+    r = acceptance.check_archspec()
+    assert r.ok, r.detail
+
+
+def test_layer_has_a_utf8_locale(acceptance: Acceptance) -> None:
+    r = acceptance.check_locale()
+    assert r.ok, r.detail
+
+
+def test_layer_python_searches_only_the_layer(acceptance: Acceptance) -> None:
+    r = acceptance.check_python_paths()
+    assert r.ok, r.detail
+
+
+def test_layer_host_symlinks_point_at_host_files(acceptance: Acceptance) -> None:
+    r = acceptance.check_host_links()
+    assert r.ok, r.detail
+    assert "etc/passwd -> /etc/passwd" in r.detail
+
+
+def test_layer_is_read_only_in_its_view(layer: CompatLayer) -> None:
+    result = layer.view.run(
+        [f"{layer.prefix}/startprefix", "touch", f"{layer.prefix}/x"], timeout=60, check=False
+    )
+    assert result.returncode != 0 and "Read-only file system" in result.stderr
+
+
+@pytest.mark.parametrize("tool", load_package_set("x86_64").tools, ids=lambda t: t.label[:40])
+def test_layer_every_tool_of_the_package_set_runs(acceptance: Acceptance, tool) -> None:
+    r = acceptance.check_tool(tool.command, tool.args, tool.expect)
+    assert r.ok, r.detail
+
+
+def test_layer_is_reused_while_inputs_are_unchanged(layer: CompatLayer) -> None:
+    start = time.monotonic()
+    again = ensure_layer(get_backend("debian"), BuildRequest(layer.spec, load_package_set("x86_64")))
+    assert again.reused and again.reason == "inputs unchanged"
+    assert again.record.inputs_digest == layer.record.inputs_digest
+    assert time.monotonic() - start < 10
+
+
+def test_layer_packs_into_an_ingestible_tarball_with_meta(layer: CompatLayer, tmp_path: Path) -> None:
+    packed = pack_layer(layer.spec, epoch=1700000000, into=tmp_path)
+    assert packed.tarball.name == "eessi-2023.06-compat-linux-x86_64-1700000000.tar.gz"
+    report = check_tarball(packed.tarball, expected_version="2023.06")
+    assert report.content_roots == ("2023.06/compat/linux/x86_64",)
+    with tarfile.open(packed.tarball) as tar:
+        passwd = tar.getmember("2023.06/compat/linux/x86_64/etc/passwd")
+        assert passwd.issym() and passwd.linkname == "/etc/passwd"
+        assert tar.getmember("2023.06/compat/linux/x86_64/startprefix").isfile()
+    meta = read_meta(packed.meta)
+    assert (
+        meta["payload"]["filename"] == packed.tarball.name and meta["payload"]["sha256sum"] == packed.sha256
+    )
+    assert meta["payload"]["size"] == packed.tarball.stat().st_size and set(meta["uploader"]) == {
+        "username",
+        "ip",
+        "hostname",
+    }
+
+
+def test_layer_reframe_checks_all_pass(layer: CompatLayer, tmp_path: Path) -> None:
+    verdict = run_checks(layer.view, tmp_path)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["session_info"]["num_cases"] > 0
+    assert verdict.ok, verdict.detail
+    names = {c.name.split()[0] for c in verdict.cases}
+    assert {
+        "compat_startprefix",
+        "compat_tool",
+        "compat_loaded_libc",
+        "compat_no_host_libraries",
+        "compat_lmod",
+        "compat_archspec",
+        "compat_utf8_locale",
+        "compat_host_symlink",
+    } <= names
+
+
+def test_layer_reframe_checks_fail_on_a_broken_layer(layer: CompatLayer, tmp_path: Path) -> None:
+    """The ReFrame checks can fail: a copy of the layer without its loader fails them (and the verdict)."""
+    broken = tmp_path / "x86_64"
+    shutil.copytree(layer.staging, broken, symlinks=True)
+    (broken / "lib/x86_64-linux-gnu/libc.so.6").unlink()
+    verdict = run_checks(LayerView.for_host(broken, layer.prefix), tmp_path / "rfm")
+    assert not verdict.ok and verdict.num_cases > 0
+    assert any(c.result == "fail" for c in verdict.cases)
