@@ -21,7 +21,7 @@ done
 
 # Debian packages the pipeline needs.  Later parts of the pipeline add theirs here.
 PACKAGES=(python3 python3-venv python3-pip git ca-certificates openssh-client
-          fuse3 lmod patchelf)
+          fuse3 lmod patchelf nginx squid)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -33,8 +33,18 @@ if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
     echo "[setup] installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # nginx and squid would start system-wide instances on all interfaces when installed;
+    # the pipeline runs its own on loopback, so keep the packages' services from starting.
+    added_policy=0
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && added_policy=1
+    fi
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    if ((added_policy)); then rm -f /usr/sbin/policy-rc.d; fi
+    if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
+      systemctl disable --now nginx squid >/dev/null 2>&1 || true
+    fi
   else
     echo "[setup] missing Debian packages: ${missing[*]}" >&2
     echo "[setup] install them with: sudo apt-get install ${missing[*]}  (then run this script again)" >&2

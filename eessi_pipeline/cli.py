@@ -22,6 +22,7 @@ from .arch.select import OVERRIDE_ENV, check_build_node, require_build_node, sel
 from .cli_client import add_client_parser
 from .cli_compat import add_compat_parser
 from .cli_repo import add_repo_parser
+from .cli_stratum import add_stratum_parser
 from .errors import PipelineError, UsageError
 from .matrix import MATRIX_ENV, Matrix, load_matrix
 from .plan import make_plan
@@ -268,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_publish)
 
     add_repo_parser(sub)
+    add_stratum_parser(sub)
     add_client_parser(sub)
     add_compat_parser(sub)
     return parser

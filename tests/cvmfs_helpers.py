@@ -35,7 +35,7 @@ def make_tarball(path: Path, members: dict[str, bytes | str | None], mtime: int 
                 tf.addfile(info)
             else:
                 info.size = len(content)
-                info.mode = 0o644
+                info.mode = 0o755 if "/bin/" in f"/{name}" else 0o644  # programs under bin/ run
                 tf.addfile(info, io.BytesIO(content))
     return path
 

@@ -1,0 +1,229 @@
+"""squid as the site's forward proxy in front of the Stratum servers: configuration, argument
+vectors, and a parser for its access log.
+
+Pure functions: nothing here runs a program or touches the disk (``stack`` does).
+
+The settings are those of CVMFS's site-proxy guide (shared/spec/cvmfs-format.md §7):
+``collapsed_forwarding on``, ``minimum_expiry_time 0``, ``maximum_object_size 1024 MB``,
+``cache_mem 128 MB``, ``maximum_object_size_in_memory 128 KB`` and a ``ufs`` cache directory.
+squid listens on one loopback port, serves clients on loopback only, forwards to servers on
+loopback only, and opens no other port (ICP, HTCP, SNMP and the ICMP pinger are off; its DNS
+socket is bound to loopback too).
+
+Started as root, squid insists on dropping to an unprivileged user (``cache_effective_user``,
+Debian's ``proxy``), which cannot enter a state directory below a private directory such as
+``/root`` or pytest's temporary directory.  So every path in the configuration is *relative*
+to the proxy's runtime directory, and ``stack`` starts squid with that directory as its working
+directory and gives it to the unprivileged user: squid then never looks up a directory above it.
+The ``-n`` service name, which squid also uses to name its shared-memory segments in /dev/shm,
+is derived from the runtime directory, so several stacks (parallel tests) do not collide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ServiceError
+
+CONFIG_NAME = "squid.conf"
+PID_NAME = "squid.pid"
+ACCESS_LOG_NAME = "access.log"
+CACHE_LOG_NAME = "cache.log"
+CACHE_DIR_NAME = "cache"
+DEFAULT_CACHE_DIR_MB = 2048
+DEFAULT_DESTINATIONS = ("127.0.0.0/8", "::1")
+SHM_DIR = Path("/dev/shm")
+
+#: The CVMFS site-proxy settings, in the order they are written (maximum_object_size must come
+#: before cache_dir, which takes its limit from it).
+CVMFS_SETTINGS = (
+    ("collapsed_forwarding", "on"),
+    ("minimum_expiry_time", "0 seconds"),
+    ("maximum_object_size", "1024 MB"),
+    ("cache_mem", "128 MB"),
+    ("maximum_object_size_in_memory", "128 KB"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SquidProxy:
+    """One squid forward proxy on one loopback port, with everything in ``runtime_dir``."""
+
+    port: int
+    runtime_dir: Path
+    host: str = "127.0.0.1"
+    effective_user: str | None = None  # needed when started as root (squid refuses to run as root)
+    cache_dir_mb: int = DEFAULT_CACHE_DIR_MB
+    destinations: tuple[str, ...] = DEFAULT_DESTINATIONS  # networks it may forward to
+
+    def __post_init__(self) -> None:
+        if not ipaddress.ip_address(self.host).is_loopback:
+            raise ServiceError(
+                f"proxy: refusing to listen on {self.host}: the embedded proxy binds to loopback only "
+                "(use 127.0.0.1)"
+            )
+        if not 1 <= self.port <= 65535:
+            raise ServiceError(f"proxy: port {self.port} is not in 1-65535; choose another port")
+        if self.cache_dir_mb < 1024:
+            raise ServiceError(
+                f"proxy: a cache of {self.cache_dir_mb} MB cannot hold the 1024 MB objects CVMFS allows; "
+                "give at least 1024"
+            )
+        for net in self.destinations:
+            try:
+                ipaddress.ip_network(net)
+            except ValueError as e:
+                raise ServiceError(f"proxy: destination {net!r} is not a network ({e})") from e
+        if not self.runtime_dir.is_absolute():
+            raise ServiceError(f"proxy: runtime directory {self.runtime_dir} must be absolute")
+
+    @property
+    def config_path(self) -> Path:
+        return self.runtime_dir / CONFIG_NAME
+
+    @property
+    def pid_path(self) -> Path:
+        return self.runtime_dir / PID_NAME
+
+    @property
+    def access_log(self) -> Path:
+        return self.runtime_dir / ACCESS_LOG_NAME
+
+    @property
+    def cache_log(self) -> Path:
+        return self.runtime_dir / CACHE_LOG_NAME
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.runtime_dir / CACHE_DIR_NAME
+
+    @property
+    def service_name(self) -> str:
+        """squid's ``-n``: alphanumeric, unique per runtime directory; prefixes its /dev/shm segments."""
+        return "eessi" + hashlib.sha256(str(self.runtime_dir).encode()).hexdigest()[:16]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def shm_segments(self) -> list[Path]:
+        """Shared-memory segments of this instance (a crashed squid leaves them behind)."""
+        try:
+            return sorted(SHM_DIR.glob(f"{self.service_name}-*"))
+        except OSError:
+            return []
+
+
+def render_config(proxy: SquidProxy) -> str:
+    """The complete ``squid.conf``; its paths are relative to ``proxy.runtime_dir`` (see module doc)."""
+    lines = [
+        "# proxy: generated by eessi-pipeline; `eessi-pipeline stratum up` rewrites it",
+        f"# Paths are relative to {proxy.runtime_dir}: squid runs with it as working directory.",
+        f"http_port {proxy.host}:{proxy.port}",
+        f"pid_filename {PID_NAME}",
+    ]
+    if proxy.effective_user is not None:
+        lines.append(f"cache_effective_user {proxy.effective_user}")
+    lines += [
+        "visible_hostname eessi-pipeline-proxy",
+        "httpd_suppress_version_string on",
+        "",
+        "# CVMFS site-proxy settings",
+        *(f"{key} {value}" for key, value in CVMFS_SETTINGS),
+        f"cache_dir ufs {CACHE_DIR_NAME} {proxy.cache_dir_mb} 16 256",
+        "",
+        "# clients on loopback only, servers on loopback only",
+        f"acl eessi_servers dst {' '.join(proxy.destinations)}",
+        "http_access allow localhost eessi_servers",
+        "http_access deny all",
+        "",
+        "# logs: the access log in squid's native format (see parse_access_log)",
+        f"access_log stdio:{ACCESS_LOG_NAME} squid",
+        f"cache_log {CACHE_LOG_NAME}",
+        "cache_store_log none",
+        "logfile_rotate 0",
+        "coredump_dir none",
+        "netdb_filename none",
+        "",
+        "# no other listening sockets; DNS on loopback (the servers are addresses or /etc/hosts names)",
+        "icp_port 0",
+        "htcp_port 0",
+        "snmp_port 0",
+        "pinger_enable off",
+        f"udp_incoming_address {proxy.host}",
+        f"udp_outgoing_address {proxy.host}",
+        f"dns_nameservers {proxy.host}",
+        "dns_timeout 5 seconds",
+        "shutdown_lifetime 1 seconds",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def start_argv(proxy: SquidProxy, binary: str = "squid") -> tuple[str, ...]:
+    """Start the daemon; run it with ``cwd=proxy.runtime_dir``."""
+    return (binary, "-n", proxy.service_name, "-f", CONFIG_NAME)
+
+
+def check_argv(proxy: SquidProxy, binary: str = "squid") -> tuple[str, ...]:
+    """Parse the configuration and exit (``squid -k parse``)."""
+    return (binary, "-n", proxy.service_name, "-f", CONFIG_NAME, "-k", "parse")
+
+
+def init_cache_argv(proxy: SquidProxy, binary: str = "squid") -> tuple[str, ...]:
+    """Create the cache directory's swap directories in the foreground (``squid -N -z``)."""
+    return (binary, "-n", proxy.service_name, "-f", CONFIG_NAME, "-N", "-z")
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLogEntry:
+    """One line of squid's native access log."""
+
+    timestamp: float
+    elapsed_ms: int
+    client: str
+    result: str  # TCP_MISS, TCP_HIT, TCP_MEM_HIT, TCP_CF_HIT, TCP_DENIED, ...
+    status: int
+    size: int
+    method: str
+    url: str
+    hierarchy: str  # HIER_DIRECT/127.0.0.1, HIER_NONE/-
+    content_type: str
+
+    @property
+    def is_hit(self) -> bool:
+        """Served from squid's cache (memory or disk) without asking the server."""
+        return "HIT" in self.result.split("_")
+
+
+def parse_access_log(lines: Iterable[str]) -> list[AccessLogEntry]:
+    """Entries of an access log in squid's native format; malformed lines raise ServiceError."""
+    entries: list[AccessLogEntry] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        try:
+            result, _, status = fields[3].partition("/")
+            entries.append(
+                AccessLogEntry(
+                    timestamp=float(fields[0]),
+                    elapsed_ms=int(fields[1]),
+                    client=fields[2],
+                    result=result,
+                    status=int(status),
+                    size=int(fields[4]),
+                    method=fields[5],
+                    url=fields[6],
+                    hierarchy=fields[8],
+                    content_type=fields[9],
+                )
+            )
+        except (IndexError, ValueError) as e:
+            raise ServiceError(
+                f"squid access log line {number} is not in squid's native format ({e}): {line.strip()!r}"
+            ) from e
+    return entries
