@@ -11,22 +11,13 @@ from pathlib import Path
 import pytest
 
 from eessi_pipeline import cli
-from eessi_pipeline.cli_compat import add_compat_parser
 from eessi_pipeline.compat import gentoo_prefix
 from eessi_pipeline.compat.fixtures import TEST_REPOSITORY, TEST_VERSION
 
 
 @pytest.fixture
-def main(monkeypatch: pytest.MonkeyPatch):
-    """cli.main with the compat subcommand registered (until cli.py registers it itself)."""
-    original = cli.add_repo_parser
-
-    def both(sub) -> None:
-        original(sub)
-        if "compat" not in sub.choices:
-            add_compat_parser(sub)
-
-    monkeypatch.setattr(cli, "add_repo_parser", both)
+def main():
+    """cli.main, the real entry point with its error boundary."""
 
     def run(*argv: str) -> tuple[int, str]:
         out = io.StringIO()
