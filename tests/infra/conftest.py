@@ -137,3 +137,15 @@ def network(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactor
         if is_mounted(mountpoint):
             umount(mountpoint, state)
         stack.down()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Filesystem-layer checks belong to every target's acceptance run (``pytest -m arch_<target>``)."""
+    from eessi_pipeline.matrix import load_matrix
+
+    markers = [t.marker for t in load_matrix(config.getoption("--eessi-matrix")).targets]
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if Path(str(item.fspath)).resolve().parent == here:
+            for marker in markers:
+                item.add_marker(getattr(pytest.mark, marker))
