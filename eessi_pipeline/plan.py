@@ -89,9 +89,16 @@ def make_plan(
         ),
         Step(
             "publish",
-            f"ingest {tarball_pattern(ver, target.subdir)} into {repository} after a green run (gate issue)",
+            f"ingest {tarball_pattern(ver, target.subdir)} into {repository} after a green run (gate issue; "
+            "the ingest itself is `eessi-pipeline repo ingest`)",
             "tox -e publish",
             False,
+        ),
+        Step(
+            "distribute",
+            f"replicate {repository} to the Stratum 1 and check the network (Stratum 0/1, squid, client)",
+            f"eessi-pipeline stratum snapshot --repo {repository} && pytest tests/infra",
+            True,
         ),
     )
     return Plan(target, ver, repository, prefix, tarball_pattern(ver, target.subdir), node, steps)

@@ -171,7 +171,7 @@ def test_plan_json_shows_prefix_steps_and_build_node(zen3_file, monkeypatch, tmp
     )
     assert plan["tarball_pattern"].startswith("eessi-2023.06-software-linux-x86_64-amd-zen4-")
     assert plan["build_node"]["ok"] is False
-    assert [s["name"] for s in plan["steps"]] == ["select", "build", "test", "publish"]
+    assert [s["name"] for s in plan["steps"]] == ["select", "build", "test", "publish", "distribute"]
     assert plan["steps"][2]["command"] == "pytest -m arch_zen4"
 
 
