@@ -21,6 +21,7 @@ from .arch.cpuinfo import CPUINFO_ENV, MACHINE_ENV, read_host_cpu
 from .arch.select import OVERRIDE_ENV, check_build_node, require_build_node, select_from_environ, why_not
 from .cli_client import add_client_parser
 from .cli_compat import add_compat_parser
+from .cli_gate import add_gate_parsers
 from .cli_repo import add_repo_parser
 from .cli_stratum import add_stratum_parser
 from .errors import PipelineError, UsageError
@@ -159,30 +160,6 @@ def cmd_check_node(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def cmd_publish(args: argparse.Namespace, out: TextIO) -> int:
-    settings = _settings(args)
-    staging = settings.staging_dir
-    named = [Path(t) for t in args.tarballs]
-    staged = (
-        sorted(p for p in staging.glob("*.tar*") if not p.name.endswith((".sig", ".meta.txt")))
-        if staging.is_dir()
-        else []
-    )
-    candidates = named or staged
-    if not candidates:
-        msg = f"nothing staged in {staging}: no tarball to publish"
-        if args.json:
-            _emit_json({"published": [], "refused": [], "staging": str(staging), "message": msg}, out)
-        else:
-            out.write(msg + "\n")
-        return 0
-    names = ", ".join(p.name for p in candidates)
-    raise PipelineError(
-        f"refusing to publish {len(candidates)} tarball(s) ({names}): this release has no gate record "
-        "verification or ingest backend yet, so nothing was published"
-    )
-
-
 # -- parser -------------------------------------------------------------------
 
 
@@ -260,18 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpuinfo", metavar="FILE", help="judge the build node from FILE instead of this host")
     p.set_defaults(handler=cmd_check_node)
 
-    p = sub.add_parser(
-        "publish", help="publish staged tarballs that passed the gate (what `tox -e publish` runs)"
-    )
-    _common(p)
-    p.add_argument("--dry-run", action="store_true", help="say what would be published, change nothing")
-    p.add_argument("tarballs", nargs="*", metavar="TARBALL", help="tarballs to publish (default: all staged)")
-    p.set_defaults(handler=cmd_publish)
-
     add_repo_parser(sub)
     add_stratum_parser(sub)
     add_client_parser(sub)
     add_compat_parser(sub)
+    add_gate_parsers(sub)
     return parser
 
 

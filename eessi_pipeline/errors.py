@@ -50,3 +50,13 @@ class ServiceError(PipelineError):
 
 class CompatError(PipelineError):
     """A compatibility layer could not be planned, built, packed or checked."""
+
+
+class GateRefused(PipelineError):
+    """The gate refuses a tarball: a test, signature, hash or policy check failed."""
+
+
+class PublishError(PipelineError):
+    """Publishing failed after the gate accepted; the repository stays at its previous revision."""
+class BuildError(PipelineError):
+    """A software-layer build could not be planned, provisioned, run, checked or packed."""

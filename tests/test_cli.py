@@ -208,16 +208,16 @@ def test_publish_empty_staging_says_nothing_staged(monkeypatch, tmp_path) -> Non
     assert str(tmp_path / "state") in out
 
 
-def test_publish_staged_tarball_is_refused_and_kept(monkeypatch, tmp_path) -> None:
-    staging = tmp_path / "state" / "staging"
+def test_publish_staged_tarball_without_a_valid_record_is_refused_and_kept(monkeypatch, tmp_path) -> None:
+    staging = tmp_path / "state" / "staging" / "new"
     staging.mkdir(parents=True)
     tarball = staging / "eessi-2023.06-software-linux-x86_64-generic-1700000000.tar.gz"
     tarball.write_bytes(b"not really a tarball")
-    code, _, err = run(["publish"], monkeypatch, tmp_path)
+    code, out, _ = run(["publish"], monkeypatch, tmp_path)
     assert code == 1
-    assert tarball.name in err
-    assert "nothing was published" in err
-    assert tarball.read_bytes() == b"not really a tarball"
+    assert tarball.name in out and "refused" in out
+    rejected = tmp_path / "state" / "staging" / "rejected" / tarball.name
+    assert rejected.read_bytes() == b"not really a tarball"
 
 
 def test_unexpected_error_exits_3_and_logs_traceback(monkeypatch, tmp_path) -> None:

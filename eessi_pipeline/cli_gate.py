@@ -1,0 +1,158 @@
+"""``eessi-pipeline gate record|check``, ``approve`` and ``publish``: the gate to the repository."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import socket
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from .arch.cpuinfo import read_host_cpu
+from .arch.select import select_target
+from .errors import GateRefused
+from .gate import signing
+from .gate.policy import load_policy
+from .gate.publish import facts_of, judge, publish
+from .gate.record import (
+    RECORD_SUFFIX,
+    ReframeSummary,
+    CaseResult,
+    make_record,
+    parse_junit,
+    summarise_reframe,
+)
+from .gate.staging import Staging
+from .matrix import load_matrix
+from .settings import resolve_settings
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    return resolve_settings(
+        repository=getattr(args, "repo", None), state_dir=getattr(args, "state_dir", None)
+    )
+
+
+def cmd_record(args: argparse.Namespace, out: TextIO) -> int:
+    settings = _settings(args)
+    policy = load_policy(args.policy)
+    tarball = Path(args.tarball)
+    facts = facts_of(tarball, settings.repository)  # validates the tarball first
+    tests: list[CaseResult] = []
+    for junit in args.junit:
+        tests += parse_junit(Path(junit).read_text(encoding="utf-8"), junit)
+    reframe: ReframeSummary | None = None
+    if args.reframe_report:
+        raw = Path(args.reframe_report).read_bytes()
+        reframe = summarise_reframe(json.loads(raw), raw)
+    matrix = load_matrix(None)
+    host = read_host_cpu(None)
+    target = args.target or (facts.content_roots[0].split("/", 3)[3] if facts.content_roots and
+                             facts.content_type in ("software", "compat") else "")  # fmt: skip
+    digests = {"matrix": matrix.sha256, "policy": policy.sha256}
+    host_subdir = select_target(host, matrix).subdir
+    record = make_record(tarball, facts.content_type, target, host_subdir, tuple(tests),
+                         reframe, digests)  # fmt: skip
+    path = Path(f"{tarball}{RECORD_SUFFIX}")
+    path.write_bytes(record.canonical())
+    key = Path(args.key) if args.key else settings.state_dir / "keys" / "build-node"
+    allowed = policy.allowed_signers_path(settings.state_dir)
+    if not args.key:  # the embedded default: this machine's own build-node key, trusted locally
+        signing.ensure_signing_key(key, f"{getpass.getuser()}@{socket.gethostname()}", allowed,
+                                   policy.signature_namespace)  # fmt: skip
+    sig = signing.sign(key, path, policy.signature_namespace)
+    if args.stage:
+        Staging(settings.state_dir).stage(tarball, path, sig)
+    out.write(f"{path}\n")
+    sys.stderr.write(f"[gate] {len(tests)} test results, signed {sig.name}"
+                     f"{', staged' if args.stage else ''}\n")  # fmt: skip
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
+    settings = _settings(args)
+    from .cvmfs.repository import Repository
+
+    item = Staging(settings.state_dir).find(args.tarball)
+    if item is None:
+        raise GateRefused(f"{args.tarball} is not staged")
+    import datetime as dt
+
+    decision, _ = judge(item, Repository(settings.state_dir, settings.repository), load_policy(args.policy),
+                        dt.datetime.now(dt.UTC))  # fmt: skip
+    out.write(f"{item.name}: {decision.line()}\n")
+    return 0 if decision.accept else 1
+
+
+def cmd_approve(args: argparse.Namespace, out: TextIO) -> int:
+    item = Staging(_settings(args).state_dir).approve(args.tarball, getpass.getuser())
+    out.write(f"{item.name}: approved\n")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace, out: TextIO) -> int:
+    settings = _settings(args)
+    policy = load_policy(args.policy)
+    staging = Staging(settings.state_dir)
+    if not args.tarballs and not staging.list(("new", "approved")):
+        msg = f"nothing staged in {staging.root}: no tarball to publish"
+        out.write(
+            json.dumps({"published": [], "refused": [], "message": msg}) + "\n" if args.json else msg + "\n"
+        )
+        return 0
+    outcomes = publish(
+        settings.state_dir, settings.repository, policy, args.tarballs or None, dry_run=args.dry_run
+    )
+    if args.json:
+        out.write(json.dumps([{"tarball": o.tarball, "accepted": o.accepted, "reasons": list(o.reasons),
+                               "revision_before": o.revision_before, "revision_after": o.revision_after,
+                               "dry_run": o.dry_run} for o in outcomes], indent=2) + "\n")  # fmt: skip
+    else:
+        for o in outcomes:
+            out.write(o.line() + "\n")
+    return 0 if all(o.accepted for o in outcomes) else 1
+
+
+def add_gate_parsers(sub: Any) -> None:
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS, help="state directory")
+        p.add_argument("--repo", metavar="NAME", help="repository name (default: $EESSI_PIPELINE_REPOSITORY)")
+        p.add_argument("--policy", metavar="FILE", help="publication policy (default: matrices/policy.yaml)")
+
+    gate = sub.add_parser("gate", help="gate records: what a test run proves about a tarball, signed")
+    gsub = gate.add_subparsers(dest="gate_command", metavar="ACTION", required=True)
+    p = gsub.add_parser("record", help="write and sign <tarball>.gate.json from JUnit and ReFrame reports")
+    p.add_argument("--tarball", required=True, metavar="T")
+    p.add_argument(
+        "--junit", action="append", default=[], metavar="XML", help="pytest --junitxml report (repeatable)"
+    )
+    p.add_argument("--reframe-report", metavar="JSON", help="ReFrame --report-file")
+    p.add_argument(
+        "--target", metavar="SUBDIR", help="tested target subdir or compat family (default: from the tarball)"
+    )
+    p.add_argument(
+        "--key", metavar="FILE", help="SSH private key to sign with (default: <state>/keys/build-node)"
+    )
+    p.add_argument("--stage", action="store_true", help="also put the tarball and record into staging (new)")
+    common(p)
+    p.set_defaults(handler=cmd_record)
+    p = gsub.add_parser("check", help="what the gate decides for a staged tarball (changes nothing)")
+    p.add_argument("tarball", metavar="TARBALL")
+    common(p)
+    p.set_defaults(handler=cmd_check)
+
+    p = sub.add_parser("approve", help="approve a staged tarball (when the policy requires a human)")
+    p.add_argument("tarball", metavar="TARBALL")
+    common(p)
+    p.set_defaults(handler=cmd_approve)
+
+    p = sub.add_parser(
+        "publish", help="publish staged tarballs the gate accepts (what `tox -e publish` runs)"
+    )
+    p.add_argument("tarballs", nargs="*", metavar="TARBALL", help="only these (default: everything staged)")
+    p.add_argument("--dry-run", action="store_true", help="say what would happen, change nothing")
+    p.add_argument("--json", action="store_true")
+    common(p)
+    p.set_defaults(handler=cmd_publish)

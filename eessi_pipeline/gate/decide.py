@@ -1,0 +1,113 @@
+"""The gate's decision: a pure function of the tarball's facts, its gate record and the policy."""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+from dataclasses import dataclass
+
+from .policy import Policy
+from .record import GateRecord
+from .signing import SignatureCheck
+
+
+@dataclass(frozen=True, slots=True)
+class TarballFacts:
+    name: str
+    sha256: str
+    size: int
+    content_type: str
+    version: str
+    content_roots: tuple[str, ...]  # e.g. ("2023.06/software/linux/x86_64/amd/zen3",) from tarcheck
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    accept: bool
+    reasons: tuple[str, ...]
+
+    def line(self) -> str:
+        return "accepted" if self.accept else "refused: " + "; ".join(self.reasons)
+
+
+def _expected_root(facts: TarballFacts, record: GateRecord) -> str | None:
+    if facts.content_type == "software":
+        return f"{facts.version}/software/linux/{record.target}"
+    if facts.content_type == "compat":
+        return f"{facts.version}/compat/linux/{record.target}"
+    return None
+
+
+def decide(
+    facts: TarballFacts,
+    record: GateRecord,
+    signature: SignatureCheck,
+    policy: Policy,
+    now: dt.datetime,
+    approved: bool = False,
+) -> Decision:
+    """Accept only a signed, fresh, complete and green record of exactly this tarball."""
+    reasons: list[str] = []
+    if not signature.ok:
+        reasons.append(f"signature: {signature.reason}")
+    if record.tarball != facts.name:
+        reasons.append(f"the record is for {record.tarball}, not {facts.name}")
+    if record.sha256 != facts.sha256:
+        reasons.append(
+            f"sha256 mismatch: the record says {record.sha256[:12]}…, the tarball is {facts.sha256[:12]}…"
+        )
+    if record.size != facts.size:
+        reasons.append(f"size mismatch: the record says {record.size} bytes, the tarball has {facts.size}")
+    if record.content_type != facts.content_type:
+        reasons.append(
+            f"content type: the record says {record.content_type}, the tarball is {facts.content_type}"
+        )
+    rule = policy.rule(facts.content_type)
+    if rule is None:
+        reasons.append(f"the policy has no rule for {facts.content_type} tarballs")
+    else:
+        if not record.tests:
+            reasons.append("the record holds zero test cases")
+        for pattern in rule.required_tests:
+            matching = [t for t in record.tests if fnmatch.fnmatchcase(t.id, pattern)]
+            if not matching:
+                reasons.append(f"required test {pattern!r} is missing")
+            for t in matching:
+                if t.outcome != "passed":
+                    reasons.append(f"required test {t.id} {t.outcome}")
+        bad = [t for t in record.tests if t.outcome in ("failed", "error")]
+        for t in bad[:5]:
+            reason = f"test {t.id} {t.outcome}"
+            if reason not in " ".join(reasons):
+                reasons.append(reason)
+        if rule.require_reframe:
+            rf = record.reframe
+            if rf is None:
+                reasons.append("no ReFrame report in the record")
+            else:
+                if rf.cases == 0:
+                    reasons.append("the ReFrame report has zero test cases")
+                if rf.failures:
+                    reasons.append(f"ReFrame reports {rf.failures} failure(s)")
+                for p in rf.performance:
+                    if not p.ok:
+                        reasons.append(f"performance {p.check} {p.metric}={p.value} {p.unit} outside "
+                                       f"[{p.lower}, {p.upper}] of reference {p.reference}")  # fmt: skip
+    expected = _expected_root(facts, record)
+    if expected is not None:
+        wrong = [r for r in facts.content_roots if r != expected and not r.startswith(f"{facts.version}/init")
+                 and not r.startswith(f"{facts.version}/scripts")]  # fmt: skip
+        if wrong or not record.target:
+            where = ", ".join(wrong) or "none"
+            reasons.append(f"paths inside the tarball ({where}) are not the tested target's "
+                           f"{expected}")  # fmt: skip
+    age_h = (now - record.created_at).total_seconds() / 3600
+    if age_h > policy.max_record_age_hours:
+        reasons.append(
+            f"the record is {age_h:.0f} h old, more than {policy.max_record_age_hours} h: test again"
+        )
+    if age_h < -0.1:
+        reasons.append("the record is dated in the future")
+    if policy.require_approval and not approved:
+        reasons.append("the policy requires approval: run `eessi-pipeline approve TARBALL`")
+    return Decision(not reasons, tuple(reasons))

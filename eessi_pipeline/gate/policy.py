@@ -1,0 +1,51 @@
+"""The publication policy (``matrices/policy.yaml``), loaded into frozen dataclasses."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import GateRefused
+from ..matrix import PROJECT_ROOT
+from ..schema import validate
+from ..yamlio import load_yaml
+
+
+@dataclass(frozen=True, slots=True)
+class ContentRule:
+    required_tests: tuple[str, ...]
+    require_reframe: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    path: Path
+    sha256: str
+    max_record_age_hours: int
+    require_approval: bool
+    allowed_signers: str
+    signature_namespace: str
+    content_types: dict[str, ContentRule]
+    post_publish_checks: str
+
+    def rule(self, content_type: str) -> ContentRule | None:
+        return self.content_types.get(content_type)
+
+    def allowed_signers_path(self, state_dir: Path) -> Path:
+        p = Path(self.allowed_signers)
+        return p if p.is_absolute() else state_dir / p
+
+
+def default_policy_path() -> Path:
+    return PROJECT_ROOT / "matrices" / "policy.yaml"
+
+
+def load_policy(path: Path | str | None = None) -> Policy:
+    p = Path(path) if path else default_policy_path()
+    data = validate(load_yaml(p, GateRefused), "policy", p, GateRefused)
+    rules = {k: ContentRule(tuple(v["required_tests"]), bool(v["require_reframe"]))
+             for k, v in data["content_types"].items()}  # fmt: skip
+    return Policy(p, hashlib.sha256(p.read_bytes()).hexdigest(), data["max_record_age_hours"],
+                  data["require_approval"], data["allowed_signers"], data["signature_namespace"], rules,
+                  data["post_publish_checks"])  # fmt: skip

@@ -1,0 +1,108 @@
+"""Publish what the gate accepts: verify signature, hash and policy; ingest in a safe order; audit.
+
+Compat tarballs go first, then init, scripts and software, oldest first. A refused tarball
+moves to ``rejected`` with its reasons and leaves the repository untouched; an accepted one
+is ingested and moves to ``ingested``. Every outcome is appended to ``<state>/audit.jsonl``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..cvmfs.repository import Repository
+from ..cvmfs.tarcheck import check_tarball
+from ..errors import PipelineError
+from . import signing
+from .decide import Decision, TarballFacts, decide
+from .policy import Policy
+from .record import load_record, sha256_file
+from .staging import Staged, Staging
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    tarball: str
+    accepted: bool
+    reasons: tuple[str, ...]
+    revision_before: int | None
+    revision_after: int | None
+    dry_run: bool = False
+
+    def line(self) -> str:
+        if self.dry_run:
+            verdict = "would publish" if self.accepted else "would refuse"
+        else:
+            verdict = f"published as revision {self.revision_after}" if self.accepted else "refused"
+        why = f": {'; '.join(self.reasons)}" if self.reasons else ""
+        return f"{self.tarball}: {verdict}{why}"
+
+
+def facts_of(path: Path, repository: str) -> TarballFacts:
+    report = check_tarball(path, repository=repository)
+    return TarballFacts(path.name, sha256_file(path), path.stat().st_size, report.name.content_type,
+                        report.name.version, report.content_roots)  # fmt: skip
+
+
+def judge(item: Staged, repo: Repository, policy: Policy, now: dt.datetime) -> tuple[Decision, str]:
+    try:
+        facts = facts_of(item.path, repo.paths.name)
+        record = load_record(item.record)
+    except PipelineError as e:
+        return Decision(False, (str(e).splitlines()[0],)), ""
+    allowed = policy.allowed_signers_path(repo.paths.state_dir)
+    sig = signing.verify(item.record, item.signature, allowed, policy.signature_namespace)
+    digest = sha256_file(item.record)
+    return decide(facts, record, sig, policy, now, approved=item.state == "approved"), digest
+
+
+def publish(
+    state_dir: Path, repository: str, policy: Policy, names: list[str] | None = None, *,
+    dry_run: bool = False, now: dt.datetime | None = None,
+) -> list[Outcome]:  # fmt: skip
+    now = now or dt.datetime.now(dt.UTC)
+    staging = Staging(state_dir)
+    repo = Repository(state_dir, repository)
+    eligible = ("new", "approved")
+    items = [s for s in staging.list(eligible) if not names or s.name in {Path(n).name for n in names}]
+    missing = [n for n in names or [] if Path(n).name not in {s.name for s in items}]
+    outcomes: list[Outcome] = [Outcome(Path(n).name, False, ("not staged (or already published/rejected)",),
+                                       None, None, dry_run) for n in missing]  # fmt: skip
+    for item in items:
+        decision, digest = judge(item, repo, policy, now)
+        before = repo.manifest().revision if repo.exists else None
+        if dry_run:
+            outcomes.append(Outcome(item.name, decision.accept, decision.reasons, before, before, True))
+            continue
+        if not decision.accept:
+            awaiting = policy.require_approval and item.state == "new" and len(decision.reasons) == 1 and \
+                "requires approval" in decision.reasons[0]  # fmt: skip
+            if not awaiting:
+                staging.move(item, "rejected", "; ".join(decision.reasons))
+            outcome = Outcome(item.name, False, decision.reasons, before, before)
+        else:
+            try:
+                result = repo.ingest(item.path, "versions")
+            except PipelineError as e:
+                outcome = Outcome(
+                    item.name, False, (f"ingest failed: {e}",), before, repo.manifest().revision
+                )
+            else:
+                staging.move(item, "ingested", f"revision {result.revision}")
+                outcome = Outcome(item.name, True, (), before, result.revision)
+        _audit(state_dir, outcome, digest, now)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _audit(state_dir: Path, outcome: Outcome, record_digest: str, now: dt.datetime) -> None:
+    entry = {
+        "time": now.isoformat(timespec="seconds"), "tarball": outcome.tarball,
+        "gate_record_sha256": record_digest,
+        "outcome": "ingested" if outcome.accepted else "refused", "reasons": list(outcome.reasons),
+        "revision_before": outcome.revision_before, "revision_after": outcome.revision_after,
+    }  # fmt: skip
+    with (Path(state_dir) / "audit.jsonl").open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(entry, sort_keys=True) + "\n")

@@ -1,0 +1,159 @@
+"""Gate records: what a test run proves about one tarball, as canonical JSON."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import platform
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import GateRefused
+
+RECORD_SUFFIX = ".gate.json"
+OUTCOMES = ("passed", "failed", "skipped", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class CaseResult:
+    id: str  # pytest node id (classname::name as JUnit writes it)
+    outcome: str  # passed | failed | skipped | error
+
+
+@dataclass(frozen=True, slots=True)
+class PerfVerdict:
+    check: str
+    metric: str
+    value: float
+    reference: float | None
+    lower: float | None
+    upper: float | None
+    unit: str
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReframeSummary:
+    sha256: str
+    cases: int
+    failures: int
+    performance: tuple[PerfVerdict, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GateRecord:
+    tarball: str
+    sha256: str
+    size: int
+    content_type: str
+    target: str  # software subdir (x86_64/amd/zen3) or compat family, "" when not applicable
+    host_cpu: str
+    digests: dict[str, str]
+    tests: tuple[CaseResult, ...]
+    reframe: ReframeSummary | None
+    tools: dict[str, str]
+    created: str  # ISO 8601 UTC
+    version: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def canonical(self) -> bytes:
+        return (json.dumps(self.to_json(), sort_keys=True, indent=1) + "\n").encode()
+
+    @property
+    def created_at(self) -> dt.datetime:
+        return dt.datetime.fromisoformat(self.created)
+
+
+def record_from_json(data: dict[str, Any], where: str) -> GateRecord:
+    try:
+        rf = data.get("reframe")
+        reframe = None
+        if rf is not None:
+            reframe = ReframeSummary(rf["sha256"], int(rf["cases"]), int(rf["failures"]),
+                                     tuple(PerfVerdict(**p) for p in rf.get("performance", [])))  # fmt: skip
+        return GateRecord(
+            tarball=data["tarball"], sha256=data["sha256"], size=int(data["size"]),
+            content_type=data["content_type"], target=data.get("target", ""),
+            host_cpu=data.get("host_cpu", ""),
+            digests=dict(data.get("digests", {})), tests=tuple(CaseResult(**t) for t in data["tests"]),
+            reframe=reframe, tools=dict(data.get("tools", {})), created=data["created"],
+            version=int(data.get("version", 1)), extra=dict(data.get("extra", {})),
+        )  # fmt: skip
+    except (KeyError, TypeError, ValueError) as e:
+        raise GateRefused(f"{where}: not a valid gate record ({type(e).__name__}: {e}); write it with "
+                          "`eessi-pipeline gate record`") from e  # fmt: skip
+
+
+def load_record(path: Path) -> GateRecord:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise GateRefused(f"{path}: cannot read the gate record ({e})") from e
+    return record_from_json(data, str(path))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def parse_junit(text: str, where: str = "junit.xml") -> tuple[CaseResult, ...]:
+    """Test results from a JUnit XML report (pytest's ``--junitxml``)."""
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as e:
+        raise GateRefused(f"{where}: not JUnit XML ({e})") from e
+    results = []
+    for case in root.iter("testcase"):
+        cls, name = case.get("classname", ""), case.get("name", "")
+        path = cls.replace(".", "/") + ".py" if cls else ""
+        node = f"{path}::{name}" if path else name
+        if case.find("failure") is not None:
+            outcome = "failed"
+        elif case.find("error") is not None:
+            outcome = "error"
+        elif case.find("skipped") is not None:
+            outcome = "skipped"
+        else:
+            outcome = "passed"
+        results.append(CaseResult(node, outcome))
+    return tuple(results)
+
+
+def summarise_reframe(report: dict[str, Any], raw: bytes) -> ReframeSummary:
+    """Cases, failures and performance verdicts of a ReFrame JSON run report (data_version 4.x)."""
+    runs = report.get("runs") or []
+    last = runs[-1] if runs else {}
+    cases = last.get("testcases", [])
+    verdicts = []
+    for case in cases:
+        for key, values in (case.get("perfvalues") or {}).items():
+            value, ref, lower, upper, unit = (list(values) + [None] * 6)[:5]
+            result = values[5] if len(values) > 5 else "pass"
+            verdicts.append(PerfVerdict(case.get("name", "?"), key.rsplit(":", 1)[-1], float(value or 0.0),
+                                        ref, lower, upper, str(unit or ""), result == "pass"))  # fmt: skip
+    failures = sum(1 for c in cases if c.get("result") not in ("pass", "xfail"))
+    return ReframeSummary(hashlib.sha256(raw).hexdigest(), len(cases), failures, tuple(verdicts))
+
+
+def make_record(
+    tarball: Path, content_type: str, target: str, host_cpu: str, tests: tuple[CaseResult, ...],
+    reframe: ReframeSummary | None, digests: dict[str, str], now: dt.datetime | None = None,
+) -> GateRecord:  # fmt: skip
+    now = now or dt.datetime.now(dt.UTC)
+    return GateRecord(
+        tarball=tarball.name, sha256=sha256_file(tarball), size=tarball.stat().st_size,
+        content_type=content_type, target=target, host_cpu=host_cpu, digests=digests, tests=tests,
+        reframe=reframe, tools={"eessi-pipeline": __version__, "python": platform.python_version()},
+        created=now.replace(microsecond=0).isoformat(),
+    )  # fmt: skip
