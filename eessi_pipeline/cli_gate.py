@@ -18,8 +18,8 @@ from .gate.policy import load_policy
 from .gate.publish import facts_of, judge, publish
 from .gate.record import (
     RECORD_SUFFIX,
-    ReframeSummary,
     CaseResult,
+    ReframeSummary,
     make_record,
     parse_junit,
     summarise_reframe,

@@ -20,10 +20,10 @@ from eessi_pipeline.gate.policy import ContentRule, Policy, load_policy
 from eessi_pipeline.gate.publish import publish
 from eessi_pipeline.gate.record import (
     RECORD_SUFFIX,
+    CaseResult,
     GateRecord,
     PerfVerdict,
     ReframeSummary,
-    CaseResult,
     load_record,
     make_record,
     parse_junit,
