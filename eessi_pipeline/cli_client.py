@@ -136,5 +136,8 @@ def add_client_parser(sub: Any) -> None:
     p.add_argument("--matrix", metavar="FILE")
     p.add_argument("--out", metavar="DIR", help="where to write it (default: <state>/tarballs)")
     p.add_argument("--publish", action="store_true", help="also ingest it into the embedded repository")
+    p.add_argument(
+        "--stamp", type=int, metavar="EPOCH", help="timestamp for the name and members (default: now)"
+    )
     p.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS)
     p.set_defaults(handler=cmd_init_build)
