@@ -2,8 +2,14 @@
 
 ``eessi_pipeline.pytest_plugin`` registers the ``arch_<target>`` markers from the
 matrix and provides the acceptance fixtures; ``eessi_pipeline.compat.fixtures`` provides
-``compat_layer(family)``; ``pytester`` lets the plugin's own
+``compat_layer(family)``; ``eessi_pipeline.build.fixtures`` provides
+``software_build(target)``; ``pytester`` lets the plugin's own
 tests run pytest on generated test files.
 """
 
-pytest_plugins = ("eessi_pipeline.pytest_plugin", "eessi_pipeline.compat.fixtures", "pytester")
+pytest_plugins = (
+    "eessi_pipeline.pytest_plugin",
+    "eessi_pipeline.compat.fixtures",
+    "eessi_pipeline.build.fixtures",
+    "pytester",
+)

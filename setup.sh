@@ -21,7 +21,7 @@ done
 
 # Debian packages the pipeline needs.  Later parts of the pipeline add theirs here.
 PACKAGES=(python3 python3-venv python3-pip git ca-certificates openssh-client
-          fuse3 lmod patchelf nginx squid)
+          fuse3 lmod patchelf nginx squid build-essential bzip2)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from . import __version__
 from .arch.cpuinfo import CPUINFO_ENV, MACHINE_ENV, read_host_cpu
 from .arch.select import OVERRIDE_ENV, check_build_node, require_build_node, select_from_environ, why_not
+from .cli_build import add_build_parser
 from .cli_client import add_client_parser
 from .cli_compat import add_compat_parser
 from .cli_gate import add_gate_parsers
@@ -241,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_stratum_parser(sub)
     add_client_parser(sub)
     add_compat_parser(sub)
+    add_build_parser(sub)
     add_gate_parsers(sub)
     return parser
 

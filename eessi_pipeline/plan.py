@@ -77,9 +77,9 @@ def make_plan(
         ),
         Step(
             "build",
-            f"EasyBuild installations for {target.subdir} under {prefix} (software-layer issue)",
-            "not available yet",
-            False,
+            f"EasyBuild installations of the target's easystack for {target.subdir} under {prefix}",
+            f"eessi-pipeline build --target {target.name}",
+            True,
         ),
         Step(
             "test",

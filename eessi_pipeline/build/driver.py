@@ -1,0 +1,277 @@
+"""Build one target's stack: provision sources, run EasyBuild through the overlay, update Lmod's cache,
+check nothing is missing, pack the tarball — or reuse the last build when its inputs are unchanged.
+
+State (under ``<state dir>/build/``): ``sources/`` (EasyBuild's sourcepath, shared), ``fetch/`` (private
+apt state, downloads), and per target ``<version>/<subdir with ->/``: ``overlay/{lower,stage,upper,work}``,
+``eb/`` (buildpath, prefix with EasyBuild's logs), ``tarballs/``, ``record.json`` (written last) and
+``record.lock`` (an ``flock``: one builder at a time; xdist workers wait, then reuse).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import BuildError
+from ..matrix import Matrix, Target
+from ..proc import CommandFailed, run
+from .easybuild import (
+    HOOKS,
+    LMOD_INIT,
+    EasyBuildConfig,
+    eb_environment,
+    eb_install_argv,
+    eb_missing_argv,
+    installed_easybuild_version,
+    missing_modules,
+    system_cflags,
+)
+from .overlay import OverlayView
+from .sources import Provisioner, plan_sources
+from .stacks import Stack, StackConfig, file_sha256
+from .tarball import pack
+
+log = logging.getLogger(__name__)
+
+EB_TIMEOUT = 3600.0
+RECORD_FORMAT = 1
+UPDATE_CACHE = "/usr/share/lmod/lmod/libexec/update_lmod_system_cache_files"
+
+
+@dataclass(frozen=True, slots=True)
+class BuildPlan:
+    """Everything a build of one target decides before running anything (pure)."""
+
+    target: Target
+    version: str
+    repository: str
+    stack: Stack
+    state: Path
+    prefix: str  # /cvmfs/<repo>/versions/<v>/software/linux/<subdir>
+
+    @classmethod
+    def create(
+        cls,
+        matrix: Matrix,
+        stacks: StackConfig,
+        target: Target,
+        version: str | None,
+        repository: str,
+        state: Path,
+    ) -> BuildPlan:
+        ver = matrix.version(version).name
+        if ver not in target.versions:
+            raise BuildError(
+                f"{target.name} is not a target of stack version {ver}; pick another target or version"
+            )
+        prefix = f"/cvmfs/{repository}/versions/{ver}/software/linux/{target.subdir}"
+        return cls(target, ver, repository, stacks.stack_for(ver, target), state / "build", prefix)
+
+    @property
+    def target_dir(self) -> Path:
+        return self.state / self.version / self.target.subdir.replace("/", "-")
+
+    @property
+    def sourcepath(self) -> Path:
+        return self.state / "sources"
+
+    def eb_config(self, gcc_version: str, as_root: bool) -> EasyBuildConfig:
+        return EasyBuildConfig(
+            installpath=self.prefix,
+            sourcepath=self.sourcepath,
+            buildpath=self.target_dir / "eb" / "build",
+            prefix=self.target_dir / "eb" / "prefix",
+            robot_paths=(self.stack.easyconfigs[0].path.parents[2],) if self.stack.easyconfigs else (),
+            hooks=HOOKS,
+            generic=self.target.is_generic,
+            as_root=as_root,
+            system_cflags=system_cflags(self.target.archspec, self.target.is_generic, gcc_version),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BuildResult:
+    plan: BuildPlan
+    tarball: Path
+    meta: Path
+    reused: bool
+    seconds: float
+    inputs_digest: str
+    overlay: OverlayView
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.plan.target.name,
+            "version": self.plan.version,
+            "prefix": self.plan.prefix,
+            "modules": list(self.plan.stack.modules),
+            "tarball": str(self.tarball),
+            "meta": str(self.meta),
+            "reused": self.reused,
+            "seconds": round(self.seconds, 1),
+            "inputs_digest": self.inputs_digest,
+        }
+
+
+def build_inputs(
+    plan: BuildPlan, source_sums: Mapping[str, str], eb_version: str, cflags: str
+) -> dict[str, Any]:
+    """What decides the build's result; its digest decides reuse (pure apart from reading the files)."""
+    ecs = {ec.path.name: file_sha256(ec.path) for ec in plan.stack.easyconfigs}
+    return {
+        "format": RECORD_FORMAT,
+        "target": plan.target.subdir,
+        "version": plan.version,
+        "repository": plan.repository,
+        "easystack": file_sha256(plan.stack.easystack),
+        "easyconfigs": ecs,
+        "sources": dict(sorted(source_sums.items())),
+        "easybuild": eb_version,
+        "hooks": file_sha256(HOOKS),
+        "cflags": cflags,
+    }
+
+
+def inputs_digest(inputs: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def gcc_version() -> str:
+    return run(["gcc", "-dumpfullversion"], timeout=30).stdout.strip()
+
+
+def _eb_log_tail(plan: BuildPlan, lines: int = 40) -> str:
+    logs = sorted(
+        (plan.target_dir / "eb").rglob("easybuild-*.log"),
+        key=lambda p: p.stat().st_mtime if p.exists() else 0,
+    )
+    for tmp in sorted(Path("/tmp").glob("eb-*/**/easybuild-*.log"), key=lambda p: p.stat().st_mtime)[-1:]:
+        logs.append(tmp)
+    if not logs:
+        return "(no EasyBuild log found)"
+    text = logs[-1].read_text(encoding="utf-8", errors="replace").splitlines()
+    return f"{logs[-1]}:\n" + "\n".join(text[-lines:])
+
+
+def lmod_cache_argv(prefix: str) -> list[str]:
+    """Lmod's spider cache for the target, as EESSI's ingestion updates it (pure)."""
+    cache = f"{prefix}/.lmod/cache"
+    return [UPDATE_CACHE, "-d", cache, "-t", f"{cache}/timestamp", f"{prefix}/modules/all"]
+
+
+def ensure_build(
+    plan: BuildPlan, stacks: StackConfig, *, environ: Mapping[str, str] | None = None, dry_run: bool = False
+) -> BuildResult:
+    """Build (or reuse) the target's stack and its tarball."""
+    env = dict(os.environ if environ is None else environ)
+    start = time.monotonic()
+    eb_version = installed_easybuild_version()
+    cfg = plan.eb_config(gcc_version(), as_root=os.geteuid() == 0)
+    overlay = OverlayView.for_repository(plan.repository, plan.target_dir / "overlay")
+    record_path = plan.target_dir / "record.json"
+    with _locked(plan.target_dir / "record.lock"):
+        wanted = plan_sources(plan.stack.easyconfigs, stacks)
+        sums = Provisioner(plan.sourcepath, plan.state / "fetch", stacks.debian).provision(wanted)
+        inputs = build_inputs(plan, sums, eb_version, cfg.system_cflags)
+        digest = inputs_digest(inputs)
+        record = _read_record(record_path)
+        if record and record.get("inputs_digest") == digest and Path(record["tarball"]).is_file():
+            log.info(
+                "reusing the build of %s from %s (inputs unchanged)", plan.target.name, record["built_at"]
+            )
+            return BuildResult(
+                plan,
+                Path(record["tarball"]),
+                Path(record["meta"]),
+                True,
+                time.monotonic() - start,
+                digest,
+                overlay,
+            )
+        if dry_run:
+            raise BuildError(f"--dry-run: {plan.target.name} needs a build (inputs changed or never built)")
+        record_path.unlink(missing_ok=True)
+        for d in (overlay.upper, overlay.work, cfg.buildpath, plan.target_dir / "tarballs"):
+            shutil.rmtree(d, ignore_errors=True)
+        eb_env = eb_environment(cfg, env)
+        try:
+            overlay.run(eb_install_argv(cfg, plan.stack.easystack), timeout=EB_TIMEOUT, env=eb_env)
+        except CommandFailed as e:
+            raise BuildError(
+                f"EasyBuild failed for {plan.target.name} ({plan.stack.easystack.name}): "
+                f"{e.output_tail[-2000:]}\n"
+                f"EasyBuild log tail: {_eb_log_tail(plan)}"
+            ) from e
+        overlay.run(lmod_cache_argv(plan.prefix), timeout=600, env=eb_env)
+        missing = overlay.run(
+            eb_missing_argv(cfg, plan.stack.easystack), timeout=600, env=eb_env, check=False
+        )
+        gone = missing_modules(missing.stdout + missing.stderr)
+        if missing.returncode != 0 or gone:
+            raise BuildError(
+                f"installations missing for {plan.target.name} after the build: "
+                f"{', '.join(gone) or missing.tail(10)}"
+                f"; EasyBuild log tail: {_eb_log_tail(plan)}"
+            )
+        packed = pack(
+            overlay.upper,
+            plan.version,
+            plan.target.subdir,
+            plan.target_dir / "tarballs",
+            int(time.time()),
+            env,
+        )
+        from ..cvmfs.tarcheck import check_tarball
+
+        check_tarball(packed.tarball, expected_version=plan.version, repository=plan.repository)
+        new_record = {
+            "format": RECORD_FORMAT,
+            "inputs_digest": digest,
+            "inputs": inputs,
+            "tarball": str(packed.tarball),
+            "meta": str(packed.meta),
+            "members": packed.members,
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "seconds": round(time.monotonic() - start, 1),
+        }
+        tmp = record_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(new_record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        tmp.replace(record_path)
+        log.info("built %s in %.0fs: %s", plan.target.name, time.monotonic() - start, packed.tarball)
+        return BuildResult(
+            plan, packed.tarball, packed.meta, False, time.monotonic() - start, digest, overlay
+        )
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == RECORD_FORMAT else None
+
+
+def module_check_argv(prefix: str, script: str) -> list[str]:
+    """bash that initialises Lmod, points MODULEPATH at the target's modules and runs ``script`` (pure)."""
+    return ["bash", "-c", f"source {LMOD_INIT} && export MODULEPATH={prefix}/modules/all && {script}"]

@@ -1,0 +1,56 @@
+"""pytest fixtures for the software layer: ``software_build(target)`` builds once per run and reuses.
+
+``software_build`` is a session-scoped factory: ``software_build("zen4")`` returns the
+:class:`~eessi_pipeline.build.driver.BuildResult` of that target's stack.  The build holds the target's
+file lock (``record.lock``), so xdist workers asking at the same time wait for one build and then reuse
+it; a later run reuses it too while the inputs digest (easystack, easyconfigs, source checksums, target,
+EasyBuild version, hooks, flags) is unchanged.  The state directory is ``--eessi-build-state DIR``, else
+``$EESSI_PIPELINE_BUILD_TEST_STATE``, else ``<rootdir>/.state/test``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ..matrix import load_matrix
+from ..settings import DEFAULT_REPOSITORY
+from .driver import BuildPlan, BuildResult, ensure_build
+from .stacks import load_stacks
+
+STATE_ENV = "EESSI_PIPELINE_BUILD_TEST_STATE"
+TEST_VERSION = "2023.06"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.getgroup("eessi-pipeline").addoption(
+        "--eessi-build-state",
+        metavar="DIR",
+        help=f"state directory of the software builds tests make (default: ${STATE_ENV}, .state/test)",
+    )
+
+
+def build_state_dir(config: pytest.Config) -> Path:
+    chosen = config.getoption("--eessi-build-state") or os.environ.get(STATE_ENV)
+    return Path(chosen) if chosen else Path(config.rootpath) / ".state" / "test"
+
+
+@pytest.fixture(scope="session")
+def software_build(pytestconfig: pytest.Config) -> Callable[[str], BuildResult]:
+    """Factory: the built (or reused) CI stack of a target, with its tarball."""
+    cache: dict[str, BuildResult] = {}
+    state = build_state_dir(pytestconfig)
+
+    def get(target: str) -> BuildResult:
+        if target not in cache:
+            matrix, stacks = load_matrix(), load_stacks()
+            plan = BuildPlan.create(
+                matrix, stacks, matrix.target(target), TEST_VERSION, DEFAULT_REPOSITORY, state
+            )
+            cache[target] = ensure_build(plan, stacks)
+        return cache[target]
+
+    return get
