@@ -407,3 +407,30 @@ def test_ingest_pax_xattrs_land_in_the_catalog_blob(repo: Repository, tmp_path: 
     node = doc.entries["/versions/2023.06/f"]
     assert node.xattr == bytes([1, 2, 6, 1]) + b"user.a1" + bytes([11, 5]) + b"user.origineessi"
     assert doc.statistics["self_xattr"] == 1
+
+
+def test_ingest_into_existing_nested_catalog_updates_counts_without_reopening_others(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import eessi_pipeline.cvmfs.repository as module
+    from eessi_pipeline.cvmfs.reader import verify_repository
+
+    files = {f"software/pkg{i}/1.0/data": f"{i}".encode() for i in range(6)}
+    (tmp_path / "a").mkdir()
+    repo.ingest(software_tarball(tmp_path / "a", "2023.06", "x86_64/generic", files))
+    before = root_doc(repo).statistics["subtree_regular"]
+    loads: list[str] = []
+    original = module.Transaction._load
+
+    def counting(self, root, hex_hash):  # type: ignore[no-untyped-def]
+        loads.append(root)
+        return original(self, root, hex_hash)
+
+    monkeypatch.setattr(module.Transaction, "_load", counting)
+    (tmp_path / "b").mkdir()
+    extra = software_tarball(tmp_path / "b", "2023.06", "x86_64/generic", {"software/pkg3/1.0/extra": b"x"})
+    result = repo.ingest(extra)
+    assert result.catalogs_written == 2  # pkg3's catalog and the root
+    assert sorted(loads) == ["", "/versions/2023.06/software/linux/x86_64/generic/software/pkg3/1.0"]
+    assert root_doc(repo).statistics["subtree_regular"] == before + 1
+    assert verify_repository(repo.paths.root, repo.paths.keys.master_public.read_bytes()).revision == 3

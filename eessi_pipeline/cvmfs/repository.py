@@ -407,6 +407,7 @@ class Transaction:
     paths_deleted: int = 0
     objects_at_start: int = -1
     implicit_dirs: set[str] = field(default_factory=set)
+    restructured: set[str] = field(default_factory=set)  # catalogs whose set of nested catalogs changed
     new_dirs: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -507,6 +508,7 @@ class Transaction:
         if doc.root == path:  # a nested catalog's mountpoint: drop the whole catalog
             parent = self.catalog_for(parent_path(path))
             parent.nested.pop(path, None)
+            self.restructured.add(parent.root)
             parent.entries.pop(path, None)
             self._forget_docs_under(path)
             self._touch(parent)
@@ -515,6 +517,7 @@ class Transaction:
                 del doc.entries[p]
             for mp in [mp for mp in doc.nested if _within(mp, path)]:
                 del doc.nested[mp]
+                self.restructured.add(doc.root)
                 self._forget_docs_under(mp)
             self._touch(doc)
         self.paths_deleted += 1
@@ -543,6 +546,7 @@ class Transaction:
         node.nested_mountpoint = True
         child.entries[path].nested_mountpoint = True
         parent.nested[path] = ("", 0)  # filled in at commit
+        self.restructured.update((parent.root, path))
         self.docs[path] = child
         self._touch(parent)
         self._touch(child)
@@ -702,8 +706,18 @@ class Transaction:
                 raise RepositoryError(f"internal error: catalog {root or '/'} lost its root entry")
             self._fix_linkcounts(doc)
             stats = self_statistics(doc)
-            for mp, (h, _size) in doc.nested.items():
-                add_subtree(stats, self._stats_of(mp, h, written))
+            if root in self.loaded_hash and root not in self.restructured and doc.statistics:
+                # Same nested catalogs as before: start from the subtree totals the catalog had and
+                # apply what its rewritten children changed, without opening the unchanged ones.
+                for counter in stats:
+                    if counter.startswith("subtree_"):
+                        stats[counter] = int(doc.statistics.get(counter, 0))
+                for mp in doc.nested:
+                    if mp in written:
+                        _apply_child_change(stats, self.docs[mp].statistics, written[mp])
+            else:
+                for mp, (h, _size) in doc.nested.items():
+                    add_subtree(stats, self._stats_of(mp, h, written))
             revision = int(doc.properties.get("revision", "0")) + 1
             if root == "":
                 revision = (self.base.revision if self.base else 0) + 1
@@ -793,6 +807,16 @@ class Transaction:
             self.files_added,
             self.paths_deleted,
         )
+
+
+def _apply_child_change(stats: dict[str, int], old: dict[str, int], new: dict[str, int]) -> None:
+    """Move a parent's subtree counters by (new - old) of one child's self+subtree totals."""
+    for counter in stats:
+        if counter.startswith("subtree_"):
+            base = counter[len("subtree_") :]
+            before = int(old.get(f"self_{base}", 0)) + int(old.get(counter, 0))
+            after = int(new.get(f"self_{base}", 0)) + int(new.get(counter, 0))
+            stats[counter] += after - before
 
 
 def _member_path(name: str) -> str:
