@@ -543,10 +543,10 @@ class Transaction:
                 del parent.entries[p]
         for mp in [mp for mp in parent.nested if _within(mp, path)]:
             child.nested[mp] = parent.nested.pop(mp)
+            self.restructured.add(parent.root)  # its subtree counters must be summed afresh
         node.nested_mountpoint = True
         child.entries[path].nested_mountpoint = True
         parent.nested[path] = ("", 0)  # filled in at commit
-        self.restructured.update((parent.root, path))
         self.docs[path] = child
         self._touch(parent)
         self._touch(child)
