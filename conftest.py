@@ -11,5 +11,6 @@ pytest_plugins = (
     "eessi_pipeline.pytest_plugin",
     "eessi_pipeline.compat.fixtures",
     "eessi_pipeline.build.fixtures",
+    "eessi_pipeline.gate.pytest_gate",
     "pytester",
 )

@@ -294,3 +294,25 @@ def test_software_tarball_record_round_trip(tmp_path: Path) -> None:
     p = tmp_path / "r.json"
     p.write_bytes(record.canonical())
     assert load_record(p) == record
+
+
+def test_pytest_run_writes_signed_gate_record(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = tmp_path / "state"
+    monkeypatch.setenv("EESSI_PIPELINE_STATE_DIR", str(state))
+    Repository(state, NAME).init()
+    t = make_tarball(tmp_path / "eessi-2023.06-init-1700000000.tar.gz",
+                     {"2023.06": None, "2023.06/init": None, "2023.06/init/bash": b"echo hi\n"})  # fmt: skip
+    pytester.makepyfile(test_a="def test_ok():\n    pass\n\ndef test_bad():\n    assert False\n")
+    result = pytester.runpytest_subprocess("-p", "eessi_pipeline.gate.pytest_gate", "-p", "no:cacheprovider",
+                                           f"--eessi-gate-tarball={t}", "--eessi-gate-stage")  # fmt: skip
+    result.stdout.fnmatch_lines(["*gate record*(2 results, 1 failed)*"])
+    record = load_record(Path(f"{t}{RECORD_SUFFIX}"))
+    assert {(c.id.split("::")[-1], c.outcome) for c in record.tests} == {
+        ("test_ok", "passed"),
+        ("test_bad", "failed"),
+    }
+    assert Staging(state).find(t.name) is not None
+    outcomes = publish(state, NAME, load_policy(), now=dt.datetime.now(dt.UTC))
+    assert not outcomes[0].accepted  # a failed test (and missing required ones) keep it out
