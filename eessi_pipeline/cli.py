@@ -20,6 +20,7 @@ from . import __version__
 from .arch.cpuinfo import CPUINFO_ENV, MACHINE_ENV, read_host_cpu
 from .arch.select import OVERRIDE_ENV, check_build_node, require_build_node, select_from_environ, why_not
 from .cli_build import add_build_parser
+from .cli_checks import add_checks_parser
 from .cli_client import add_client_parser
 from .cli_compat import add_compat_parser
 from .cli_gate import add_gate_parsers
@@ -244,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compat_parser(sub)
     add_build_parser(sub)
     add_gate_parsers(sub)
+    add_checks_parser(sub)
     return parser
 
 

@@ -1,0 +1,158 @@
+# ReFrame declares test attributes as mutable class-level lists and sets; its metaclass copies them per test.
+# ruff: noqa: RUF012
+"""ReFrame checks of a software layer target (reframe-hpc 4.10.0).
+
+``eessi-pipeline`` (and ``pytest -m arch_<target>``) run these with a generated configuration in
+which each partition is one target and has the target's ``modules/all`` on ``MODULEPATH``.
+Environment read at load time:
+
+* ``EESSI_PIPELINE_MODULEPATH``: the ``modules/all`` whose modules get a smoke check
+  (default: the first entry of ``MODULEPATH``);
+* ``EESSI_PIPELINE_TARGET``: the target name the references are looked up for (default: the
+  partition's name);
+* ``EESSI_PIPELINE_REFERENCES``: the references file (default: ``matrices/references.yaml``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import reframe as rfm
+import reframe.utility.sanity as sn
+import yaml
+from reframe.core.builtins import parameter, performance_function, run_after, sanity_function, variable
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODULEPATH = os.environ.get("EESSI_PIPELINE_MODULEPATH") or os.environ.get("MODULEPATH", "").split(":")[0]
+REFERENCES = os.environ.get("EESSI_PIPELINE_REFERENCES") or os.path.join(
+    HERE, "..", "..", "matrices", "references.yaml"
+)
+# scale -> (nodes, cores per node; 0 = all of the node)
+SCALES = {"1_core": (1, 1), "2_cores": (1, 2), "1_node": (1, 0), "2_nodes": (2, 0)}
+
+# module name -> (shell command, regex its output must contain); others: the module's EBROOT dir exists
+SMOKE = {
+    "zlib": ('test -f "$EBROOTZLIB/lib/libz.so" && echo "zlib ok $EBVERSIONZLIB"', r"^zlib ok \d"),
+    "STREAM": ("stream 8", r"Solution Validates"),
+    "numpy": (
+        "python3 -c 'import numpy; print(\"numpy\", numpy.__version__, float(numpy.arange(4).sum()))'",
+        r"^numpy \S+ 6\.0$",
+    ),
+}
+
+
+def installed_modules(modulepath: str) -> list[str]:
+    """``name/version`` of every Lua module file under ``modulepath``."""
+    found = []
+    if os.path.isdir(modulepath):
+        for name in sorted(os.listdir(modulepath)):
+            d = os.path.join(modulepath, name)
+            if os.path.isdir(d):
+                found += [f"{name}/{f[:-4]}" for f in sorted(os.listdir(d)) if f.endswith(".lua")]
+    return found
+
+
+def load_references(check: str, target: str) -> dict:
+    try:
+        with open(REFERENCES, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except OSError:
+        return {}
+    metrics = ((data.get("checks") or {}).get(check) or {}).get(target) or {}
+    return {m: (r["value"], r.get("lower"), r.get("upper"), r["unit"]) for m, r in metrics.items()}
+
+
+class eessi_check(rfm.RunOnlyRegressionTest):
+    valid_systems = ["+cpu"]
+    valid_prog_environs = ["*"]
+    time_limit = "5m"
+    target = variable(str, value=os.environ.get("EESSI_PIPELINE_TARGET", ""))
+    reference_key = variable(str, value="")
+
+    def target_name(self):
+        return self.target or self.current_partition.name
+
+
+@rfm.simple_test
+class module_smoke_check(eessi_check):
+    """The module loads with Lmod and its program runs."""
+
+    module = parameter(installed_modules(MODULEPATH))
+    tags = {"smoke"}
+
+    @run_after("init")
+    def set_command(self):
+        name = self.module.split("/", 1)[0]
+        self.descr = f"smoke: {self.module} loads and runs"
+        self.modules = [self.module]
+        self.reference_key = f"module_smoke_check/{self.module}"
+        self.executable = "bash"
+        default = (
+            f'root="$EBROOT{name.upper().replace("-", "MINUS")}"; test -d "$root" && echo "root ok $root"',
+            r"^root ok /",
+        )
+        command, self.expect = SMOKE.get(name, default)
+        self.executable_opts = ["-c", _sh_quote(command)]
+
+    @sanity_function
+    def assert_runs(self):
+        return sn.all([sn.assert_found(self.expect, self.stdout), sn.assert_eq(self.job.exitcode, 0)])
+
+
+def _sh_quote(text: str) -> str:
+    return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+@rfm.simple_test
+class stream_check(eessi_check):
+    """STREAM memory bandwidth (Copy, Scale, Add, Triad) with OpenMP threads per scale."""
+
+    scale = parameter(list(SCALES))
+    array_mib = variable(int, value=128)
+    modules = ["STREAM"]
+    executable = "stream"
+    tags = {"performance"}
+
+    @run_after("init")
+    def set_scale(self):
+        nodes, _ = SCALES[self.scale]
+        if nodes > 1:
+            self.valid_systems = ["+cpu +slurm"]
+        self.reference_key = f"stream_check/{self.scale}"
+        self.descr = f"STREAM at {self.scale}"
+
+    @run_after("setup")
+    def set_threads(self):
+        nodes, cores = SCALES[self.scale]
+        available = self.current_partition.processor.num_cpus or 1
+        self.skip_if(cores > available, f"{self.scale} needs {cores} cores; the partition has {available}")
+        threads = cores or available
+        self.num_tasks = nodes
+        self.num_tasks_per_node = 1
+        self.num_cpus_per_task = threads
+        self.env_vars = {"OMP_NUM_THREADS": str(threads), "OMP_PROC_BIND": "close"}
+        self.executable_opts = [str(self.array_mib)]
+        self.reference = {"*": load_references(self.reference_key, self.target_name())}
+
+    @sanity_function
+    def assert_validates(self):
+        return sn.assert_found(r"Solution Validates", self.stdout)
+
+    def rate(self, kernel):
+        return sn.extractsingle(rf"^{kernel}: (\S+) GB/s$", self.stdout, 1, float)
+
+    @performance_function("GB/s")
+    def Copy(self):
+        return self.rate("Copy")
+
+    @performance_function("GB/s")
+    def Scale(self):
+        return self.rate("Scale")
+
+    @performance_function("GB/s")
+    def Add(self):
+        return self.rate("Add")
+
+    @performance_function("GB/s")
+    def Triad(self):
+        return self.rate("Triad")

@@ -1,0 +1,1 @@
+"""ReFrame checks of the software layer: references, configuration, running, judging."""
