@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from .cli_repo import write_bytes
 from .cvmfs.client import ClientConfig, open_client
 from .cvmfs.mount import mount, umount
 from .cvmfs.repository import Repository
@@ -65,13 +66,7 @@ def cmd_client_cat(args: argparse.Namespace, out: TextIO) -> int:
     config, _ = _config(args)
     reader, _source = open_client(config)
     with reader:
-        data = reader.read_file("/" + args.path.strip("/"))
-    buffer = getattr(out, "buffer", None)
-    if buffer is not None:
-        buffer.write(data)
-        buffer.flush()
-    else:
-        out.write(data.decode("utf-8", "replace"))
+        write_bytes(out, reader.read_file("/" + args.path.strip("/")))
     return 0
 
 

@@ -150,15 +150,19 @@ def cmd_ls(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def cmd_cat(args: argparse.Namespace, out: TextIO) -> int:
-    with _open(args) as reader:
-        data = reader.read_file("/" + args.path.strip("/"))
+def write_bytes(out: TextIO, data: bytes) -> None:
+    """File content to ``out``: raw bytes to a real stream, text (errors replaced) to a StringIO."""
     buffer = getattr(out, "buffer", None)
     if buffer is not None:
         buffer.write(data)
         buffer.flush()
     else:
         out.write(data.decode("utf-8", "replace"))
+
+
+def cmd_cat(args: argparse.Namespace, out: TextIO) -> int:
+    with _open(args) as reader:
+        write_bytes(out, reader.read_file("/" + args.path.strip("/")))
     return 0
 
 

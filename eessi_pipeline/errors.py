@@ -58,5 +58,7 @@ class GateRefused(PipelineError):
 
 class PublishError(PipelineError):
     """Publishing failed after the gate accepted; the repository stays at its previous revision."""
+
+
 class BuildError(PipelineError):
     """A software-layer build could not be planned, provisioned, run, checked or packed."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -30,3 +31,14 @@ def cpuinfo_text(vendor: str, flags: str | set[str] | frozenset[str], model: str
         f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: 25\nmodel name\t: {model}\n"
         f"flags\t\t: {flag_text}\n\n"
     )
+
+
+def free_ports(n: int = 1) -> list[int]:
+    """``n`` distinct TCP ports free on 127.0.0.1 right now (bound together, then released)."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [int(s.getsockname()[1]) for s in socks]
+    for s in socks:
+        s.close()
+    return ports

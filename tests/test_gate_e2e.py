@@ -5,22 +5,14 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import free_ports
 
 from eessi_pipeline import cli
-
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
 
 
 @pytest.mark.slow
@@ -31,9 +23,9 @@ def test_gate_publish_distribute_and_refuse_tampering(
 ) -> None:
     state = tmp_path / "state"
     for var, value in {"EESSI_PIPELINE_STATE_DIR": str(state), "EESSI_PIPELINE_REPOSITORY": "gate.eessi.local",
-                       "EESSI_PIPELINE_STRATUM0_PORT": str(_free_port()),
-                       "EESSI_PIPELINE_STRATUM1_PORT": str(_free_port()),
-                       "EESSI_PIPELINE_PROXY_PORT": str(_free_port())}.items():  # fmt: skip
+                       "EESSI_PIPELINE_STRATUM0_PORT": str(free_ports()[0]),
+                       "EESSI_PIPELINE_STRATUM1_PORT": str(free_ports()[0]),
+                       "EESSI_PIPELINE_PROXY_PORT": str(free_ports()[0])}.items():  # fmt: skip
         monkeypatch.setenv(var, value)
     err = io.StringIO()
     monkeypatch.setattr(sys, "stderr", err)

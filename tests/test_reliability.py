@@ -14,7 +14,6 @@ import multiprocessing
 import os
 import random
 import shutil
-import socket
 import tarfile
 import threading
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from cvmfs_helpers import serve_directory, software_tarball
+from helpers import free_ports
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -41,18 +41,6 @@ SUBDIR = "x86_64/generic"
 PREFIX = f"/versions/{VERSION}/software/linux/{SUBDIR}"
 SW = f"{VERSION}/software/linux/{SUBDIR}"
 HOSTILE_NAME = f"eessi-{VERSION}-software-linux-x86_64-generic-1700000000.tar.gz"
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _objects(repo: Repository) -> set[str]:
@@ -386,7 +374,7 @@ def _network(root: Path, files: dict[str, bytes]) -> Iterator[tuple[str, str, Pa
     repo.init()
     repo.ingest(software_tarball(root, VERSION, SUBDIR, files))
     os.chmod(state, 0o755)
-    s0, s1, px = _free_ports(3)
+    s0, s1, px = free_ports(3)
     stack = Stack(state, Ports(s0, s1, px))
     stack.up()
     try:

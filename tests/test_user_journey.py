@@ -9,26 +9,18 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from cvmfs_helpers import software_tarball
+from helpers import free_ports
 
 from eessi_pipeline import cli
 
 NAME = "journey.eessi.local"
 SUBDIR = "x86_64/generic"
-
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
 
 
 @pytest.mark.slow
@@ -44,8 +36,8 @@ def test_user_journey_published_software_runs_from_the_mount(
     mountpoint = tmp_path / "cvmfs" / NAME
     for var, value in {
         "EESSI_PIPELINE_STATE_DIR": str(state), "EESSI_PIPELINE_REPOSITORY": NAME,
-        "EESSI_PIPELINE_STRATUM0_PORT": str(_free_port()), "EESSI_PIPELINE_STRATUM1_PORT": str(_free_port()),
-        "EESSI_PIPELINE_PROXY_PORT": str(_free_port()),
+        "EESSI_PIPELINE_STRATUM0_PORT": str(free_ports()[0]), "EESSI_PIPELINE_STRATUM1_PORT": str(free_ports()[0]),
+        "EESSI_PIPELINE_PROXY_PORT": str(free_ports()[0]),
     }.items():  # fmt: skip
         monkeypatch.setenv(var, value)
     monkeypatch.setattr(sys, "stderr", io.StringIO())

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import free_ports
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/ helpers
 
@@ -46,18 +46,6 @@ class Network:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--infra-config", metavar="FILE", help="YAML naming real Stratum 0/1, proxy, key, mount")
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _from_config(path: Path) -> Network:
@@ -100,7 +88,7 @@ def network(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactor
 
     root = tmp_path_factory.mktemp("infra")
     state = root / "state"
-    s0, s1, px = _free_ports(3)
+    s0, s1, px = free_ports(3)
     stack = Stack(state, Ports(s0, s1, px))
     repo = Repository(state, NAME)
     repo.init()
