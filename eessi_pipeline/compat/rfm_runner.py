@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from ..checks.report import parse_case
 from ..errors import CompatError
 from ..matrix import PROJECT_ROOT
 from .gentoo_prefix import find_tool
@@ -105,15 +106,8 @@ def report_verdict(report: Mapping[str, Any]) -> ReportVerdict:
     """All selected cases passed, and there was at least one (pure)."""
     cases: list[CaseResult] = []
     for run in report.get("runs", [])[-1:]:  # the last run holds the final result of each case
-        for tc in run.get("testcases", []):
-            cases.append(
-                CaseResult(
-                    str(tc.get("display_name") or tc.get("name")),
-                    str(tc.get("result")),
-                    tc.get("fail_phase"),
-                    tc.get("fail_reason"),
-                )
-            )
+        for c in (parse_case(tc) for tc in run.get("testcases", [])):
+            cases.append(CaseResult(c.name, c.result, c.fail_phase, c.fail_reason))
     num = int(report.get("session_info", {}).get("num_cases", len(cases)))
     failed = [c for c in cases if c.result not in ("pass", "xfail")]
     if num == 0 or not cases:

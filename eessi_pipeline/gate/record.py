@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..checks.report import parse_case
 from ..errors import GateRefused
 
 RECORD_SUFFIX = ".gate.json"
@@ -131,19 +132,27 @@ def parse_junit(text: str, where: str = "junit.xml") -> tuple[CaseResult, ...]:
 
 
 def summarise_reframe(report: dict[str, Any], raw: bytes) -> ReframeSummary:
-    """Cases, failures and performance verdicts of a ReFrame JSON run report (data_version 4.x)."""
+    """Cases, failures and performance verdicts of a ReFrame JSON run report (data_version 4.x).
+
+    The report is read by :func:`eessi_pipeline.checks.report.parse_case`, so a performance value
+    passes here only if ReFrame passed it and it lies within its reference band, as the checks judge it.
+    """
     runs = report.get("runs") or []
-    last = runs[-1] if runs else {}
-    cases = last.get("testcases", [])
-    verdicts = []
-    for case in cases:
-        for key, values in (case.get("perfvalues") or {}).items():
-            value, ref, lower, upper, unit = (list(values) + [None] * 6)[:5]
-            result = values[5] if len(values) > 5 else "pass"
-            verdicts.append(PerfVerdict(case.get("name", "?"), key.rsplit(":", 1)[-1], float(value or 0.0),
-                                        ref, lower, upper, str(unit or ""), result == "pass"))  # fmt: skip
-    failures = sum(1 for c in cases if c.get("result") not in ("pass", "xfail"))
-    return ReframeSummary(hashlib.sha256(raw).hexdigest(), len(cases), failures, tuple(verdicts))
+    cases = [parse_case(tc) for tc in (runs[-1] if runs else {}).get("testcases", [])]
+    verdicts = tuple(
+        PerfVerdict(
+            c.name, p.metric, p.value,
+            p.reference.value if p.reference else None,
+            p.reference.lower if p.reference else None,
+            p.reference.upper if p.reference else None,
+            p.reference.unit if p.reference else "",
+            p.reframe_ok and p.in_band(),
+        )
+        for c in cases
+        for p in c.perf
+    )  # fmt: skip
+    failures = sum(1 for c in cases if c.result not in ("pass", "xfail"))
+    return ReframeSummary(hashlib.sha256(raw).hexdigest(), len(cases), failures, verdicts)
 
 
 def make_record(
