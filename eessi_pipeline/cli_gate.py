@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import getpass
 import json
 import socket
@@ -12,6 +13,7 @@ from typing import Any, TextIO
 
 from .arch.cpuinfo import read_host_cpu
 from .arch.select import select_target
+from .cvmfs.repository import Repository
 from .errors import GateRefused
 from .gate import signing
 from .gate.policy import load_policy
@@ -73,13 +75,9 @@ def cmd_record(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     settings = _settings(args)
-    from .cvmfs.repository import Repository
-
     item = Staging(settings.state_dir).find(args.tarball)
     if item is None:
         raise GateRefused(f"{args.tarball} is not staged")
-    import datetime as dt
-
     decision, _ = judge(item, Repository(settings.state_dir, settings.repository), load_policy(args.policy),
                         dt.datetime.now(dt.UTC))  # fmt: skip
     out.write(f"{item.name}: {decision.line()}\n")
