@@ -6,28 +6,17 @@ import argparse
 import datetime as dt
 import getpass
 import json
-import socket
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from .arch.cpuinfo import read_host_cpu
-from .arch.select import select_target
 from .cvmfs.repository import Repository
 from .errors import GateRefused
-from .gate import signing
 from .gate.policy import load_policy
-from .gate.publish import facts_of, judge, publish
-from .gate.record import (
-    RECORD_SUFFIX,
-    CaseResult,
-    ReframeSummary,
-    make_record,
-    parse_junit,
-    summarise_reframe,
-)
+from .gate.publish import judge, publish
+from .gate.record import CaseResult, parse_junit
 from .gate.staging import Staging
-from .matrix import load_matrix
+from .gate.write import write_record
 from .settings import resolve_settings
 
 
@@ -39,36 +28,17 @@ def _settings(args: argparse.Namespace) -> Any:
 
 def cmd_record(args: argparse.Namespace, out: TextIO) -> int:
     settings = _settings(args)
-    policy = load_policy(args.policy)
-    tarball = Path(args.tarball)
-    facts = facts_of(tarball, settings.repository)  # validates the tarball first
     tests: list[CaseResult] = []
     for junit in args.junit:
         tests += parse_junit(Path(junit).read_text(encoding="utf-8"), junit)
-    reframe: ReframeSummary | None = None
-    if args.reframe_report:
-        raw = Path(args.reframe_report).read_bytes()
-        reframe = summarise_reframe(json.loads(raw), raw)
-    matrix = load_matrix(None)
-    host = read_host_cpu(None)
-    target = args.target or (facts.content_roots[0].split("/", 3)[3] if facts.content_roots and
-                             facts.content_type in ("software", "compat") else "")  # fmt: skip
-    digests = {"matrix": matrix.sha256, "policy": policy.sha256}
-    host_subdir = select_target(host, matrix).subdir
-    record = make_record(tarball, facts.content_type, target, host_subdir, tuple(tests),
-                         reframe, digests)  # fmt: skip
-    path = Path(f"{tarball}{RECORD_SUFFIX}")
-    path.write_bytes(record.canonical())
-    key = Path(args.key) if args.key else settings.state_dir / "keys" / "build-node"
-    allowed = policy.allowed_signers_path(settings.state_dir)
-    if not args.key:  # the embedded default: this machine's own build-node key, trusted locally
-        signing.ensure_signing_key(key, f"{getpass.getuser()}@{socket.gethostname()}", allowed,
-                                   policy.signature_namespace)  # fmt: skip
-    sig = signing.sign(key, path, policy.signature_namespace)
-    if args.stage:
-        Staging(settings.state_dir).stage(tarball, path, sig)
-    out.write(f"{path}\n")
-    sys.stderr.write(f"[gate] {len(tests)} test results, signed {sig.name}"
+    report = Path(args.reframe_report) if args.reframe_report else None
+    written = write_record(
+        Path(args.tarball), tuple(tests), state_dir=settings.state_dir, repository=settings.repository,
+        policy=load_policy(args.policy), reframe_report=report, target=args.target,
+        key=Path(args.key) if args.key else None, stage=args.stage,
+    )  # fmt: skip
+    out.write(f"{written.path}\n")
+    sys.stderr.write(f"[gate] {len(tests)} test results, signed {written.signature.name}"
                      f"{', staged' if args.stage else ''}\n")  # fmt: skip
     return 0
 

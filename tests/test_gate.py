@@ -307,7 +307,7 @@ def test_pytest_run_writes_signed_gate_record(
     pytester.makepyfile(test_a="def test_ok():\n    pass\n\ndef test_bad():\n    assert False\n")
     result = pytester.runpytest_subprocess("-p", "eessi_pipeline.gate.pytest_gate", "-p", "no:cacheprovider",
                                            f"--eessi-gate-tarball={t}", "--eessi-gate-stage")  # fmt: skip
-    result.stdout.fnmatch_lines(["*gate record*(2 results, 1 failed)*"])
+    result.stdout.fnmatch_lines(["*gate record*(2 results, 1 failed, staged)*"])
     record = load_record(Path(f"{t}{RECORD_SUFFIX}"))
     assert {(c.id.split("::")[-1], c.outcome) for c in record.tests} == {
         ("test_ok", "passed"),
@@ -316,3 +316,96 @@ def test_pytest_run_writes_signed_gate_record(
     assert Staging(state).find(t.name) is not None
     outcomes = publish(state, NAME, load_policy(), now=dt.datetime.now(dt.UTC))
     assert not outcomes[0].accepted  # a failed test (and missing required ones) keep it out
+
+
+def test_decide_expands_target_in_required_tests() -> None:
+    facts, record = green()
+    policy = dataclasses.replace(
+        POLICY, content_types={"software": ContentRule(("*test_smoke[{target}]",), True)}
+    )
+    named = dataclasses.replace(record, target_name="zen3")
+    assert decide(facts, named, SIGNED, policy, NOW).accept
+    # the same green tests, but recorded for another target: its required test is missing
+    other = dataclasses.replace(record, target_name="zen4")
+    assert "required test '*test_smoke[zen4]' is missing" in decide(facts, other, SIGNED, policy, NOW).reasons
+    unnamed = decide(facts, record, SIGNED, policy, NOW)
+    assert not unnamed.accept and "names the target" in unnamed.reasons[0]
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_pytest_gate_records_announced_tarballs(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: list[str]
+) -> None:
+    state = tmp_path / "state"
+    monkeypatch.setenv("EESSI_PIPELINE_STATE_DIR", str(state))
+    Repository(state, NAME).init()
+    t = software_tarball(tmp_path, "2023.06", ZEN3, {"bin/x": b"x"})
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"runs": [{"testcases": []}]}))
+    pytester.makepyfile(
+        test_a=f"""
+from pathlib import Path
+from eessi_pipeline.gate.pytest_gate import announce
+
+def test_built(record_property):
+    announce(record_property, Path({str(t)!r}), Path({str(report)!r}))
+
+def test_other():
+    pass
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "eessi_pipeline.gate.pytest_gate", "-p", "no:cacheprovider",
+                                           "--eessi-gate", "--eessi-gate-stage", *workers)  # fmt: skip
+    result.stdout.fnmatch_lines(["*gate record*(2 results, 0 failed, staged)*"])
+    record = load_record(Path(f"{t}{RECORD_SUFFIX}"))
+    assert sorted(c.id.split("::")[-1] for c in record.tests) == ["test_built", "test_other"]
+    assert record.target == ZEN3 and record.target_name == "zen3"
+    assert record.reframe is not None and record.reframe.cases == 0  # the report's digest is in the record
+    assert Staging(state).find(t.name) is not None
+
+
+def test_pytest_gate_without_announced_tarball_fails_the_run(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EESSI_PIPELINE_STATE_DIR", str(tmp_path / "state"))
+    pytester.makepyfile(test_a="def test_ok():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "eessi_pipeline.gate.pytest_gate", "-p", "no:cacheprovider",
+                                           "--eessi-gate")  # fmt: skip
+    result.stdout.fnmatch_lines(["*no gate record: --eessi-gate: no test of this run built a tarball*"])
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR
+
+
+def test_software_roots_find_subdirs_and_strays() -> None:
+    from eessi_pipeline.gate.publish import software_roots
+
+    v, zen3, generic = (
+        "2023.06",
+        "2023.06/software/linux/x86_64/amd/zen3",
+        "2023.06/software/linux/x86_64/generic",
+    )
+    names = ["2023.06", "2023.06/software", "2023.06/software/linux", "2023.06/software/linux/x86_64",
+             "2023.06/software/linux/x86_64/amd", zen3, f"{zen3}/modules/all/zlib/1.3.lua",
+             f"{zen3}/software/zlib/1.3/lib/libz.so", f"{zen3}/.lmod/cache/spiderT.lua"]  # fmt: skip
+    assert software_roots(names, v) == (zen3,)
+    assert software_roots([*names, f"{generic}/modules/all/x.lua"], v) == (zen3, generic)
+    stray = "2023.06/software/linux/x86_64/amd/notes.txt"
+    assert software_roots([*names, stray], v) == (stray, zen3)
+
+
+def test_facts_of_real_tarball_and_decide_on_target_paths(tmp_path: Path) -> None:
+    from eessi_pipeline.gate.publish import facts_of
+
+    t = software_tarball(
+        tmp_path, "2023.06", ZEN3, {"modules/all/x/1.lua": b"--", "software/x/1/bin/x": b"x"}
+    )
+    facts = facts_of(t, NAME)
+    assert facts.content_roots == (f"2023.06/software/linux/{ZEN3}",) and facts.named_target == ZEN3
+    _, record = green()
+    record = dataclasses.replace(record, tarball=facts.name, sha256=facts.sha256, size=facts.size)
+    assert decide(facts, record, SIGNED, POLICY, NOW).accept
+    wrong = decide(facts, dataclasses.replace(record, target="x86_64/amd/zen4"), SIGNED, POLICY, NOW)
+    assert any(
+        "the tarball's name says x86_64/amd/zen3, the record tested x86_64/amd/zen4" in r
+        for r in wrong.reasons
+    )
+    assert any("are not the tested target's" in r for r in wrong.reasons)

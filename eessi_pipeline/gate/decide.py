@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import fnmatch
+import re
 from dataclasses import dataclass
 
 from .policy import Policy
@@ -18,7 +18,8 @@ class TarballFacts:
     size: int
     content_type: str
     version: str
-    content_roots: tuple[str, ...]  # e.g. ("2023.06/software/linux/x86_64/amd/zen3",) from tarcheck
+    content_roots: tuple[str, ...]  # e.g. ("2023.06/software/linux/x86_64/amd/zen3",): where members go
+    named_target: str = ""  # the software subdir the tarball's name says (x86_64/amd/zen3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,12 @@ class Decision:
 
     def line(self) -> str:
         return "accepted" if self.accept else "refused: " + "; ".join(self.reasons)
+
+
+def test_id_matches(pattern: str, test_id: str) -> bool:
+    """Glob match of a pytest node id: ``*`` and ``?`` are wildcards, brackets are literal (ids have them)."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, test_id, re.DOTALL) is not None
 
 
 def _expected_root(facts: TarballFacts, record: GateRecord) -> str | None:
@@ -68,8 +75,12 @@ def decide(
     else:
         if not record.tests:
             reasons.append("the record holds zero test cases")
-        for pattern in rule.required_tests:
-            matching = [t for t in record.tests if fnmatch.fnmatchcase(t.id, pattern)]
+        for template in rule.required_tests:
+            if "{target}" in template and not record.target_name:
+                reasons.append(f"required test {template!r} names the target; the record has no target name")
+                continue
+            pattern = template.replace("{target}", record.target_name)
+            matching = [t for t in record.tests if test_id_matches(pattern, t.id)]
             if not matching:
                 reasons.append(f"required test {pattern!r} is missing")
             for t in matching:
@@ -101,6 +112,8 @@ def decide(
             where = ", ".join(wrong) or "none"
             reasons.append(f"paths inside the tarball ({where}) are not the tested target's "
                            f"{expected}")  # fmt: skip
+    if facts.named_target and record.target and facts.named_target != record.target:
+        reasons.append(f"the tarball's name says {facts.named_target}, the record tested {record.target}")
     age_h = (now - record.created_at).total_seconds() / 3600
     if age_h > policy.max_record_age_hours:
         reasons.append(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import tarfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,10 +42,43 @@ class Outcome:
         return f"{self.tarball}: {verdict}{why}"
 
 
+# What EESSI keeps directly in a software subdir: a path component from this set ends the subdir.
+SUBDIR_CONTENT = frozenset({"modules", "software", ".lmod", "reprod"})
+
+
+def software_roots(names: Iterable[str], version: str) -> tuple[str, ...]:
+    """The distinct ``<version>/software/<os>/<subdir>`` that member names install into (pure).
+
+    A path below ``<version>/software/`` that is neither inside a subdir's content nor a parent
+    directory of one counts as a root of its own, so the gate reports it as out of place.
+    """
+    roots: set[str] = set()
+    loose: set[str] = set()
+    for name in names:
+        parts = name.strip("/").removeprefix("./").split("/")
+        if parts[:2] != [version, "software"] or len(parts) < 3:
+            continue
+        cut = next((i for i in range(4, len(parts)) if parts[i] in SUBDIR_CONTENT), None)
+        if cut is None:
+            loose.add("/".join(parts))
+        else:
+            roots.add("/".join(parts[:cut]))
+    strays = {p for p in loose if not any(r == p or r.startswith(p + "/") for r in roots)}
+    return tuple(sorted(roots | strays))
+
+
 def facts_of(path: Path, repository: str) -> TarballFacts:
     report = check_tarball(path, repository=repository)
-    return TarballFacts(path.name, sha256_file(path), path.stat().st_size, report.name.content_type,
-                        report.name.version, report.content_roots)  # fmt: skip
+    name = report.name
+    roots = report.content_roots
+    if name.content_type == "software":
+        with tarfile.open(path) as tar:
+            members = tar.getnames()
+        other = tuple(r for r in roots if not r.startswith(f"{name.version}/software/"))
+        roots = tuple(sorted(other + software_roots(members, name.version)))
+    named = "/".join([name.arch, *name.rest]) if name.arch and name.content_type == "software" else ""
+    return TarballFacts(path.name, sha256_file(path), path.stat().st_size, name.content_type,
+                        name.version, roots, named)  # fmt: skip
 
 
 def judge(item: Staged, repo: Repository, policy: Policy, now: dt.datetime) -> tuple[Decision, str]:

@@ -1,33 +1,48 @@
-"""pytest side of the gate: ``pytest -m arch_<target> --eessi-gate-tarball T`` writes the gate record.
+"""pytest side of the gate: a test run writes the signed gate record of what it tested.
 
-At the end of the session the outcome of every test that ran (pass, fail, skip, error) is
-written into ``<T>.gate.json``, signed with the build-node key and, with
-``--eessi-gate-stage``, staged for ``eessi-pipeline publish``.
+Two ways to name the tarball:
+
+* ``pytest … --eessi-gate-tarball T [--eessi-gate-reframe-report R]``: the record of ``T``;
+* ``pytest -m arch_<target> --eessi-gate``: every tarball a test of this run announced with
+  :func:`announce` (the software acceptance tests announce the build's tarball and the ReFrame
+  report of its checks), one record each.
+
+At the end of the session the outcome of every test that ran (pass, fail, skip, error) goes into
+``<T>.gate.json``, signed with the build-node key and, with ``--eessi-gate-stage``, staged for
+``eessi-pipeline publish``.  Under pytest-xdist the controller writes it: workers' reports carry
+the outcomes and the announcements (as user properties) to it.
 """
 
 from __future__ import annotations
 
-import getpass
 import json
-import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from ..arch.cpuinfo import read_host_cpu
-from ..arch.select import select_target
 from ..errors import PipelineError
-from ..matrix import load_matrix
 from ..settings import resolve_settings
-from . import signing
 from .policy import load_policy
-from .publish import facts_of
-from .record import RECORD_SUFFIX, CaseResult, ReframeSummary, make_record, summarise_reframe
-from .staging import Staging
+from .record import CaseResult
+from .write import WrittenRecord, write_record
+
+ARTIFACT_PROPERTY = "eessi_gate_artifact"
+
+
+def announce(
+    record_property: Callable[[str, object], None], tarball: Path, reframe_report: Path | None
+) -> None:
+    """Tell the gate recorder (in this process or the xdist controller) what this test checked."""
+    value = {"tarball": str(tarball), "reframe_report": str(reframe_report) if reframe_report else None}
+    record_property(ARTIFACT_PROPERTY, json.dumps(value, sort_keys=True))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("eessi-pipeline gate")
+    group.addoption(
+        "--eessi-gate", action="store_true", help="write and sign the record of every tarball the tests built"
+    )
     group.addoption(
         "--eessi-gate-tarball", metavar="T", help="write and sign T.gate.json from this run's results"
     )
@@ -39,18 +54,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if config.getoption("--eessi-gate-tarball") and not hasattr(config, "workerinput"):
+    wanted = config.getoption("--eessi-gate") or config.getoption("--eessi-gate-tarball")
+    if wanted and not hasattr(config, "workerinput"):
         config.pluginmanager.register(GateRecorder(config), "eessi-gate-recorder")
 
 
 class GateRecorder:
-    """Collects every test's outcome (xdist workers report to the controller) and writes the record."""
+    """Collects every test's outcome and the announced artifacts, then writes the records."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.results: dict[str, str] = {}
+        self.artifacts: dict[str, str | None] = {}  # tarball -> ReFrame report
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for name, value in report.user_properties:
+            if name == ARTIFACT_PROPERTY:
+                item = json.loads(str(value))
+                tarball = item["tarball"]
+                self.artifacts[tarball] = item["reframe_report"] or self.artifacts.get(tarball)
         outcome: str
         if report.when == "call":
             outcome = report.outcome
@@ -65,45 +87,54 @@ class GateRecorder:
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        try:
-            path = self._write()
-        except PipelineError as e:
+
+        def say(line: str, **markup: bool) -> None:
             if reporter is not None:
-                reporter.write_line(f"eessi-pipeline: no gate record: {e}", red=True)
+                reporter.write_line(line, **markup)
+
+        try:
+            written = self._write()
+        except PipelineError as e:
+            say(f"eessi-pipeline: no gate record: {e}", red=True)
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
             return
-        if reporter is not None:
-            failed = sum(1 for o in self.results.values() if o in ("failed", "error"))
-            reporter.write_line(
-                f"eessi-pipeline: gate record {path} ({len(self.results)} results, {failed} failed)"
-            )
+        failed = sum(1 for o in self.results.values() if o in ("failed", "error"))
+        for w in written:
+            staged = ", staged" if w.staged else ""
+            counts = f"{len(self.results)} results, {failed} failed{staged}"
+            say(f"eessi-pipeline: gate record {w.path} ({counts})")
 
-    def _write(self) -> Path:
+    def _targets(self) -> list[tuple[Path, Path | None]]:
         config = self.config
-        tarball = Path(config.getoption("--eessi-gate-tarball"))
+        explicit = config.getoption("--eessi-gate-tarball")
+        if explicit:
+            report = config.getoption("--eessi-gate-reframe-report")
+            return [(Path(explicit), Path(report) if report else None)]
+        if not self.artifacts:
+            raise PipelineError(
+                "--eessi-gate: no test of this run built a tarball; select a target's acceptance tests "
+                "(pytest -m arch_<target>) or name one with --eessi-gate-tarball"
+            )
+        return [(Path(t), Path(r) if r else None) for t, r in sorted(self.artifacts.items())]
+
+    def _write(self) -> list[WrittenRecord]:
+        config = self.config
         tests = tuple(CaseResult(node, outcome) for node, outcome in sorted(self.results.items()))
         settings = resolve_settings()
         policy = load_policy(None)
-        facts = facts_of(tarball, settings.repository)
-        reframe: ReframeSummary | None = None
-        report_opt = config.getoption("--eessi-gate-reframe-report")
-        if report_opt:
-            raw = Path(report_opt).read_bytes()
-            reframe = summarise_reframe(json.loads(raw), raw)
-        target = config.getoption("--eessi-gate-target") or ""
-        if not target and facts.content_roots and facts.content_type in ("software", "compat"):
-            target = facts.content_roots[0].split("/", 3)[3]
-        matrix = load_matrix(None)
-        host = select_target(read_host_cpu(None), matrix).subdir
-        digests = {"matrix": matrix.sha256, "policy": policy.sha256}
-        record = make_record(tarball, facts.content_type, target, host, tests, reframe, digests)
-        path = Path(f"{tarball}{RECORD_SUFFIX}")
-        path.write_bytes(record.canonical())
-        key = settings.state_dir / "keys" / "build-node"
-        allowed = policy.allowed_signers_path(settings.state_dir)
-        identity = f"{getpass.getuser()}@{socket.gethostname()}"
-        signing.ensure_signing_key(key, identity, allowed, policy.signature_namespace)
-        sig = signing.sign(key, path, policy.signature_namespace)
-        if config.getoption("--eessi-gate-stage"):
-            Staging(settings.state_dir).stage(tarball, path, sig)
-        return path
+        target = config.getoption("--eessi-gate-target") or None
+        stage = bool(config.getoption("--eessi-gate-stage"))
+        state, repository = settings.state_dir, settings.repository
+        return [
+            write_record(
+                tarball,
+                tests,
+                state_dir=state,
+                repository=repository,
+                policy=policy,
+                reframe_report=report,
+                target=target,
+                stage=stage,
+            )
+            for tarball, report in self._targets()
+        ]

@@ -60,6 +60,7 @@ class GateRecord:
     created: str  # ISO 8601 UTC
     version: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    target_name: str = ""  # the matrix name of ``target`` (zen3), what test ids are parametrised by
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,6 +87,7 @@ def record_from_json(data: dict[str, Any], where: str) -> GateRecord:
             digests=dict(data.get("digests", {})), tests=tuple(CaseResult(**t) for t in data["tests"]),
             reframe=reframe, tools=dict(data.get("tools", {})), created=data["created"],
             version=int(data.get("version", 1)), extra=dict(data.get("extra", {})),
+            target_name=str(data.get("target_name", "")),
         )  # fmt: skip
     except (KeyError, TypeError, ValueError) as e:
         raise GateRefused(f"{where}: not a valid gate record ({type(e).__name__}: {e}); write it with "
@@ -158,11 +160,12 @@ def summarise_reframe(report: dict[str, Any], raw: bytes) -> ReframeSummary:
 def make_record(
     tarball: Path, content_type: str, target: str, host_cpu: str, tests: tuple[CaseResult, ...],
     reframe: ReframeSummary | None, digests: dict[str, str], now: dt.datetime | None = None,
+    target_name: str = "",
 ) -> GateRecord:  # fmt: skip
     now = now or dt.datetime.now(dt.UTC)
     return GateRecord(
         tarball=tarball.name, sha256=sha256_file(tarball), size=tarball.stat().st_size,
         content_type=content_type, target=target, host_cpu=host_cpu, digests=digests, tests=tests,
         reframe=reframe, tools={"eessi-pipeline": __version__, "python": platform.python_version()},
-        created=now.replace(microsecond=0).isoformat(),
+        created=now.replace(microsecond=0).isoformat(), target_name=target_name,
     )  # fmt: skip
