@@ -25,7 +25,9 @@ from .cli_client import add_client_parser
 from .cli_compat import add_compat_parser
 from .cli_gate import add_gate_parsers
 from .cli_repo import add_repo_parser
+from .cli_run import add_run_parser
 from .cli_stratum import add_stratum_parser
+from .cli_test import add_test_parser
 from .errors import PipelineError, UsageError
 from .matrix import MATRIX_ENV, Matrix, load_matrix
 from .plan import make_plan
@@ -245,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_compat_parser(sub)
     add_build_parser(sub)
     add_gate_parsers(sub)
+    add_test_parser(sub)
+    add_run_parser(sub)
     add_checks_parser(sub)
     return parser
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -12,9 +13,10 @@ from typing import Any, TextIO
 from .cli_repo import write_bytes
 from .cvmfs.client import ClientConfig, open_client
 from .cvmfs.mount import mount, umount
+from .cvmfs.nsrun import namespace_argv, prepare_cover, write_config
 from .cvmfs.repository import Repository
 from .cvmfs.tarcheck import check_tarball
-from .errors import RepositoryError
+from .errors import RepositoryError, UsageError
 from .initscript import build_init_tarball
 from .matrix import load_matrix
 from .settings import resolve_settings
@@ -60,6 +62,22 @@ def cmd_umount(args: argparse.Namespace, out: TextIO) -> int:
     umount(mountpoint, settings.state_dir)
     out.write(f"unmounted {mountpoint}\n")
     return 0
+
+
+def cmd_exec(args: argparse.Namespace, out: TextIO) -> int:
+    config, state = _config(args)
+    command = [c for c in args.command if c != "--"] if args.command[:1] == ["--"] else list(args.command)
+    if not command:
+        raise UsageError("client exec: give the command to run, e.g. `eessi-pipeline client exec -- bash -l`")
+    as_root = os.geteuid() == 0
+    prepare_cover(as_root)
+    open_client(config)[0].close()  # refuse here, with the reason, before any namespace is made
+    cfg = write_config(config, state / "client" / f"exec-{os.getpid()}.json")
+    try:
+        argv = namespace_argv(sys.executable, cfg, state, command, as_root)
+        return subprocess.call(argv)
+    finally:
+        cfg.unlink(missing_ok=True)
 
 
 def cmd_client_cat(args: argparse.Namespace, out: TextIO) -> int:
@@ -117,6 +135,15 @@ def add_client_parser(sub: Any) -> None:
     p.add_argument("--repo", metavar="NAME")
     p.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS)
     p.set_defaults(handler=cmd_umount)
+
+    p = csub.add_parser(
+        "exec", help="run a command with the repository mounted at /cvmfs/<repo> in a private namespace"
+    )
+    p.add_argument(
+        "command", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command and its arguments"
+    )
+    common(p)
+    p.set_defaults(handler=cmd_exec)
 
     p = csub.add_parser("cat", help="print a file, read through the mirrors and the cache")
     p.add_argument("path", metavar="PATH")

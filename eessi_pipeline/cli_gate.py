@@ -74,7 +74,7 @@ def cmd_publish(args: argparse.Namespace, out: TextIO) -> int:
         settings.state_dir, settings.repository, policy, args.tarballs or None, dry_run=args.dry_run
     )
     if any(o.accepted and not o.dry_run for o in outcomes) and not args.no_distribute:
-        _distribute(settings.state_dir, settings.repository, policy.post_publish_checks)
+        distribute(settings.state_dir, settings.repository, policy.post_publish_checks)
     if args.json:
         out.write(json.dumps([{"tarball": o.tarball, "accepted": o.accepted, "reasons": list(o.reasons),
                                "revision_before": o.revision_before, "revision_after": o.revision_after,
@@ -85,7 +85,7 @@ def cmd_publish(args: argparse.Namespace, out: TextIO) -> int:
     return 0 if all(o.accepted for o in outcomes) else 1
 
 
-def _distribute(state_dir: Path, repository: str, checks: str) -> None:
+def distribute(state_dir: Path, repository: str, checks: str) -> None:
     """After an ingest: snapshot the Stratum 1 and run the post-publish checks, when the network is up."""
     from . import proc
     from .cvmfs.replica import snapshot

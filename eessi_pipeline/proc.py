@@ -139,6 +139,47 @@ def run(
     return result
 
 
+def run_echoed(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    echo: IO[str],
+    cwd: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    kill_grace: float = KILL_GRACE,
+) -> CommandResult:
+    """Like :func:`run` without ``check``, but every output line (stdout and stderr merged) is also
+    written to ``echo`` as it arrives: progress for long work such as a nested pytest run."""
+    args = _checked_argv(argv)
+    log.debug("running %s (timeout %gs, echoed)", shlex.join(args), timeout)
+    start = time.monotonic()
+    proc = _start(args, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                  stderr=subprocess.STDOUT)  # fmt: skip
+    kept: list[bytes] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in iter(proc.stdout.readline, b""):
+            kept.append(line)
+            echo.write(line.decode(errors="replace"))
+            echo.flush()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        proc.wait(timeout=timeout)
+        reader.join(timeout=kill_grace)
+    except subprocess.TimeoutExpired:
+        _kill_groups([proc], kill_grace)
+        reader.join(timeout=kill_grace)
+        result = _result(args, proc.returncode, b"".join(kept), b"", start)
+        raise _timeout_error(shlex.join(args), args, result, timeout) from None
+    except BaseException:
+        _kill_groups([proc], kill_grace)
+        raise
+    return _result(args, proc.returncode, b"".join(kept), b"", start)
+
+
 def pipeline(
     first: Sequence[str],
     second: Sequence[str],
@@ -255,6 +296,7 @@ def _start(
     env: Mapping[str, str] | None,
     stdin: int | IO[bytes],
     stdout: int,
+    stderr: int = subprocess.PIPE,
 ) -> subprocess.Popen[bytes]:
     try:
         return subprocess.Popen(
@@ -263,7 +305,7 @@ def _start(
             env=env,
             stdin=stdin,
             stdout=stdout,
-            stderr=subprocess.PIPE,
+            stderr=stderr,
             start_new_session=True,
         )
     except FileNotFoundError as e:

@@ -6,13 +6,20 @@
   carrying that target's marker, so ``pytest -m arch_zen3`` selects zen3's tests;
 * ``build_node`` checks that this host may build the target natively: when the
   target was named in ``-m`` a mismatch fails with the next step, otherwise the
-  test is skipped with the reason (the full suite on one machine covers what it can).
+  test is skipped with the reason (the full suite on one machine covers what it can);
+* ``software_target`` is ``build_node`` for tests that build and check a target's software:
+  they run for the targets named in ``-m`` (or in ``$EESSI_PIPELINE_CHECK_TARGETS``, by default
+  those the CI builds) and skip, with the way to select them, for the others;
+* ``@pytest.mark.eessi_targets(name, …)`` on a parameter keeps that parameter only in the
+  instances of those targets (e.g. a ReFrame case of a module only one stack has): the other
+  combinations are deselected, not skipped, so a target's run reports only what applies to it.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +30,8 @@ from .matrix import Matrix, Target, load_matrix
 from .settings import VERSION_ENV
 
 _MATRIX_KEY = pytest.StashKey[Matrix]()
+CHECK_TARGETS_ENV = "EESSI_PIPELINE_CHECK_TARGETS"
+DEFAULT_CHECK_TARGETS = "x86_64_generic,zen4"  # what CI builds and checks without -m
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -34,6 +43,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--eessi-version",
         metavar="V",
         help=f"stack version (default: ${VERSION_ENV} or the matrix's default)",
+    )
+    group.addoption(
+        "--eessi-run-dir",
+        metavar="DIR",
+        help="keep this run's ReFrame reports, JUnit and HTML reports in DIR (default: pytest's tmp dir)",
     )
     group.addoption(
         "--eessi-cpuinfo",
@@ -48,6 +62,9 @@ def pytest_configure(config: pytest.Config) -> None:
     except PipelineError as e:
         raise pytest.UsageError(str(e)) from e
     config.stash[_MATRIX_KEY] = matrix
+    config.addinivalue_line(
+        "markers", "eessi_targets(*names): keep this parameter only in these targets' instances"
+    )
     for t in matrix.targets:
         config.addinivalue_line(
             "markers", f"{t.marker}: acceptance tests of {t.subdir} (stack versions {', '.join(t.versions)})"
@@ -78,6 +95,26 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         indirect=True,
         scope="session",
     )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        target = callspec.params.get("arch_target") if callspec is not None else None
+        allowed = [m.args for m in item.iter_markers("eessi_targets")]
+        if isinstance(target, Target) and any(target.name not in names for names in allowed):
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def check_targets() -> list[str]:
+    """Targets whose software the suite builds and checks when ``-m`` names none."""
+    return [t for t in os.environ.get(CHECK_TARGETS_ENV, DEFAULT_CHECK_TARGETS).split(",") if t]
 
 
 def explicitly_selected(markexpr: str, target: Target) -> bool:
@@ -138,3 +175,24 @@ def build_node(
     if explicitly_selected(request.config.getoption("markexpr"), arch_target):
         pytest.fail(message, pytrace=False)
     pytest.skip(f"not a build node for {arch_target.name}: {'; '.join(verdict.reasons)}")
+
+
+@pytest.fixture(scope="session")
+def software_target(request: pytest.FixtureRequest, arch_target: Target, build_node: Verdict) -> Target:
+    """``arch_target`` when its software is to be built and checked in this run (else skip)."""
+    if arch_target.name not in check_targets() and not explicitly_selected(
+        request.config.getoption("markexpr"), arch_target
+    ):
+        pytest.skip(f"{arch_target.name}: select it with -m {arch_target.marker} (or ${CHECK_TARGETS_ENV})")
+    return arch_target
+
+
+@pytest.fixture(scope="session")
+def eessi_run_dir(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where this run keeps its reports: ``--eessi-run-dir`` or a fresh temporary directory."""
+    chosen = pytestconfig.getoption("--eessi-run-dir")
+    if not chosen:
+        return tmp_path_factory.mktemp("eessi-run")
+    path = Path(chosen)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -347,8 +347,8 @@ def test_pytest_gate_records_announced_tarballs(
 from pathlib import Path
 from eessi_pipeline.gate.pytest_gate import announce
 
-def test_built(record_property):
-    announce(record_property, Path({str(t)!r}), Path({str(report)!r}))
+def test_built(request):
+    announce(request.node, Path({str(t)!r}), Path({str(report)!r}))
 
 def test_other():
     pass

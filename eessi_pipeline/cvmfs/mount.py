@@ -162,7 +162,7 @@ class CvmfsFs(fuse.Operations if fuse is not None else object):  # type: ignore[
         return 0
 
 
-def _config_dict(config: ClientConfig) -> dict[str, Any]:
+def config_to_dict(config: ClientConfig) -> dict[str, Any]:
     d = asdict(config)
     d["cache_dir"] = str(config.cache_dir)
     d["master_public_key"] = str(config.master_public_key)
@@ -170,7 +170,7 @@ def _config_dict(config: ClientConfig) -> dict[str, Any]:
     return d
 
 
-def _config_from(d: dict[str, Any]) -> ClientConfig:
+def config_from_dict(d: dict[str, Any]) -> ClientConfig:
     return ClientConfig(
         repository=d["repository"],
         stratum1_urls=tuple(d["stratum1_urls"]),
@@ -209,7 +209,7 @@ def mount(config: ClientConfig, mountpoint: Path, state_dir: Path, refresh: floa
     run_dir.mkdir(parents=True, exist_ok=True)
     tag = str(mountpoint).strip("/").replace("/", "_") or "root"
     cfg_file = run_dir / f"{tag}.json"
-    cfg_file.write_text(json.dumps({**_config_dict(config), "refresh": refresh}, indent=2))
+    cfg_file.write_text(json.dumps({**config_to_dict(config), "refresh": refresh}, indent=2))
     log_file = run_dir / f"{tag}.log"
     with open(log_file, "ab") as logfh:
         proc = subprocess.Popen(
@@ -273,7 +273,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg = json.loads(Path(argv[0]).read_text())
     refresh = cfg.pop("refresh", None)
-    ops = CvmfsFs(_config_from(cfg), refresh)
+    ops = CvmfsFs(config_from_dict(cfg), refresh)
     log.info("mounting %s revision %d at %s", ops.config.repository, ops.reader.manifest.revision, argv[1])
     fuse.FUSE(ops, argv[1], foreground=True, ro=True, allow_other=True, nothreads=True, fsname="cvmfs2",
               subtype="cvmfs")  # fmt: skip

@@ -16,7 +16,6 @@ the outcomes and the announcements (as user properties) to it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,12 +29,13 @@ from .write import WrittenRecord, write_record
 ARTIFACT_PROPERTY = "eessi_gate_artifact"
 
 
-def announce(
-    record_property: Callable[[str, object], None], tarball: Path, reframe_report: Path | None
-) -> None:
-    """Tell the gate recorder (in this process or the xdist controller) what this test checked."""
+def announce(item: pytest.Item, tarball: Path, reframe_report: Path | None) -> None:
+    """Tell the gate recorder (in this process or the xdist controller) what this test checked.
+
+    ``item`` is the test (``request.node``); the announcement travels as one of its user properties.
+    """
     value = {"tarball": str(tarball), "reframe_report": str(reframe_report) if reframe_report else None}
-    record_property(ARTIFACT_PROPERTY, json.dumps(value, sort_keys=True))
+    item.user_properties.append((ARTIFACT_PROPERTY, json.dumps(value, sort_keys=True)))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

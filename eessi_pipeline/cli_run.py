@@ -1,0 +1,196 @@
+"""``eessi-pipeline run [--target NAME]``: the whole flow for one target on the embedded defaults.
+
+What the README's main job (``bash setup.sh``) runs, and what the end-to-end test runs:
+
+1. the embedded repository exists (``repo init`` once) and the Stratum services run (``stratum up``);
+2. the init scripts: ``init build``, their tests (``tests/test_initscript.py``) with the gate;
+3. the target's software: ``eessi-pipeline test --target`` — build (reused when unchanged), tarball
+   checks, ReFrame smoke and performance checks — with the gate;
+4. ``publish``: only what the gate accepts is ingested (init before software), then the Stratum 1
+   snapshot and the post-publish infra checks;
+5. use: in a private mount namespace the client mounts ``/cvmfs/<repo>`` through squid and the
+   Stratum 1, sources the published init script, loads every module of the stack and runs the
+   stack's benchmark;
+6. the services stop again unless ``--keep-running``.
+
+Each step prints ``[run] …`` progress on stderr; a failed step stops the run with its reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from .arch.cpuinfo import read_host_cpu
+from .arch.select import require_build_node, select_from_environ
+from .build.stacks import load_stacks
+from .cli_gate import distribute
+from .cli_test import TestRunFailed, pipeline_env, run_acceptance
+from .cvmfs.client import ClientConfig
+from .cvmfs.nsrun import namespace_argv, prepare_cover, write_config
+from .cvmfs.repository import Repository
+from .errors import GateRefused, PipelineError
+from .gate.policy import load_policy
+from .gate.publish import publish
+from .initscript import build_init_tarball
+from .matrix import PROJECT_ROOT, Matrix, Target, load_matrix
+from .proc import run_echoed
+from .services.stack import Stack
+from .settings import Settings, resolve_settings
+
+INIT_TESTS = "tests/test_initscript.py"
+# The command that shows a stack's software working, per module name (first match runs).
+SHOWCASE = {"STREAM": "stream 8"}
+
+
+def _say(msg: str) -> None:
+    sys.stderr.write(f"[run] {msg}\n")
+    sys.stderr.flush()
+
+
+def use_script(repository: str, version: str, modules: tuple[str, ...]) -> str:
+    """The bash script a user runs against the published stack: init, load every module, run (pure)."""
+    lines = [
+        "set -e",
+        f"source /cvmfs/{repository}/versions/{version}/init/bash",
+        'echo "MODULEPATH=$MODULEPATH"',
+    ]
+    for module in modules:
+        lines.append(f"module load {shlex.quote(module)}")
+    lines.append("module list 2>&1")
+    for module in modules:
+        name = module.split("/")[0]
+        if name in SHOWCASE:
+            lines.append(f"echo '$ {SHOWCASE[name]}'")
+            lines.append(SHOWCASE[name])
+    return "\n".join(lines) + "\n"
+
+
+def _gate_init(settings: Settings, matrix: Matrix, version: str, run_dir: Path) -> Path:
+    tarball = build_init_tarball(matrix, version, settings.repository, settings.state_dir / "tarballs")
+    argv = [
+        sys.executable, "-m", "pytest", INIT_TESTS, "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+        f"--junitxml={run_dir / 'init-junit.xml'}", f"--eessi-gate-tarball={tarball}", "--eessi-gate-stage",
+    ]  # fmt: skip
+    _say(f"init scripts: {tarball.name}: {INIT_TESTS}")
+    done = run_echoed(argv, timeout=900, echo=sys.stderr, cwd=PROJECT_ROOT, env=pipeline_env(settings))
+    if done.returncode != 0:
+        raise TestRunFailed(f"the init script tests failed (pytest exit {done.returncode}); see {run_dir}")
+    return tarball
+
+
+def _client_config(settings: Settings, stack: Stack) -> ClientConfig:
+    statuses = {s.name: s for s in stack.status()}
+    proxy = statuses.get("proxy")
+    return ClientConfig(
+        settings.repository,
+        (statuses["stratum1"].url,),
+        settings.state_dir / "client-cache",
+        settings.state_dir / "keys" / f"{settings.repository}.pub",
+        proxy.url if proxy is not None and proxy.running else None,
+    )
+
+
+def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
+    settings = resolve_settings(version=args.version, state_dir=getattr(args, "state_dir", None),
+                                repository=args.repo)  # fmt: skip
+    matrix = load_matrix()
+    version = settings.version or matrix.default_version
+    host = read_host_cpu(None)
+    target: Target | None = (
+        matrix.target(args.target)
+        if args.target
+        else select_from_environ(host, matrix, version, os.environ).target
+    )
+    if target is None:
+        raise PipelineError("the matrix builds no target for this host's CPU family: nothing to run")
+    require_build_node(host, target, matrix, version)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    run_dir = settings.state_dir / "runs" / f"{target.name}-{stamp}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    repo = Repository(settings.state_dir, settings.repository)
+    if not repo.exists:
+        repo.init()
+        _say(f"created the embedded repository {settings.repository} in {settings.state_dir}")
+    stack = Stack(settings.state_dir)
+    started = not all(s.running for s in stack.status())
+    if started:
+        stack.up()
+        _say("Stratum 0, Stratum 1 and the squid proxy are up (loopback only)")
+    summary: dict[str, Any] = {
+        "target": target.name,
+        "repository": settings.repository,
+        "run_dir": str(run_dir),
+    }
+    try:
+        _gate_init(settings, matrix, version, run_dir)
+        _say(f"software for {target.subdir}: build, tarball checks, ReFrame checks, gate record")
+        tested = run_acceptance(settings, target, run_dir, stage=True)
+        summary["test"] = tested
+        if tested["returncode"] != 0:
+            raise TestRunFailed(
+                f"{target.name}: the acceptance run failed ({tested['failed']} failed): see {tested['junit']}"
+            )
+        _say("publish: the gate judges every staged tarball")
+        policy = load_policy(None)
+        outcomes = publish(settings.state_dir, settings.repository, policy, None)
+        for o in outcomes:
+            _say(o.line())
+        summary["published"] = [{"tarball": o.tarball, "accepted": o.accepted, "reasons": list(o.reasons),
+                                 "revision": o.revision_after} for o in outcomes]  # fmt: skip
+        refused = [o for o in outcomes if not o.accepted]
+        if refused:
+            raise GateRefused("; ".join(o.line() for o in refused))
+        distribute(settings.state_dir, settings.repository, policy.post_publish_checks)
+        summary["use"] = _use(settings, stack, target, version)
+    finally:
+        if started and not args.keep_running:
+            stack.down()
+            _say("services stopped (use --keep-running to keep them)")
+    if args.json:
+        out.write(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    else:
+        out.write(summary["use"]["output"])
+    return 0
+
+
+def _use(settings: Settings, stack: Stack, target: Target, version: str) -> dict[str, Any]:
+    modules = load_stacks().stack_for(version, target).modules
+    script = use_script(settings.repository, version, modules)
+    as_root = os.geteuid() == 0
+    prepare_cover(as_root)
+    cfg = write_config(
+        _client_config(settings, stack), settings.state_dir / "client" / f"run-{os.getpid()}.json"
+    )
+    _say(f"use: /cvmfs/{settings.repository} mounted by the client in a private namespace; init, load, run")
+    try:
+        argv = namespace_argv(sys.executable, cfg, settings.state_dir, ["bash", "-c", script], as_root)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+    finally:
+        cfg.unlink(missing_ok=True)
+    if done.returncode != 0:
+        raise PipelineError(
+            f"the published stack did not work from the client mount (exit {done.returncode}): "
+            f"{(done.stdout + done.stderr).strip().splitlines()[-3:]}"
+        )
+    return {"script": script, "output": done.stdout, "modules": list(modules)}
+
+
+def add_run_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "run", help="the whole flow for one target: build, test, gate, publish, distribute, use from a client"
+    )
+    p.add_argument("--target", metavar="NAME", help="target name or subdir (default: this host's)")
+    p.add_argument("--version", metavar="V", help="stack version (default: $EESSI_PIPELINE_VERSION)")
+    p.add_argument("--repo", metavar="NAME", help="repository name (default: $EESSI_PIPELINE_REPOSITORY)")
+    p.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS, help="state directory")
+    p.add_argument("--keep-running", action="store_true", help="leave the Stratum services running")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(handler=cmd_run)
