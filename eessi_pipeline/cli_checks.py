@@ -1,4 +1,5 @@
-"""``eessi-pipeline references …``: the performance references of the ReFrame checks."""
+"""``eessi-pipeline references …`` (the performance references of the ReFrame checks) and
+``eessi-pipeline checks report`` (a report of ReFrame runs for people: HTML, markdown, plots)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,15 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
+from .checks.htmlreport import (
+    DEFAULT_TITLE,
+    HTML_NAME,
+    JSON_NAME,
+    MARKDOWN_NAME,
+    summarise,
+    target_of,
+    write_report,
+)
 from .checks.references import (
     REFERENCES_FILE,
     ChecksError,
@@ -15,6 +25,7 @@ from .checks.references import (
     parse_references,
     update_from_report,
 )
+from .checks.report import RunResult, load_report
 from .matrix import load_matrix
 from .yamlio import load_yaml
 
@@ -44,6 +55,54 @@ def cmd_references_validate(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _named_report(spec: str) -> tuple[str, RunResult]:
+    """``[TARGET=]REPORT`` read into ``(target, result)``; without TARGET, the partition the cases ran on."""
+    name, sep, rest = spec.partition("=")
+    explicit = bool(sep) and bool(name) and "/" not in name
+    path = Path(rest if explicit else spec)
+    result = load_report(path)
+    if explicit:
+        return name, result
+    inferred = target_of(result)
+    if inferred is None:
+        raise ChecksError(
+            f"{path}: cannot tell which target the report is of (its cases ran on no single partition); "
+            f"fix: name it, --from TARGET={path}"
+        )
+    return inferred, result
+
+
+def cmd_checks_report(args: argparse.Namespace, out: TextIO) -> int:
+    results = [_named_report(spec) for spec in args.reports]
+    out_dir = Path(args.out)
+    if args.dry_run:
+        summary = summarise(results, args.title)
+        names = [out_dir / HTML_NAME, out_dir / MARKDOWN_NAME, out_dir / JSON_NAME]
+        names += [out_dir / f"{ch.slug}.png" for t in summary.targets for ch in t.charts]
+        if args.json:
+            _emit_json({"ok": summary.ok, "would_write": [str(n) for n in names]}, out)
+        else:
+            out.writelines(f"would write {n}\n" for n in names)
+        return 0
+    paths = write_report(results, out_dir, title=args.title)
+    if args.json:
+        data = {
+            "html": str(paths.html),
+            "markdown": str(paths.markdown),
+            "json": str(paths.json),
+            "plots": [str(p) for p in paths.plots],
+            "ok": all(r.ok for _, r in results),
+        }
+        _emit_json(data, out)
+    else:
+        out.write(f"{paths.html}\n{paths.markdown}\n")
+    return 0
+
+
+def _emit_json(data: Any, out: TextIO) -> None:
+    out.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
 def _bound(text: str) -> float | None:
     return None if text.lower() in ("none", "null") else float(text)
 
@@ -62,6 +121,30 @@ def add_checks_parser(sub: Any) -> None:
     p = rsub.add_parser("validate", help="check the references file against its schema and the matrix")
     p.add_argument("--file", default=str(REFERENCES_FILE), metavar="FILE")
     p.set_defaults(handler=cmd_references_validate)
+
+    checks = sub.add_parser("checks", help="the ReFrame checks of the software layer")
+    csub = checks.add_subparsers(dest="checks_command", metavar="ACTION", required=True)
+    p = csub.add_parser(
+        "report",
+        help="write an HTML and a markdown report, with plots, of ReFrame JSON run reports",
+        description="Write DIR/report.html (self-contained), DIR/report.md with a PNG per plot beside it, "
+        "and DIR/report.json; print the paths of the HTML and the markdown file. Exits 0 when the "
+        "report is written, whether the checks passed or not (report.json's `ok` says).",
+    )
+    p.add_argument(
+        "--from",
+        dest="reports",
+        action="append",
+        required=True,
+        metavar="[TARGET=]REPORT",
+        help="a ReFrame JSON run report (--report-file), optionally named by its target; repeat for "
+        "several targets (default name: the partition its cases ran on)",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to write the report into")
+    p.add_argument("--title", default=DEFAULT_TITLE, help=f"report title (default: {DEFAULT_TITLE})")
+    p.add_argument("--json", action="store_true", help="print the written paths as JSON")
+    p.add_argument("--dry-run", action="store_true", help="read the reports, print what would be written")
+    p.set_defaults(handler=cmd_checks_report)
 
 
 __all__ = ["add_checks_parser"]

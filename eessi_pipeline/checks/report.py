@@ -7,8 +7,10 @@ signed-fraction bounds); a value outside it fails with check, metric, value, ref
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .references import ChecksError, Reference
@@ -20,6 +22,7 @@ class PerfValue:
     value: float
     reference: Reference | None  # None when ReFrame had no reference (its default 0, unbounded)
     reframe_ok: bool
+    unit: str = ""  # as the check reported it, also when there is no reference
 
     def in_band(self) -> bool:
         if self.reference is None:
@@ -95,7 +98,8 @@ def parse_case(tc: Mapping[str, Any]) -> Case:
         vals = list(values) + [None] * (6 - len(values))
         if vals[0] is None:
             continue
-        perf.append(PerfValue(key.rsplit(":", 1)[-1], float(vals[0]), _reference(vals), vals[5] != "fail"))
+        metric, value, unit = key.rsplit(":", 1)[-1], float(vals[0]), str(vals[4] or "")
+        perf.append(PerfValue(metric, value, _reference(vals), vals[5] != "fail", unit))
     name = str(tc.get("display_name") or tc.get("name") or "?")
     return Case(
         name,
@@ -120,4 +124,31 @@ def parse_report(report: Any) -> RunResult:
     return RunResult(num, cases)
 
 
-__all__ = ["Case", "PerfValue", "RunResult", "parse_case", "parse_report"]
+def load_report(path: Path) -> RunResult:
+    """Read and parse a ReFrame JSON run report; any problem raises :class:`ChecksError` naming the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ChecksError(
+            f"{path}: file not found; fix: pass the file ReFrame wrote with --report-file"
+        ) from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ChecksError(
+            f"{path}: cannot read the ReFrame report ({e}); fix: check the path, its permissions and encoding"
+        ) from e
+    except ValueError as e:
+        raise ChecksError(
+            f"{path}: not JSON ({e}); fix: pass the JSON file ReFrame wrote with --report-file"
+        ) from e
+    try:
+        return parse_report(data)
+    except ChecksError as e:
+        raise ChecksError(f"{path}: {e}") from e
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
+        raise ChecksError(
+            f"{path}: not a ReFrame run report ({type(e).__name__}: {e}); "
+            "fix: pass the JSON file ReFrame wrote with --report-file"
+        ) from e
+
+
+__all__ = ["Case", "PerfValue", "RunResult", "load_report", "parse_case", "parse_report"]

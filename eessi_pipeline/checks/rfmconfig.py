@@ -5,21 +5,26 @@ A local system with one partition per target (scheduler and launcher ``local``, 
 microarchitecture), plus, when a site file is given, a Slurm system whose partitions each test one
 target.  Partition features: ``cpu``, ``arch_<target>``, and ``slurm`` on Slurm partitions (the
 multi-node scales ask for it).
+
+The site file (``matrices/site.example.yaml`` documents one) is validated against
+``schemas/site.schema.json`` and its partitions' targets against the matrix when it is loaded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..matrix import Target
+from ..matrix import PROJECT_ROOT, Target
+from ..schema import validate
 from ..yamlio import load_yaml
 from .references import ChecksError
 
 LOCAL_SYSTEM = "eessi_local"
 ENVIRON = "eessi"
+SITE_EXAMPLE = PROJECT_ROOT / "matrices" / "site.example.yaml"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +47,8 @@ class SlurmPartition:
     num_cpus: int
     max_jobs: int = 8
     launcher: str = "srun"
+    scheduler: str = "slurm"
+    descr: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +56,8 @@ class Site:
     system: str
     hostnames: tuple[str, ...]
     partitions: tuple[SlurmPartition, ...]
+    modules_system: str = "lmod"
+    descr: str = "site cluster (from the site file)"
 
 
 def processor_info(target: Target, num_cpus: int) -> dict[str, Any]:
@@ -96,40 +105,7 @@ def config(
         }
     ]
     if site is not None:
-        by_name = {tp.target.name: tp for tp in targets}
-        slurm = []
-        for sp in site.partitions:
-            tp = by_name.get(sp.target)
-            if tp is None:
-                raise ChecksError(
-                    f"site partition {sp.name!r} tests target {sp.target!r}, which is not configured; "
-                    f"fix: use one of {', '.join(sorted(by_name))}"
-                )
-            slurm.append(
-                {
-                    "name": sp.name,
-                    "descr": f"Slurm partition {sp.name}, software of {tp.target.subdir}",
-                    "scheduler": "slurm",
-                    "launcher": sp.launcher,
-                    "access": list(sp.access),
-                    "environs": [ENVIRON],
-                    "max_jobs": sp.max_jobs,
-                    "features": ["cpu", tp.target.marker, "slurm"],
-                    "env_vars": [["MODULEPATH", tp.modulepath]],
-                    "processor": processor_info(tp.target, sp.num_cpus),
-                }
-            )
-        # the site system comes first: ReFrame picks the first system whose hostnames match
-        systems.insert(
-            0,
-            {
-                "name": site.system,
-                "descr": "site cluster (from the site file)",
-                "hostnames": list(site.hostnames),
-                "modules_system": "lmod",
-                "partitions": slurm,
-            },
-        )
+        systems.insert(0, site_system(site, targets))  # ReFrame picks the first system whose hostnames match
     return {
         "systems": systems,
         "environments": [{"name": ENVIRON, "cc": "cc", "cxx": "", "ftn": ""}],
@@ -137,40 +113,96 @@ def config(
     }
 
 
-def parse_site(data: Any, path: Path) -> Site:
-    """A site file: ``{system, hostnames, partitions: [{name, target, access, num_cpus, ...}]}``."""
-    if not isinstance(data, Mapping):
-        raise ChecksError(f"{path}: the top level must be a mapping with system, hostnames and partitions")
-    try:
-        parts = tuple(
-            SlurmPartition(
-                str(p["name"]),
-                str(p["target"]),
-                tuple(str(a) for a in p.get("access", [])),
-                int(p["num_cpus"]),
-                int(p.get("max_jobs", 8)),
-                str(p.get("launcher", "srun")),
-            )
-            for p in data["partitions"]
-        )
-        site = Site(str(data["system"]), tuple(str(h) for h in data["hostnames"]), parts)
-    except (KeyError, TypeError, ValueError) as e:
+def site_system(site: Site, targets: Sequence[TargetPrefix]) -> dict[str, Any]:
+    """The ReFrame system of a site: its partitions that test one of ``targets`` (pure).
+
+    A site file lists partitions for every target the cluster has; a run configures some of them.
+    """
+    by_name = {tp.target.name: tp for tp in targets}
+    chosen = [sp for sp in site.partitions if sp.target in by_name]
+    if not chosen:
+        tested = ", ".join(f"{sp.name!r} tests {sp.target!r}" for sp in site.partitions)
+        wanted = ", ".join(sorted(by_name))
         raise ChecksError(
-            f"{path}: bad site file ({type(e).__name__}: {e}); fix: give system, hostnames and partitions, "
-            "each partition with name, target, access and num_cpus"
-        ) from e
-    if not site.partitions:
-        raise ChecksError(f"{path}: partitions is empty; fix: list at least one Slurm partition")
-    return site
+            f"no partition of site {site.system!r} tests a configured target ({wanted}): {tested}; "
+            f"fix: add a partition for {wanted} to the site file, or run without the site file"
+        )
+    partitions = []
+    for sp in chosen:
+        tp = by_name[sp.target]
+        partitions.append(
+            {
+                "name": sp.name,
+                "descr": sp.descr or f"Slurm partition {sp.name}, software of {tp.target.subdir}",
+                "scheduler": sp.scheduler,
+                "launcher": sp.launcher,
+                "access": list(sp.access),
+                "environs": [ENVIRON],
+                "max_jobs": sp.max_jobs,
+                "features": ["cpu", tp.target.marker, "slurm"],
+                "env_vars": [["MODULEPATH", tp.modulepath]],
+                "processor": processor_info(tp.target, sp.num_cpus),
+            }
+        )
+    return {
+        "name": site.system,
+        "descr": site.descr,
+        "hostnames": list(site.hostnames),
+        "modules_system": site.modules_system,
+        "partitions": partitions,
+    }
 
 
-def load_site(path: Path) -> Site:
-    return parse_site(load_yaml(path, ChecksError), path)
+def parse_site(data: Any, path: Path, targets: Iterable[str] | None = None) -> Site:
+    """Validate a site file's data against ``schemas/site.schema.json`` and type it (pure).
+
+    With ``targets`` (the matrix's target names), a partition naming another target is refused.
+    Every problem names the file and the key (``partitions[0] (rome).target``) and says the fix.
+    """
+    checked = validate(data, "site", path, ChecksError)
+    known = set(targets) if targets is not None else None
+    problems: list[str] = []
+    names: dict[str, int] = {}
+    parts: list[SlurmPartition] = []
+    for i, p in enumerate(checked["partitions"]):
+        where = f"{path}: partitions[{i}] ({p['name']})"
+        if known is not None and p["target"] not in known:
+            problems.append(
+                f"{where}.target: unknown target {p['target']!r}; fix: use one of {', '.join(sorted(known))}"
+            )
+        if p["name"] in names:
+            problems.append(
+                f"{where}.name: partition name {p['name']!r} is used twice (first in "
+                f"partitions[{names[p['name']]}]); fix: give each partition its own name"
+            )
+        names.setdefault(p["name"], i)
+        parts.append(
+            SlurmPartition(
+                p["name"],
+                p["target"],
+                tuple(p["access"]),
+                p["num_cpus"],
+                p["max_jobs"],
+                p["launcher"],
+                p["scheduler"],
+                p.get("descr", ""),
+            )
+        )
+    if problems:
+        raise ChecksError("\n".join(problems))
+    hostnames = tuple(checked["hostnames"])
+    return Site(checked["system"], hostnames, tuple(parts), checked["modules_system"], checked["descr"])
+
+
+def load_site(path: Path, targets: Iterable[str] | None = None) -> Site:
+    """Load and check a site file (YAML); ``targets``: the matrix's target names."""
+    return parse_site(load_yaml(path, ChecksError), path, targets)
 
 
 __all__ = [
     "ENVIRON",
     "LOCAL_SYSTEM",
+    "SITE_EXAMPLE",
     "Site",
     "SlurmPartition",
     "TargetPrefix",
@@ -178,4 +210,5 @@ __all__ = [
     "load_site",
     "parse_site",
     "processor_info",
+    "site_system",
 ]
