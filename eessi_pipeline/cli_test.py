@@ -48,7 +48,11 @@ class TestRunPaths:
     def under(cls, run_dir: Path, target: Target) -> TestRunPaths:
         rfm = run_dir / f"reframe-{target.name}"
         return cls(
-            run_dir, run_dir / "junit.xml", rfm / "report.json", rfm / "junit.xml", rfm / "report.html"
+            run_dir,
+            run_dir / "junit.xml",
+            rfm / "report.json",
+            rfm / "junit.xml",
+            rfm / "html" / "report.html",
         )
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,6 +63,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except PipelineError as e:
         raise pytest.UsageError(str(e)) from e
     config.stash[_MATRIX_KEY] = matrix
+    config.pluginmanager.register(ReportLinks(), "eessi-report-links")
     config.addinivalue_line(
         "markers", "eessi_targets(*names): keep this parameter only in these targets' instances"
     )
@@ -110,6 +112,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+REPORT_PROPERTY = "eessi_report"
+
+
+def report_link(item: pytest.Item, path: Path) -> None:
+    """Name a report people should read; the run's summary lists it (also under pytest-xdist)."""
+    item.user_properties.append((REPORT_PROPERTY, str(path)))
+
+
+class ReportLinks:
+    """Collects the reports tests named and lists them at the end of the run."""
+
+    def __init__(self) -> None:
+        self.paths: dict[str, None] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for name, value in report.user_properties:
+            if name == REPORT_PROPERTY:
+                self.paths[str(value)] = None
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        for path in self.paths:
+            terminalreporter.write_line(f"eessi-pipeline: report {path}")
 
 
 def check_targets() -> list[str]:

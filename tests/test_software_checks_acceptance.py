@@ -15,11 +15,12 @@ import os
 import pytest
 
 from eessi_pipeline.build.stacks import load_stacks
+from eessi_pipeline.checks.htmlreport import write_report
 from eessi_pipeline.checks.rfmconfig import TargetPrefix
 from eessi_pipeline.checks.runner import ChecksOutcome, run_checks
 from eessi_pipeline.gate.pytest_gate import announce
 from eessi_pipeline.matrix import load_matrix
-from eessi_pipeline.pytest_plugin import check_targets
+from eessi_pipeline.pytest_plugin import check_targets, report_link
 
 pytestmark = [
     pytest.mark.slow,
@@ -60,7 +61,9 @@ def software_checks(software_target, software_build, eessi_run_dir) -> ChecksOut
         TargetPrefix(software_target, built.plan.prefix),
         eessi_run_dir / f"reframe-{software_target.name}",
     )
-    print(f"\nReFrame {software_target.name}: report {outcome.paths.report}, JUnit {outcome.paths.junit}")
+    # beside ReFrame's own report.json, so in a directory of its own
+    html_dir = outcome.paths.report.parent / "html"
+    write_report([(software_target.name, outcome.result)], html_dir, title="ReFrame checks")
     return outcome
 
 
@@ -79,6 +82,7 @@ def test_reframe_run_is_complete(
 ) -> None:
     result = software_checks.result
     announce(request.node, software_build(software_target.name).tarball, software_checks.paths.report)
+    report_link(request.node, software_checks.paths.report.parent / "html" / "report.html")
     assert result.num_cases > 0, result.failures
     assert sorted(c.name for c in result.cases) == sorted(_expected_for(software_target.name))
     assert (software_checks.returncode == 0) == result.ok, result.failures
