@@ -752,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
     ci = res.get("ci_stack")
     if ci and "cold_build" in ci:
         text += (
-            "\n## CI stack end to end (x86_64_generic: zlib, STREAM, numpy)\n\n"
+            "\n## CI stack end to end (x86_64_generic: zlib, STREAM, SciPy-bundle)\n\n"
             "| step | seconds |\n| --- | --- |\n"
             + "".join(
                 f"| {k.replace('_', ' ')} | {v['seconds']:.1f} |\n"

@@ -1,8 +1,9 @@
 """Real EasyBuild builds of the CI stack through the /cvmfs overlay (slow; kept in CI: about 20 s a target).
 
 Per target: modules load with Lmod at the overlay's /cvmfs path and their programs run (STREAM prints
-its Triad figure, numpy imports and computes), a second build reuses, the tarball passes check_tarball
-and holds only new files under the target's subdir, and the host's /cvmfs is untouched.
+its Triad figure, the SciPy-bundle's own NumPy imports and computes), a second build reuses, the
+tarball passes check_tarball and holds only new files under the target's subdir, and the host's /cvmfs
+is untouched.
 """
 
 from __future__ import annotations
@@ -49,15 +50,18 @@ def test_build_ci_stack_modules_load_and_programs_run(
         pytest.skip(f"this host cannot build {target} natively")
     result = software_build(target)
     script = (
-        "module load zlib STREAM numpy && stream 128 && "
+        "module load zlib STREAM SciPy-bundle && stream 128 && "
         "python3 -c 'import numpy; print(\"numpy\", numpy.__version__, float(numpy.linspace(0, 1, 5).sum()))' && "
+        'python3 -c \'import numpy; print("from", numpy.__file__)\' && echo "root $EBROOTSCIPYMINBUNDLE" && '
         "test -f $EBROOTZLIB/lib/libz.so && module -t list 2>&1"
     )
     out = result.overlay.run(module_check_argv(result.plan.prefix, script), timeout=120).stdout
     triad = re.search(r"^Triad: ([0-9.]+) GB/s$", out, re.M)
     assert triad and float(triad.group(1)) > 0
-    assert "numpy 2.2.6 2.5" in out
-    assert "zlib/1.2.13" in out and "STREAM/5.10-hpcc-1.5.0" in out
+    assert "numpy 1.25.1 2.5" in out
+    root = re.search(r"^root (/cvmfs/\S+/software/SciPy-bundle/2023\.07)$", out, re.M)
+    assert root and f"from {root.group(1)}/lib/python3.11/site-packages/numpy/" in out
+    assert "zlib/1.2.13" in out and "STREAM/5.10-hpcc-1.5.0" in out and "SciPy-bundle/2023.07" in out
     assert _host_cvmfs() == cvmfs_before
 
 
@@ -72,7 +76,8 @@ def test_build_tarball_passes_check_and_holds_only_new_files(software_build, tar
     top = "2023.06/software/linux/x86_64/generic/"
     assert all(n.startswith(top) for n in names)
     assert f"{top}modules/all/STREAM/5.10-hpcc-1.5.0.lua" in names
-    assert f"{top}software/numpy/2.2.6/lib" in names and f"{top}.lmod/cache/spiderT.lua" in names
+    assert f"{top}software/SciPy-bundle/2023.07/lib" in names and f"{top}.lmod/cache/spiderT.lua" in names
+    assert f"{top}modules/all/SciPy-bundle/2023.07.lua" in names
     assert not any("/.locks" in n or "/.wh." in n for n in names)
     upper_files = {
         p.relative_to(result.overlay.upper / "versions").as_posix()

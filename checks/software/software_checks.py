@@ -10,7 +10,9 @@ Environment read at load time:
   (default: the first entry of ``MODULEPATH``);
 * ``EESSI_PIPELINE_TARGET``: the target name the references are looked up for (default: the
   partition's name);
-* ``EESSI_PIPELINE_REFERENCES``: the references file (default: ``matrices/references.yaml``).
+* ``EESSI_PIPELINE_REFERENCES``: the references file (default: ``matrices/references.yaml``);
+* ``EESSI_PIPELINE_SMOKE``: the smoke commands per module (default: ``matrices/smoke.yaml``; the
+  pipeline validates it with ``eessi_pipeline.checks.smoke`` before ReFrame runs).
 """
 
 from __future__ import annotations
@@ -27,18 +29,35 @@ MODULEPATH = os.environ.get("EESSI_PIPELINE_MODULEPATH") or os.environ.get("MODU
 REFERENCES = os.environ.get("EESSI_PIPELINE_REFERENCES") or os.path.join(
     HERE, "..", "..", "matrices", "references.yaml"
 )
+SMOKE_FILE = os.environ.get("EESSI_PIPELINE_SMOKE") or os.path.join(
+    HERE, "..", "..", "matrices", "smoke.yaml"
+)
 # scale -> (nodes, cores per node; 0 = all of the node)
 SCALES = {"1_core": (1, 1), "2_cores": (1, 2), "1_node": (1, 0), "2_nodes": (2, 0)}
 
-# module name -> (shell command, regex its output must contain); others: the module's EBROOT dir exists
-SMOKE = {
-    "zlib": ('test -f "$EBROOTZLIB/lib/libz.so" && echo "zlib ok $EBVERSIONZLIB"', r"^zlib ok \d"),
-    "STREAM": ("stream 8", r"Solution Validates"),
-    "numpy": (
-        "python3 -c 'import numpy; print(\"numpy\", numpy.__version__, float(numpy.arange(4).sum()))'",
-        r"^numpy \S+ 6\.0$",
-    ),
-}
+
+def load_smoke(path: str) -> tuple[dict, dict]:
+    """``(fallback, modules)`` of the smoke file: each ``{command, expect, description}``."""
+    with open(path, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh) or {}
+    return data.get("fallback") or {}, data.get("modules") or {}
+
+
+def ebroot_variable(name: str) -> str:
+    """EasyBuild's root variable of a module name (- becomes MIN, + PLUS, dots go)."""
+    return "EBROOT" + name.replace("+", "plus").replace("-", "min").replace(".", "").upper()
+
+
+def smoke_for(name: str, fallback: dict, modules: dict) -> tuple[str, str, str]:
+    """``(command, regex, description)`` of a module's smoke check."""
+    spec = modules.get(name) or {"fallback": True}
+    if spec.get("fallback"):
+        command = fallback["command"].replace("{ebroot}", ebroot_variable(name))
+        return command, fallback["expect"], spec.get("description") or fallback["description"]
+    return spec["command"], spec["expect"], spec["description"]
+
+
+SMOKE_FALLBACK, SMOKE = load_smoke(SMOKE_FILE)
 
 
 def installed_modules(modulepath: str) -> list[str]:
@@ -83,15 +102,11 @@ class module_smoke_check(eessi_check):
     @run_after("init")
     def set_command(self):
         name = self.module.split("/", 1)[0]
-        self.descr = f"smoke: {self.module} loads and runs"
+        command, self.expect, what = smoke_for(name, SMOKE_FALLBACK, SMOKE)
+        self.descr = f"smoke: {self.module} loads; {what}"
         self.modules = [self.module]
         self.reference_key = f"module_smoke_check/{self.module}"
         self.executable = "bash"
-        default = (
-            f'root="$EBROOT{name.upper().replace("-", "MINUS")}"; test -d "$root" && echo "root ok $root"',
-            r"^root ok /",
-        )
-        command, self.expect = SMOKE.get(name, default)
         self.executable_opts = ["-c", _sh_quote(command)]
 
     @sanity_function

@@ -25,6 +25,7 @@ from ..proc import CommandResult, run
 from .references import REFERENCES_FILE, ChecksError
 from .report import RunResult, parse_report
 from .rfmconfig import LOCAL_SYSTEM, Site, TargetPrefix, config, partition_name
+from .smoke import SMOKE_ENV, SMOKE_FILE, load_smoke
 
 CHECKS_DIR = PROJECT_ROOT / "checks" / "software"
 LMOD_CMD = "/usr/share/lmod/lmod/libexec/lmod"
@@ -79,7 +80,9 @@ def reframe_argv(program: str, paths: RunPaths, checks: Path, system: str) -> li
     ]  # fmt: skip
 
 
-def reframe_env(tp: TargetPrefix, references: Path, base: Mapping[str, str]) -> dict[str, str]:
+def reframe_env(
+    tp: TargetPrefix, references: Path, base: Mapping[str, str], smoke: Path | None = None
+) -> dict[str, str]:
     """ReFrame's environment for a target's run (pure)."""
     env = {k: v for k, v in base.items() if not k.startswith("RFM_")}
     env.update(
@@ -91,6 +94,8 @@ def reframe_env(tp: TargetPrefix, references: Path, base: Mapping[str, str]) -> 
             "EESSI_PIPELINE_REFERENCES": str(references),
         }
     )
+    if smoke is not None:
+        env[SMOKE_ENV] = str(smoke)
     # ReFrame's Lmod backend needs LMOD_CMD; job scripts need the `module` function (non-login bash)
     env.setdefault("LMOD_CMD", LMOD_CMD)
     env.setdefault("BASH_ENV", LMOD_INIT)
@@ -106,8 +111,13 @@ def run_checks(
     site: Site | None = None,
     checks: Path = CHECKS_DIR,
     environ: Mapping[str, str] | None = None,
+    smoke: Path = SMOKE_FILE,
 ) -> ChecksOutcome:
-    """Run the checks for one target on its local partition; the report lands in ``workdir``."""
+    """Run the checks for one target on its local partition; the report lands in ``workdir``.
+
+    The smoke table is validated first, so that a broken ``smoke.yaml`` is refused with its file and
+    key instead of failing inside ReFrame's loader."""
+    load_smoke(smoke)
     program = find_tool("reframe")
     if program is None:
         raise ChecksError(f"ReFrame is not installed; install {REFRAME_PIN} (pip install '{REFRAME_PIN}')")
@@ -118,7 +128,7 @@ def run_checks(
     for stale in (paths.report, paths.junit):
         stale.unlink(missing_ok=True)
     system = f"{LOCAL_SYSTEM}:{partition_name(tp.target)}"
-    env = reframe_env(tp, references.resolve(), os.environ if environ is None else environ)
+    env = reframe_env(tp, references.resolve(), os.environ if environ is None else environ, smoke.resolve())
     done = runner.run(reframe_argv(program, paths, checks, system), timeout=TIMEOUT, env=env, check=False)
     try:
         data = json.loads(paths.report.read_text(encoding="utf-8"))
