@@ -1,4 +1,10 @@
-"""``eessi-pipeline build --target NAME``: the target's EasyBuild stack, built through the overlay, packed."""
+"""``eessi-pipeline build --target NAME``: the target's EasyBuild stack, built through the overlay, packed.
+
+``--runtime namespace|apptainer|singularity`` (``$EESSI_PIPELINE_BUILD_RUNTIME``) picks where EasyBuild
+runs, ``--image`` (``$EESSI_PIPELINE_BUILD_IMAGE``) the build container; ``--stack NAME`` builds another
+stack of the version than the one ``matrices/stacks.yaml`` assigns; ``--resolve`` asks EasyBuild for the
+stack's dependency graph (``eb --robot --dry-run``) and builds nothing.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +18,10 @@ from typing import Any, TextIO
 
 from .arch.cpuinfo import read_host_cpu
 from .arch.select import require_build_node
-from .build.driver import BuildPlan, ensure_build, lmod_cache_argv
-from .build.easybuild import HOOKS, EasyBuildConfig, eb_install_argv, system_cflags
-from .build.overlay import OverlayView
+from .build.container import ContainerView
+from .build.driver import BuildPlan, ensure_build, lmod_cache_argv, resolve_stack
+from .build.easybuild import eb_install_argv
+from .build.runtime import IMAGE_ENV, RUNTIME_ENV, Runtime, require_binary, resolve_runtime
 from .build.stacks import load_stacks
 from .matrix import load_matrix
 from .settings import resolve_settings
@@ -24,56 +31,97 @@ def _emit(data: Any, out: TextIO) -> None:
     out.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def _dry_config(plan: BuildPlan) -> EasyBuildConfig:
-    """The EasyBuild configuration without asking gcc for its version (flags shown for gcc 12)."""
-    return EasyBuildConfig(
-        installpath=plan.prefix,
-        sourcepath=plan.sourcepath,
-        buildpath=plan.target_dir / "eb" / "build",
-        prefix=plan.target_dir / "eb" / "prefix",
-        robot_paths=(plan.stack.easyconfigs[0].path.parents[2],),
-        hooks=HOOKS,
-        generic=plan.target.is_generic,
-        as_root=os.geteuid() == 0,
-        system_cflags=system_cflags(plan.target.archspec, plan.target.is_generic, "12.2.0"),
+DRY_RUN_GCC = "12.2.0"  # --dry-run shows the flags for Debian 12's gcc instead of asking gcc
+
+
+def _dry_run(plan: BuildPlan, args: argparse.Namespace, out: TextIO) -> int:
+    view = plan.view(require=False)
+    cfg = plan.eb_config(DRY_RUN_GCC, as_root=view.eb_sees_root)
+    steps = {
+        "eb": shlex.join(view.wrap(eb_install_argv(cfg, plan.stack.easystack))),
+        "lmod_cache": shlex.join(view.wrap(lmod_cache_argv(plan.prefix))),
+    }
+    data: dict[str, Any] = {
+        "dry_run": True,
+        "target": plan.target.name,
+        "prefix": plan.prefix,
+        "stack": plan.stack.name,
+        "toolchain": plan.stack.toolchain,
+        "robot_paths": [str(p) for p in plan.stack.robot_paths],
+        "easystack": str(plan.stack.easystack),
+        "modules": list(plan.stack.modules),
+        "runtime": plan.runtime.runtime.value,
+        "runtime_from": plan.runtime.source,
+        "environment": view.describe(),
+        "upper": str(view.upper),
+        "commands": steps,
+    }
+    if isinstance(view, ContainerView):
+        data["image"] = str(view.sif)
+        data["container_definition"] = view.definition()
+    if args.json:
+        _emit(data, out)
+        return 0
+    out.write(
+        f"would build stack {plan.stack.name} (toolchain {plan.stack.toolchain}: "
+        f"{', '.join(plan.stack.modules)}) into {plan.prefix}\n  in: {view.describe()}\n"
     )
+    for name, cmd in steps.items():
+        out.write(f"  {name}: {cmd}\n")
+    if data.get("container_definition"):
+        out.write(f"  container definition (built into {data['image']} on first use):\n")
+        out.write("".join(f"    {line}\n" for line in data["container_definition"].splitlines()))
+    return 0
+
+
+def _resolve(plan: BuildPlan, args: argparse.Namespace, out: TextIO) -> int:
+    graph = resolve_stack(plan)
+    if args.json:
+        _emit(
+            {
+                "target": plan.target.name,
+                "stack": plan.stack.name,
+                "toolchain": plan.stack.toolchain,
+                "graph": [
+                    {"module": r.module, "easyconfig": r.easyconfig, "installed": r.installed} for r in graph
+                ],
+            },
+            out,
+        )
+        return 0
+    missing = sum(not r.installed for r in graph)
+    out.write(
+        f"stack {plan.stack.name} for {plan.target.name}: {len(graph)} easyconfigs, {missing} to build\n"
+    )
+    for r in graph:
+        out.write(f"  [{'x' if r.installed else ' '}] {r.module}  ({r.easyconfig})\n")
+    return 0
 
 
 def cmd_build(args: argparse.Namespace, out: TextIO) -> int:
     settings = resolve_settings(
         version=args.version, state_dir=getattr(args, "state_dir", None), repository=args.repo
     )
+    runtime = resolve_runtime(args.runtime, args.image, os.environ)
     matrix = load_matrix()
     target = matrix.target(args.target)
     require_build_node(read_host_cpu(args.cpuinfo), target, matrix, settings.version)
     stacks = load_stacks(Path(args.stacks) if args.stacks else None)
-    plan = BuildPlan.create(matrix, stacks, target, settings.version, settings.repository, settings.state_dir)
+    plan = BuildPlan.create(
+        matrix,
+        stacks,
+        target,
+        settings.version,
+        settings.repository,
+        settings.state_dir,
+        stack_name=args.stack,
+        runtime=runtime,
+    )
     if args.dry_run:
-        overlay = OverlayView.for_repository(settings.repository, plan.target_dir / "overlay")
-        cfg = _dry_config(plan)
-        steps = {
-            "eb": shlex.join(overlay.wrap(eb_install_argv(cfg, plan.stack.easystack))),
-            "lmod_cache": shlex.join(lmod_cache_argv(plan.prefix)),
-        }
-        data = {
-            "dry_run": True,
-            "target": target.name,
-            "prefix": plan.prefix,
-            "stack": plan.stack.name,
-            "easystack": str(plan.stack.easystack),
-            "modules": list(plan.stack.modules),
-            "upper": str(overlay.upper),
-            "commands": steps,
-        }
-        if args.json:
-            _emit(data, out)
-        else:
-            out.write(
-                f"would build stack {plan.stack.name} ({', '.join(plan.stack.modules)}) into {plan.prefix}\n"
-            )
-            for name, cmd in steps.items():
-                out.write(f"  {name}: {cmd}\n")
-        return 0
+        return _dry_run(plan, args, out)
+    if args.resolve:
+        return _resolve(plan, args, out)
+    require_binary(runtime)
     sys.stderr.write(f"[build] {target.name}: stack {plan.stack.name} into {plan.prefix}\n")
     result = ensure_build(plan, stacks)
     if args.json:
@@ -99,6 +147,24 @@ def add_build_parser(sub: Any) -> None:
         "--repo", help="repository name (default: $EESSI_PIPELINE_REPOSITORY, software.eessi.local)"
     )
     p.add_argument("--stacks", help="stacks file (default: matrices/stacks.yaml)")
+    p.add_argument(
+        "--stack", help="build this stack of the version instead of the target's (e.g. production)"
+    )
+    p.add_argument(
+        "--runtime",
+        help=f"where EasyBuild runs: {', '.join(r.value for r in Runtime)} "
+        f"(default: ${RUNTIME_ENV}, else namespace)",
+    )
+    p.add_argument(
+        "--image",
+        help="build container for apptainer/singularity: a .sif, or the docker:// base image of the "
+        f"generated definition (default: ${IMAGE_ENV}, else EESSI's docker://ghcr.io/eessi/build-node:debian12)",
+    )
+    p.add_argument(
+        "--resolve",
+        action="store_true",
+        help="ask EasyBuild for the stack's dependency graph (eb --robot --dry-run); build nothing",
+    )
     p.add_argument("--cpuinfo", help="describe the build host from FILE (default: /proc/cpuinfo)")
     p.add_argument("--dry-run", action="store_true", help="show what would run, change nothing")
     p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -5,6 +5,9 @@ State (under ``<state dir>/build/``): ``sources/`` (EasyBuild's sourcepath, shar
 apt state, downloads), and per target ``<version>/<subdir with ->/``: ``overlay/{lower,stage,upper,work}``,
 ``eb/`` (buildpath, prefix with EasyBuild's logs), ``tarballs/``, ``record.json`` (written last) and
 ``record.lock`` (an ``flock``: one builder at a time; xdist workers wait, then reuse).
+
+Where EasyBuild runs is the plan's runtime (:mod:`eessi_pipeline.build.runtime`): the overlay in a
+private namespace on this host (default), or EESSI's build container through apptainer/singularity.
 """
 
 from __future__ import annotations
@@ -25,18 +28,23 @@ from typing import Any
 from ..errors import BuildError
 from ..matrix import Matrix, Target
 from ..proc import CommandFailed, run
+from .container import ContainerView
 from .easybuild import (
     HOOKS,
     LMOD_INIT,
     EasyBuildConfig,
+    Resolved,
     eb_environment,
     eb_install_argv,
     eb_missing_argv,
+    eb_resolve_argv,
     installed_easybuild_version,
     missing_modules,
+    parse_dry_run,
     system_cflags,
 )
 from .overlay import OverlayView
+from .runtime import DEFAULT_IMAGE, BuildView, Runtime, RuntimeChoice, require_binary
 from .sources import Provisioner, plan_sources
 from .stacks import Stack, StackConfig, file_sha256
 from .tarball import pack
@@ -46,6 +54,8 @@ log = logging.getLogger(__name__)
 EB_TIMEOUT = 3600.0
 RECORD_FORMAT = 1
 UPDATE_CACHE = "/usr/share/lmod/lmod/libexec/update_lmod_system_cache_files"
+RESOLVE_TIMEOUT = 600.0
+NAMESPACE_RUNTIME = RuntimeChoice(Runtime.NAMESPACE, DEFAULT_IMAGE, "default")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +68,7 @@ class BuildPlan:
     stack: Stack
     state: Path
     prefix: str  # /cvmfs/<repo>/versions/<v>/software/linux/<subdir>
+    runtime: RuntimeChoice = NAMESPACE_RUNTIME
 
     @classmethod
     def create(
@@ -68,14 +79,19 @@ class BuildPlan:
         version: str | None,
         repository: str,
         state: Path,
+        *,
+        stack_name: str | None = None,
+        runtime: RuntimeChoice = NAMESPACE_RUNTIME,
     ) -> BuildPlan:
+        """``stack_name`` overrides the stack that ``stacks.yaml`` assigns to the target."""
         ver = matrix.version(version).name
         if ver not in target.versions:
             raise BuildError(
                 f"{target.name} is not a target of stack version {ver}; pick another target or version"
             )
         prefix = f"/cvmfs/{repository}/versions/{ver}/software/linux/{target.subdir}"
-        return cls(target, ver, repository, stacks.stack_for(ver, target), state / "build", prefix)
+        stack = stacks.stack(ver, stack_name) if stack_name else stacks.stack_for(ver, target)
+        return cls(target, ver, repository, stack, state / "build", prefix, runtime)
 
     @property
     def target_dir(self) -> Path:
@@ -85,13 +101,27 @@ class BuildPlan:
     def sourcepath(self) -> Path:
         return self.state / "sources"
 
+    def view(self, root: Path | None = None, *, require: bool = True) -> BuildView:
+        """``/cvmfs/<repo>`` writable for this plan's runtime; ``root`` holds its overlay directories.
+
+        ``require``: a container runtime's program must exist (a :class:`BuildError` says how to get it);
+        without it (``--dry-run``) the program's name stands in for its path.
+        """
+        root = root or self.target_dir / "overlay"
+        if self.runtime.runtime is Runtime.NAMESPACE:
+            return OverlayView.for_repository(self.repository, root)
+        binary = require_binary(self.runtime) if require else None
+        return ContainerView.create(
+            self.runtime, binary or self.runtime.runtime.value, self.repository, root, self.state
+        )
+
     def eb_config(self, gcc_version: str, as_root: bool) -> EasyBuildConfig:
         return EasyBuildConfig(
             installpath=self.prefix,
             sourcepath=self.sourcepath,
             buildpath=self.target_dir / "eb" / "build",
             prefix=self.target_dir / "eb" / "prefix",
-            robot_paths=(self.stack.easyconfigs[0].path.parents[2],) if self.stack.easyconfigs else (),
+            robot_paths=self.stack.robot_paths,
             hooks=HOOKS,
             generic=self.target.is_generic,
             as_root=as_root,
@@ -107,7 +137,7 @@ class BuildResult:
     reused: bool
     seconds: float
     inputs_digest: str
-    overlay: OverlayView
+    overlay: BuildView
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -126,9 +156,22 @@ class BuildResult:
 def build_inputs(
     plan: BuildPlan, source_sums: Mapping[str, str], eb_version: str, cflags: str
 ) -> dict[str, Any]:
-    """What decides the build's result; its digest decides reuse (pure apart from reading the files)."""
+    """What decides the build's result; its digest decides reuse (pure apart from reading the files).
+
+    The toolchain/robot and runtime/image keys appear only where they differ from the defaults
+    (SYSTEM with the project's easyconfigs; the namespace runtime), so records written before those
+    settings existed stay valid.
+    """
     ecs = {ec.path.name: file_sha256(ec.path) for ec in plan.stack.easyconfigs}
+    extra: dict[str, Any] = {}
+    if not plan.stack.embedded:
+        extra["toolchain"] = plan.stack.toolchain
+        extra["robot"] = [str(p) for p in plan.stack.robot_paths]
+    if plan.runtime.runtime is not Runtime.NAMESPACE:
+        extra["runtime"] = plan.runtime.runtime.value
+        extra["image"] = plan.runtime.image
     return {
+        **extra,
         "format": RECORD_FORMAT,
         "target": plan.target.subdir,
         "version": plan.version,
@@ -187,8 +230,8 @@ def ensure_build(
     env = dict(os.environ if environ is None else environ)
     start = time.monotonic()
     eb_version = installed_easybuild_version()
-    cfg = plan.eb_config(gcc_version(), as_root=os.geteuid() == 0)
-    overlay = OverlayView.for_repository(plan.repository, plan.target_dir / "overlay")
+    overlay = plan.view()
+    cfg = plan.eb_config(gcc_version(), as_root=overlay.eb_sees_root)
     record_path = plan.target_dir / "record.json"
     with _locked(plan.target_dir / "record.lock"):
         wanted = plan_sources(plan.stack.easyconfigs, stacks)
@@ -196,14 +239,16 @@ def ensure_build(
         inputs = build_inputs(plan, sums, eb_version, cfg.system_cflags)
         digest = inputs_digest(inputs)
         record = _read_record(record_path)
-        if record and record.get("inputs_digest") == digest and Path(record["tarball"]).is_file():
+        # the record names files by their names: a state dir that moved still finds its build
+        kept = plan.target_dir / "tarballs" / Path(record["tarball"]).name if record else None
+        if record and record.get("inputs_digest") == digest and kept is not None and kept.is_file():
             log.info(
                 "reusing the build of %s from %s (inputs unchanged)", plan.target.name, record["built_at"]
             )
             return BuildResult(
                 plan,
-                Path(record["tarball"]),
-                Path(record["meta"]),
+                kept,
+                kept.with_name(Path(record["meta"]).name),
                 True,
                 time.monotonic() - start,
                 digest,
@@ -262,6 +307,35 @@ def ensure_build(
         return BuildResult(
             plan, packed.tarball, packed.meta, False, time.monotonic() - start, digest, overlay
         )
+
+
+def resolve_stack(plan: BuildPlan, *, environ: Mapping[str, str] | None = None) -> tuple[Resolved, ...]:
+    """EasyBuild's own dry run of the plan's easystack (``eb --robot --dry-run``) through the plan's
+    runtime: the whole dependency graph in build order, nothing built or fetched.
+
+    It runs in a scratch overlay (``<target dir>/resolve``, removed afterwards), because even a dry run
+    creates ``<installpath>/modules/all``.
+    """
+    root = plan.target_dir / "resolve"
+    view = plan.view(root)
+    cfg = plan.eb_config(gcc_version(), as_root=view.eb_sees_root)
+    env = eb_environment(cfg, os.environ if environ is None else environ)
+    argv = eb_resolve_argv(cfg, plan.stack.easystack)
+    try:
+        result = view.run(argv, timeout=RESOLVE_TIMEOUT, env=env)
+    except CommandFailed as e:
+        raise BuildError(
+            f"EasyBuild could not resolve {plan.stack.easystack} for {plan.target.name}: "
+            f"{e.output_tail[-2000:]}"
+        ) from e
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    graph = parse_dry_run(result.stdout + "\n" + result.stderr)
+    if not graph:
+        raise BuildError(
+            f"eb --dry-run printed no dependency graph for {plan.stack.easystack}: {result.tail(20)}"
+        )
+    return graph
 
 
 def _read_record(path: Path) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -67,7 +68,9 @@ def eb_options(cfg: EasyBuildConfig) -> list[str]:
         f"--sourcepath={cfg.sourcepath}",
         f"--buildpath={cfg.buildpath}",
         f"--prefix={cfg.prefix}",
-        f"--robot-paths={':'.join(str(p) for p in cfg.robot_paths)}:",
+        # exactly the stack's robot paths (no trailing ':'): EasyBuild's default robot path, its shipped
+        # easyconfigs, is searched only where the stack names it (robot: [..., easybuild])
+        f"--robot-paths={':'.join(str(p) for p in cfg.robot_paths)}",
         f"--hooks={cfg.hooks}",
         "--modules-tool=Lmod",
         "--module-syntax=Lua",
@@ -93,6 +96,34 @@ def eb_install_argv(cfg: EasyBuildConfig, easystack: Path) -> list[str]:
 
 def eb_missing_argv(cfg: EasyBuildConfig, easystack: Path) -> list[str]:
     return [cfg.python, "-m", "easybuild.main", *eb_options(cfg), f"--easystack={easystack}", "--missing"]
+
+
+def eb_resolve_argv(cfg: EasyBuildConfig, easystack: Path) -> list[str]:
+    """EasyBuild's own dry run: resolve the easystack's whole dependency graph, build nothing (pure)."""
+    return [*eb_install_argv(cfg, easystack), "--dry-run"]
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """One line of ``eb --dry-run``: an easyconfig of the dependency graph and whether it is installed."""
+
+    module: str
+    easyconfig: str
+    installed: bool
+
+
+_DRY_RUN_LINE = re.compile(r"^\s*\*\s+\[(?P<mark>[ xFR])\]\s+(?P<ec>\S+)\s+\(module:\s*(?P<module>[^)]+)\)")
+
+
+def parse_dry_run(output: str) -> tuple[Resolved, ...]:
+    """The graph ``eb --dry-run`` prints (`` * [ ] $CFGS/g/GCC/GCC-12.3.0.eb (module: GCC/12.3.0)``), in
+    build order, each module once (an easystack prints one graph per entry; pure)."""
+    seen: dict[str, Resolved] = {}
+    for line in output.splitlines():
+        m = _DRY_RUN_LINE.match(line)
+        if m and m["module"] not in seen:
+            seen[m["module"]] = Resolved(m["module"].strip(), m["ec"], m["mark"] == "x")
+    return tuple(seen.values())
 
 
 def eb_environment(cfg: EasyBuildConfig, base: Mapping[str, str]) -> dict[str, str]:

@@ -1,9 +1,22 @@
 """Stacks as data: ``matrices/stacks.yaml`` (which easystack each target gets, where sources come from)
-and the EasyBuild easystack files it names, loaded into frozen dataclasses."""
+and the EasyBuild easystack files it names, loaded into frozen dataclasses.
+
+Each stack names its top-level ``toolchain`` and where EasyBuild's robot finds easyconfigs (``robot``):
+
+* ``toolchain: SYSTEM`` with ``robot: [project]`` (the defaults): the embedded CI stacks.  Every
+  easyconfig is this project's own (``matrices/easyconfigs``), builds with the host's compiler, and has
+  its sources provisioned offline (:mod:`eessi_pipeline.build.sources`).
+* a real EESSI toolchain (e.g. ``foss-2023a``) with ``robot: [project, easybuild]``: a production
+  stack resolved against the easyconfigs shipped with EasyBuild (the ``easybuild-easyconfigs`` package
+  installed beside the framework), as EESSI's easystacks are.  EasyBuild downloads those sources
+  from their ``source_urls`` itself, so such a stack builds only where those sites can be reached.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,9 +25,10 @@ from ..errors import BuildError
 from ..matrix import PROJECT_ROOT, Target
 from ..schema import validate
 from ..yamlio import load_yaml
-from .easyconfig import EasyConfig, parse_easyconfig
+from .easyconfig import SYSTEM, EasyConfig, parse_easyconfig
 
 DEFAULT_STACKS = PROJECT_ROOT / "matrices" / "stacks.yaml"
+EASYCONFIGS_PIN = "easybuild-easyconfigs==5.4.1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +53,20 @@ class EasystackEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class StackFile:
+    """One ``versions.<v>.stacks.<name>`` entry of ``stacks.yaml``."""
+
+    version: str
+    name: str
+    easystack: Path
+    description: str
+    toolchain: str  # "SYSTEM" or the top-level toolchain, e.g. "foss-2023a"
+    robot: tuple[str, ...]  # "project" and/or "easybuild", in search order
+
+
+@dataclass(frozen=True, slots=True)
 class Stack:
-    """One easystack of a version with the easyconfigs it installs."""
+    """One easystack of a version with the easyconfigs it installs (top-level entries only)."""
 
     name: str
     version: str
@@ -48,10 +74,53 @@ class Stack:
     description: str
     entries: tuple[EasystackEntry, ...]
     easyconfigs: tuple[EasyConfig, ...]
+    toolchain: str = SYSTEM
+    robot_paths: tuple[Path, ...] = ()
 
     @property
     def modules(self) -> tuple[str, ...]:
         return tuple(ec.module for ec in self.easyconfigs)
+
+    @property
+    def embedded(self) -> bool:
+        """A SYSTEM-toolchain stack of this project's own easyconfigs with sources provisioned offline."""
+        return self.toolchain == SYSTEM
+
+
+def easybuild_easyconfigs_dir(prefixes: Sequence[str] | None = None) -> Path:
+    """The easyconfigs shipped with EasyBuild: ``<prefix>/easybuild/easyconfigs`` of the installation
+    (the package ``easybuild-easyconfigs`` installs them under the environment's prefix; EasyBuild's
+    own default robot path searches ``sys.path`` and the ``eb`` script's prefix the same way)."""
+    for prefix in prefixes if prefixes is not None else (sys.prefix, *sys.path):
+        candidate = Path(prefix) / "easybuild" / "easyconfigs"
+        if candidate.is_dir():
+            return candidate
+    raise BuildError(
+        f"EasyBuild's own easyconfigs are not installed in {sys.prefix}; a stack with `robot: [..., "
+        f"easybuild]` needs them: run `.venv/bin/pip install '{EASYCONFIGS_PIN}'`"
+    )
+
+
+def toolchain_problems(stack: Stack) -> list[str]:
+    """Why the stack's easyconfigs do not fit its ``toolchain`` setting (pure; empty when they do)."""
+    problems = []
+    if stack.toolchain == SYSTEM:
+        for ec in stack.easyconfigs:
+            if ec.toolchain != SYSTEM:
+                problems.append(
+                    f"{ec.path.name} uses toolchain {ec.toolchain}, but stack {stack.name} says "
+                    "`toolchain: SYSTEM`; fix: name the stack's real toolchain (e.g. foss-2023a) and add "
+                    "`easybuild` to its `robot`, or use a SYSTEM-toolchain easyconfig"
+                )
+    elif not any(
+        any(d.glob(f"{stack.toolchain[0].lower()}/*/{stack.toolchain}.eb")) for d in stack.robot_paths
+    ):
+        problems.append(
+            f"stack {stack.name} says `toolchain: {stack.toolchain}`, but {stack.toolchain}.eb is in none of "
+            f"its robot paths ({', '.join(map(str, stack.robot_paths))}); fix: add `easybuild` to its "
+            "`robot` or correct the toolchain name"
+        )
+    return problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +129,7 @@ class StackConfig:
     easyconfig_dir: Path
     repo_sources: Path
     defaults: tuple[tuple[str, str], ...]  # version -> default stack
-    stack_files: tuple[tuple[str, str, Path, str], ...]  # version, name, easystack, description
+    stack_files: tuple[StackFile, ...]
     assignments: tuple[tuple[str, str, str], ...]  # version, target, stack
     providers: tuple[tuple[str, ProviderSpec], ...]
     debian: DebianArchive
@@ -79,13 +148,30 @@ class StackConfig:
     def provider(self, filename: str) -> ProviderSpec | None:
         return dict(self.providers).get(filename)
 
+    def robot_paths(self, robot: tuple[str, ...]) -> tuple[Path, ...]:
+        """The directories EasyBuild's robot searches, in order, for a stack's ``robot`` setting."""
+        return tuple(self.easyconfig_dir if r == "project" else easybuild_easyconfigs_dir() for r in robot)
+
     def stack(self, version: str, name: str) -> Stack:
-        for v, n, easystack, description in self.stack_files:
-            if v == version and n == name:
-                entries = load_easystack(easystack)
-                ecs = tuple(parse_easyconfig(self.find_easyconfig(e.easyconfig, easystack)) for e in entries)
-                return Stack(name, version, easystack, description, entries, ecs)
-        names = [n for v, n, _, _ in self.stack_files if v == version]
+        for f in self.stack_files:
+            if f.version == version and f.name == name:
+                entries = load_easystack(f.easystack)
+                paths = self.robot_paths(f.robot)
+                ecs = []
+                for e in entries:
+                    found = self.find_easyconfig(e.easyconfig, f.easystack, paths)
+                    # sources of the project's own easyconfigs are provisioned offline; EasyBuild
+                    # fetches those of its shipped easyconfigs itself
+                    own = found.is_relative_to(self.easyconfig_dir)
+                    ecs.append(parse_easyconfig(found, with_sources=own))
+                stack = Stack(
+                    name, version, f.easystack, f.description, entries, tuple(ecs), f.toolchain, paths
+                )
+                problems = toolchain_problems(stack)
+                if problems:
+                    raise BuildError(f"{self.path}: versions.{version}.stacks.{name}: {problems[0]}")
+                return stack
+        names = [f.name for f in self.stack_files if f.version == version]
         raise BuildError(
             f"{self.path}: version {version} has no stack {name!r}; use one of: {', '.join(names)}"
         )
@@ -93,15 +179,21 @@ class StackConfig:
     def stack_for(self, version: str, target: Target) -> Stack:
         return self.stack(version, self.stack_name_for(version, target))
 
-    def find_easyconfig(self, filename: str, easystack: Path) -> Path:
-        """``<easyconfigs>/<letter>/<Name>/<file>``, found by file name (EasyBuild's robot does the same)."""
-        hits = sorted(self.easyconfig_dir.rglob(filename))
-        if not hits:
-            raise BuildError(
-                f"{easystack}: easyconfig {filename} not found under {self.easyconfig_dir}; fix: add it as "
-                f"{self.easyconfig_dir}/<letter>/<Name>/{filename} or correct the easystack entry"
-            )
-        return hits[0]
+    def find_easyconfig(self, filename: str, easystack: Path, robot_paths: tuple[Path, ...] = ()) -> Path:
+        """``<dir>/<letter>/<Name>/<file>`` in the first robot path that has it (EasyBuild's robot does the
+        same); the project's own directory only, unless ``robot_paths`` says otherwise."""
+        for d in robot_paths or (self.easyconfig_dir,):
+            hits = sorted(d.glob(f"{filename[0].lower()}/*/{filename}"))
+            if not hits and d == self.easyconfig_dir:
+                hits = sorted(d.rglob(filename))
+            if hits:
+                return hits[0]
+        where = ", ".join(str(d) for d in robot_paths or (self.easyconfig_dir,))
+        raise BuildError(
+            f"{easystack}: easyconfig {filename} not found under {where}; fix: add it as "
+            f"{self.easyconfig_dir}/<letter>/<Name>/{filename}, correct the easystack entry, or (for an "
+            "easyconfig shipped with EasyBuild) add `easybuild` to the stack's `robot`"
+        )
 
 
 def load_easystack(path: Path) -> tuple[EasystackEntry, ...]:
@@ -141,7 +233,16 @@ def load_stacks(path: Path | None = None) -> StackConfig:
             )
         defaults.append((version, v["default_stack"]))
         for name, s in v["stacks"].items():
-            files.append((version, name, base / s["easystack"], s["description"]))
+            files.append(
+                StackFile(
+                    version,
+                    name,
+                    base / s["easystack"],
+                    s["description"],
+                    s["toolchain"],
+                    tuple(s["robot"]),
+                )
+            )
         for target, stack in v["targets"].items():
             if stack not in v["stacks"]:
                 raise BuildError(
