@@ -21,7 +21,7 @@ done
 
 # Debian packages the pipeline needs.  Later parts of the pipeline add theirs here.
 PACKAGES=(python3 python3-venv python3-pip git ca-certificates openssh-client
-          fuse3 lmod patchelf nginx squid build-essential bzip2)
+          fuse3 fuse-overlayfs lmod patchelf nginx squid build-essential bzip2)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -65,19 +65,18 @@ echo "[setup] installing eessi-pipeline and its test tools into .venv"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 
 if ((RUN_MAIN)); then
-  echo "[setup] main job: validate the matrix, detect this host, plan its target, check the repository"
+  echo "[setup] main job: validate the matrix, detect this host, then build, test, gate, publish and use its target"
   .venv/bin/eessi-pipeline validate
   .venv/bin/eessi-pipeline detect --all
   target=$(.venv/bin/eessi-pipeline detect --json | .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["target"] or "")')
-  if [[ -n $target ]]; then
-    .venv/bin/eessi-pipeline plan --target "$target"
-  else
-    echo "[setup] the matrix builds no target for this host's CPU family; nothing to plan"
+  if [[ -z $target ]]; then
+    echo "[setup] the matrix builds no target for this host's CPU family; nothing to run"
+    exit 0
   fi
+  .venv/bin/eessi-pipeline plan --target "$target"
+  # init scripts + the target's software: build -> pytest + ReFrame -> signed gate record -> publish
+  # -> Stratum 1 -> post-publish checks -> a client mount runs the software (see README, "The whole flow")
+  .venv/bin/eessi-pipeline run --target "$target"
   repo=${EESSI_PIPELINE_REPOSITORY:-software.eessi.local}
-  if ! .venv/bin/eessi-pipeline repo verify "$repo" >/dev/null 2>&1; then
-    echo "[setup] creating the embedded CVMFS repository $repo"
-    .venv/bin/eessi-pipeline repo init "$repo"
-  fi
   .venv/bin/eessi-pipeline repo verify "$repo"
 fi

@@ -28,7 +28,11 @@ from .proc import run_echoed
 from .settings import REPOSITORY_ENV, STATE_DIR_ENV, VERSION_ENV, Settings, resolve_settings
 
 # What `pytest -m arch_<target>` runs for a software target, relative to the checkout.
-ACCEPTANCE_PATHS = ("tests/acceptance", "tests/test_software_checks_acceptance.py")
+ACCEPTANCE_PATHS = (
+    "tests/acceptance",
+    "tests/test_software_checks_acceptance.py",
+    "tests/test_testsuite_acceptance.py",
+)
 TIMEOUT = 3600.0
 
 
