@@ -6,14 +6,16 @@ import argparse
 import datetime as dt
 import getpass
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from .cvmfs.cvmfs_server import CvmfsServerBackend
 from .cvmfs.repository import Repository
-from .errors import GateRefused
+from .errors import GateRefused, UsageError
 from .gate.policy import load_policy
-from .gate.publish import judge, publish
+from .gate.publish import CvmfsServerTarget, judge, publish
 from .gate.record import CaseResult, parse_junit
 from .gate.staging import Staging
 from .gate.write import write_record
@@ -70,11 +72,15 @@ def cmd_publish(args: argparse.Namespace, out: TextIO) -> int:
             json.dumps({"published": [], "refused": [], "message": msg}) + "\n" if args.json else msg + "\n"
         )
         return 0
-    outcomes = publish(
-        settings.state_dir, settings.repository, policy, args.tarballs or None, dry_run=args.dry_run
-    )
+    target = publish_target(args, settings.repository)
+    outcomes = publish(settings.state_dir, settings.repository, policy, args.tarballs or None,
+                       dry_run=args.dry_run, target=target)  # fmt: skip
     if any(o.accepted and not o.dry_run for o in outcomes) and not args.no_distribute:
-        distribute(settings.state_dir, settings.repository, policy.post_publish_checks)
+        if target is None:
+            distribute(settings.state_dir, settings.repository, policy.post_publish_checks)
+        else:
+            sys.stderr.write("[publish] cvmfs_server backend: the Stratum 1s replicate it with their own "
+                             "`cvmfs_server snapshot`; no embedded snapshot\n")  # fmt: skip
     if args.json:
         out.write(json.dumps([{"tarball": o.tarball, "accepted": o.accepted, "reasons": list(o.reasons),
                                "revision_before": o.revision_before, "revision_after": o.revision_after,
@@ -83,6 +89,25 @@ def cmd_publish(args: argparse.Namespace, out: TextIO) -> int:
         for o in outcomes:
             out.write(o.line() + "\n")
     return 0 if all(o.accepted for o in outcomes) else 1
+
+
+BACKEND_ENV = "EESSI_PIPELINE_PUBLISH_BACKEND"
+BACKENDS = ("embedded", "cvmfs_server")
+
+
+def publish_target(args: argparse.Namespace, repository: str) -> CvmfsServerTarget | None:
+    """None for the embedded Stratum 0; else the real one, through ``cvmfs_server`` (here or over SSH)."""
+    backend = args.backend or os.environ.get(BACKEND_ENV) or "embedded"
+    if backend not in BACKENDS:
+        raise UsageError(f"publish backend {backend!r} (from --backend or ${BACKEND_ENV}): use one of "
+                         f"{', '.join(BACKENDS)}")  # fmt: skip
+    if backend == "embedded":
+        if args.stratum0_ssh or args.stratum0_url:
+            raise UsageError("--stratum0-ssh and --stratum0-url go with --backend cvmfs_server")
+        return None
+    local = Path("/srv/cvmfs") / repository
+    source = args.stratum0_url or (str(local) if not args.stratum0_ssh and local.is_dir() else None)
+    return CvmfsServerTarget(CvmfsServerBackend(repository, ssh=args.stratum0_ssh), source)
 
 
 def distribute(state_dir: Path, repository: str, checks: str) -> None:
@@ -180,5 +205,10 @@ def add_gate_parsers(sub: Any) -> None:
     p.add_argument(
         "--no-distribute", action="store_true", help="skip the Stratum 1 snapshot and post-publish checks"
     )
+    p.add_argument("--backend", choices=BACKENDS, help=f"Stratum 0 to ingest into (default: ${BACKEND_ENV} "
+                   "or embedded)")  # fmt: skip
+    p.add_argument("--stratum0-ssh", metavar="USER@HOST", help="cvmfs_server backend: run it over SSH there")
+    p.add_argument("--stratum0-url", metavar="URL", help="cvmfs_server backend: where to read the revision "
+                   "(default: /srv/cvmfs/<repo> when local)")  # fmt: skip
     common(p)
     p.set_defaults(handler=cmd_publish)

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
+from ..cvmfs.cvmfs_server import CvmfsServerBackend
+from ..cvmfs.reader import open_repository
 from ..cvmfs.repository import Repository
 from ..cvmfs.tarcheck import check_tarball
 from ..errors import PipelineError
@@ -22,6 +26,8 @@ from .decide import Decision, TarballFacts, decide
 from .policy import Policy
 from .record import load_record, sha256_file
 from .staging import Staged, Staging
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +43,8 @@ class Outcome:
         if self.dry_run:
             verdict = "would publish" if self.accepted else "would refuse"
         else:
-            verdict = f"published as revision {self.revision_after}" if self.accepted else "refused"
+            at = f" as revision {self.revision_after}" if self.revision_after is not None else ""
+            verdict = f"published{at}" if self.accepted else "refused"
         why = f": {'; '.join(self.reasons)}" if self.reasons else ""
         return f"{self.tarball}: {verdict}{why}"
 
@@ -93,13 +100,58 @@ def judge(item: Staged, repo: Repository, policy: Policy, now: dt.datetime) -> t
     return decide(facts, record, sig, policy, now, approved=item.state == "approved"), digest
 
 
+class IngestTarget(Protocol):
+    """Where accepted tarballs go: the embedded Stratum 0 or a real one through ``cvmfs_server``."""
+
+    def revision(self) -> int | None: ...
+
+    def ingest(self, tarball: Path) -> int | None:
+        """Ingest at ``versions``; return the revision after (None when it cannot be read)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedTarget:
+    repo: Repository
+
+    def revision(self) -> int | None:
+        return self.repo.manifest().revision if self.repo.exists else None
+
+    def ingest(self, tarball: Path) -> int | None:
+        return self.repo.ingest(tarball, "versions").revision
+
+
+@dataclass(frozen=True, slots=True)
+class CvmfsServerTarget:
+    """A real Stratum 0: ``cvmfs_server ingest`` here or over SSH; the revision is read from the
+    published manifest at ``manifest_source`` (the Stratum 0's URL or ``/srv/cvmfs/<repo>``)."""
+
+    backend: CvmfsServerBackend
+    manifest_source: str | None = None
+
+    def revision(self) -> int | None:
+        if not self.manifest_source:
+            return None
+        try:
+            with open_repository(self.manifest_source) as reader:
+                return reader.manifest.revision
+        except PipelineError as e:
+            log.warning("cannot read the revision of %s: %s", self.manifest_source, e)
+            return None
+
+    def ingest(self, tarball: Path) -> int | None:
+        self.backend.ingest(tarball, "versions")
+        return self.revision()
+
+
 def publish(
     state_dir: Path, repository: str, policy: Policy, names: list[str] | None = None, *,
-    dry_run: bool = False, now: dt.datetime | None = None,
+    dry_run: bool = False, now: dt.datetime | None = None, target: IngestTarget | None = None,
 ) -> list[Outcome]:  # fmt: skip
     now = now or dt.datetime.now(dt.UTC)
     staging = Staging(state_dir)
     repo = Repository(state_dir, repository)
+    into: IngestTarget = target if target is not None else EmbeddedTarget(repo)
     eligible = ("new", "approved")
     items = [s for s in staging.list(eligible) if not names or s.name in {Path(n).name for n in names}]
     missing = [n for n in names or [] if Path(n).name not in {s.name for s in items}]
@@ -107,7 +159,7 @@ def publish(
                                        None, None, dry_run) for n in missing]  # fmt: skip
     for item in items:
         decision, digest = judge(item, repo, policy, now)
-        before = repo.manifest().revision if repo.exists else None
+        before = into.revision()
         if dry_run:
             outcomes.append(Outcome(item.name, decision.accept, decision.reasons, before, before, True))
             continue
@@ -119,14 +171,13 @@ def publish(
             outcome = Outcome(item.name, False, decision.reasons, before, before)
         else:
             try:
-                result = repo.ingest(item.path, "versions")
+                after = into.ingest(item.path)
             except PipelineError as e:
-                outcome = Outcome(
-                    item.name, False, (f"ingest failed: {e}",), before, repo.manifest().revision
-                )
+                outcome = Outcome(item.name, False, (f"ingest failed: {str(e).splitlines()[0]}",), before,
+                                  into.revision())  # fmt: skip
             else:
-                staging.move(item, "ingested", f"revision {result.revision}")
-                outcome = Outcome(item.name, True, (), before, result.revision)
+                staging.move(item, "ingested", f"revision {after}")
+                outcome = Outcome(item.name, True, (), before, after)
         _audit(state_dir, outcome, digest, now)
         outcomes.append(outcome)
     return outcomes

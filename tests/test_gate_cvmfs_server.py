@@ -1,0 +1,147 @@
+"""Publishing through the cvmfs_server backend, against a stand-in ``cvmfs_server`` (none can exist
+on a test machine; every test here says ``fake_cvmfs_server``): the gate decides exactly as for the
+embedded Stratum 0, only accepted tarballs reach ``cvmfs_server``, and a failed publish is aborted
+and leaves the tarball staged."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from cvmfs_helpers import make_tarball
+
+from eessi_pipeline import cli
+from eessi_pipeline.cvmfs.cvmfs_server import CvmfsServerBackend
+from eessi_pipeline.cvmfs.repository import Repository
+from eessi_pipeline.gate.policy import load_policy
+from eessi_pipeline.gate.publish import CvmfsServerTarget, publish
+from eessi_pipeline.gate.record import CaseResult
+from eessi_pipeline.gate.staging import Staging
+from eessi_pipeline.gate.write import write_record
+
+NAME = "software.eessi.local"
+FAKE = """#!/bin/sh
+# Stand-in for cvmfs_server: record argv and the size of stdin; fail the subcommands named.
+size=$(wc -c | tr -d ' ')
+printf '%s|%s\\n' "$*" "$size" >> "$FAKE_CVMFS_LOG"
+for bad in $FAKE_CVMFS_FAIL; do
+    if [ "$1" = "$bad" ]; then echo "fake cvmfs_server: $* failed" >&2; exit 1; fi
+done
+exit 0
+"""
+
+
+@pytest.fixture
+def staged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A state dir with an embedded repository (read for revisions) and a factory staging init tarballs."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("EESSI_PIPELINE_STATE_DIR", str(state))
+    monkeypatch.setenv("EESSI_PIPELINE_REPOSITORY", NAME)
+    Repository(state, NAME).init()
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(
+        "schema_version: 1\ncontent_types:\n  init: {required_tests: ['*test_init*'], require_reframe: false}\n"
+        "post_publish_checks: ''\n"
+    )
+    policy = load_policy(policy_file)
+
+    def stage(stamp: int, outcome: str = "passed") -> Path:
+        t = make_tarball(tmp_path / f"eessi-2023.06-init-{stamp}.tar.gz",
+                         {"2023.06": None, "2023.06/init": None, "2023.06/init/bash": b"echo hi\n"})  # fmt: skip
+        write_record(t, (CaseResult("tests/t.py::test_init", outcome),), state_dir=state, repository=NAME,
+                     policy=policy, stage=True)  # fmt: skip
+        return t
+
+    return state, policy, policy_file, stage
+
+
+@pytest.fixture
+def fake_cvmfs_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    def install(*fail: str) -> Path:
+        bindir = tmp_path / "bin"
+        bindir.mkdir(exist_ok=True)
+        (bindir / "cvmfs_server").write_text(FAKE)
+        (bindir / "cvmfs_server").chmod(0o755)
+        log = tmp_path / "calls.log"
+        log.write_text("")
+        monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
+        monkeypatch.setenv("FAKE_CVMFS_LOG", str(log))
+        monkeypatch.setenv("FAKE_CVMFS_FAIL", " ".join(fail))
+        return log
+
+    return install
+
+
+def test_publish_fake_cvmfs_server_ingests_only_what_the_gate_accepts(staged, fake_cvmfs_server) -> None:
+    state, policy, _, stage = staged
+    log = fake_cvmfs_server()
+    good, bad = stage(1700000000), stage(1700000100, outcome="failed")
+    target = CvmfsServerTarget(CvmfsServerBackend(NAME), str(state / "srv" / "cvmfs" / NAME))
+    outcomes = {
+        o.tarball: o for o in publish(state, NAME, policy, None, now=dt.datetime.now(dt.UTC), target=target)
+    }
+    assert outcomes[good.name].accepted and outcomes[good.name].revision_before == 1
+    assert not outcomes[bad.name].accepted
+    calls = [line.split("|")[0] for line in log.read_text().splitlines()]
+    assert calls == [
+        f"ingest -t - -b versions {NAME}",
+        f"transaction {NAME}",
+        f"publish {NAME}",
+    ]  # once: good only
+    assert int(log.read_text().splitlines()[0].split("|")[1]) > 0  # the decompressed tar came on stdin
+    staging = Staging(state)
+    assert staging.find(good.name).state == "ingested" and staging.find(bad.name).state == "rejected"
+
+
+def test_publish_fake_cvmfs_server_failed_publish_aborts_and_keeps_it_staged(
+    staged, fake_cvmfs_server
+) -> None:
+    state, policy, _, stage = staged
+    log = fake_cvmfs_server("publish")
+    t = stage(1700000000)
+    target = CvmfsServerTarget(CvmfsServerBackend(NAME), None)
+    (outcome,) = publish(state, NAME, policy, None, now=dt.datetime.now(dt.UTC), target=target)
+    assert not outcome.accepted and outcome.reasons[0].startswith("ingest failed:")
+    assert [line.split("|")[0] for line in log.read_text().splitlines()][-1] == f"abort -f {NAME}"
+    assert Staging(state).find(t.name).state == "new"  # fix the Stratum 0, publish again
+    audit = [json.loads(line) for line in (state / "audit.jsonl").read_text().splitlines()]
+    assert audit[-1]["outcome"] == "refused" and "ingest failed" in audit[-1]["reasons"][0]
+
+
+def test_publish_cli_fake_cvmfs_server_backend(
+    staged, fake_cvmfs_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state, _, policy_file, stage = staged
+    log = fake_cvmfs_server()
+    t = stage(1700000000)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    out = io.StringIO()
+    code = cli.main(["publish", "--backend", "cvmfs_server", "--policy", str(policy_file),
+                     "--stratum0-url", str(state / "srv" / "cvmfs" / NAME)], out=out)  # fmt: skip
+    assert code == 0, sys.stderr.getvalue()
+    assert out.getvalue().startswith(f"{t.name}: published as revision 1")
+    assert "no embedded snapshot" in sys.stderr.getvalue()
+    assert len(log.read_text().splitlines()) == 3
+
+
+def test_publish_cli_unknown_backend_and_stray_options_are_refused(
+    staged, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state, _, policy_file, stage = staged
+    stage(1700000000)
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setenv("EESSI_PIPELINE_PUBLISH_BACKEND", "cvmfs_sever")
+    assert cli.main(["publish", "--policy", str(policy_file)], out=io.StringIO()) == 2
+    assert "publish backend 'cvmfs_sever'" in err.getvalue() and "embedded, cvmfs_server" in err.getvalue()
+    monkeypatch.delenv("EESSI_PIPELINE_PUBLISH_BACKEND")
+    assert (
+        cli.main(["publish", "--stratum0-ssh", "cvmfs@s0", "--policy", str(policy_file)], out=io.StringIO())
+        == 2
+    )
+    assert "go with --backend cvmfs_server" in err.getvalue()
+    assert Repository(state, NAME).manifest().revision == 1
