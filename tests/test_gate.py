@@ -409,3 +409,17 @@ def test_facts_of_real_tarball_and_decide_on_target_paths(tmp_path: Path) -> Non
         for r in wrong.reasons
     )
     assert any("are not the tested target's" in r for r in wrong.reasons)
+
+
+def test_decide_refuses_performance_without_reference_when_required() -> None:
+    facts, record = green()
+    unreferenced = (PerfVerdict("stream_check %scale=1_core", "Triad", 80.0, None, None, None, "", True),)
+    record = dataclasses.replace(
+        record, reframe=ReframeSummary("b" * 64, 3, 0, unreferenced), target_name="zen3"
+    )
+    assert decide(facts, record, SIGNED, POLICY, NOW).accept  # the default: a value without a band passes
+    strict = dataclasses.replace(
+        POLICY, content_types={"software": ContentRule(("*test_smoke*",), True, require_references=True)}
+    )
+    (reason,) = decide(facts, record, SIGNED, strict, NOW).reasons
+    assert reason.startswith("performance stream_check %scale=1_core Triad=80 has no reference for zen3: record")

@@ -101,7 +101,12 @@ def decide(
                 if rf.failures:
                     reasons.append(f"ReFrame reports {rf.failures} failure(s)")
                 for p in rf.performance:
-                    if not p.ok:
+                    if rule.require_references and p.reference is None:
+                        value = f"{p.value:g} {p.unit}".strip()
+                        reasons.append(f"performance {p.check} {p.metric}={value} has no reference for "
+                                       f"{record.target_name or record.target}: record one with "
+                                       "`eessi-pipeline references update` and review it")  # fmt: skip
+                    elif not p.ok:
                         reasons.append(f"performance {p.check} {p.metric}={p.value} {p.unit} outside "
                                        f"[{p.lower}, {p.upper}] of reference {p.reference}")  # fmt: skip
     expected = _expected_root(facts, record)

@@ -16,6 +16,7 @@ from ..yamlio import load_yaml
 class ContentRule:
     required_tests: tuple[str, ...]
     require_reframe: bool
+    require_references: bool = False  # every performance value must have a reference band
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +45,8 @@ def default_policy_path() -> Path:
 def load_policy(path: Path | str | None = None) -> Policy:
     p = Path(path) if path else default_policy_path()
     data = validate(load_yaml(p, GateRefused), "policy", p, GateRefused)
-    rules = {k: ContentRule(tuple(v["required_tests"]), bool(v["require_reframe"]))
+    rules = {k: ContentRule(tuple(v["required_tests"]), bool(v["require_reframe"]),
+                            bool(v.get("require_references", False)))
              for k, v in data["content_types"].items()}  # fmt: skip
     return Policy(p, hashlib.sha256(p.read_bytes()).hexdigest(), data["max_record_age_hours"],
                   data["require_approval"], data["allowed_signers"], data["signature_namespace"], rules,

@@ -147,7 +147,7 @@ def summarise_reframe(report: dict[str, Any], raw: bytes) -> ReframeSummary:
             p.reference.value if p.reference else None,
             p.reference.lower if p.reference else None,
             p.reference.upper if p.reference else None,
-            p.reference.unit if p.reference else "",
+            p.reference.unit if p.reference else p.unit,
             p.reframe_ok and p.in_band(),
         )
         for c in cases
