@@ -423,3 +423,13 @@ def test_decide_refuses_performance_without_reference_when_required() -> None:
     )
     (reason,) = decide(facts, record, SIGNED, strict, NOW).reasons
     assert reason.startswith("performance stream_check %scale=1_core Triad=80 has no reference for zen3: record")
+
+
+def test_record_names_the_tool_versions_of_the_run(tmp_path: Path) -> None:
+    import importlib.metadata
+
+    t = software_tarball(tmp_path, "2023.06", ZEN3, {"modules/all/x/1.lua": b"--"})
+    record = make_record(t, "software", ZEN3, ZEN3, (CaseResult("a::b", "passed"),), None, {}, NOW)
+    assert record.tools["reframe-hpc"] == importlib.metadata.version("reframe-hpc") == "4.10.0"
+    assert record.tools["pytest"] == importlib.metadata.version("pytest")
+    assert {"eessi-pipeline", "python", "archspec"} <= set(record.tools)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import importlib.metadata
 import json
 import platform
 import xml.etree.ElementTree as ET
@@ -157,6 +158,21 @@ def summarise_reframe(report: dict[str, Any], raw: bytes) -> ReframeSummary:
     return ReframeSummary(hashlib.sha256(raw).hexdigest(), len(cases), failures, verdicts)
 
 
+# The distributions whose versions decide what a test run proved (absent ones are left out).
+TOOLS = ("pytest", "pytest-xdist", "pytest-testinfra", "reframe-hpc", "eessi-testsuite", "easybuild",
+         "easybuild-framework", "archspec", "hypothesis")  # fmt: skip
+
+
+def tool_versions() -> dict[str, str]:
+    found = {"eessi-pipeline": __version__, "python": platform.python_version()}
+    for dist in TOOLS:
+        try:
+            found[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
 def make_record(
     tarball: Path, content_type: str, target: str, host_cpu: str, tests: tuple[CaseResult, ...],
     reframe: ReframeSummary | None, digests: dict[str, str], now: dt.datetime | None = None,
@@ -166,6 +182,6 @@ def make_record(
     return GateRecord(
         tarball=tarball.name, sha256=sha256_file(tarball), size=tarball.stat().st_size,
         content_type=content_type, target=target, host_cpu=host_cpu, digests=digests, tests=tests,
-        reframe=reframe, tools={"eessi-pipeline": __version__, "python": platform.python_version()},
+        reframe=reframe, tools=tool_versions(),
         created=now.replace(microsecond=0).isoformat(), target_name=target_name,
     )  # fmt: skip
