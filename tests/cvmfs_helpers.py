@@ -10,6 +10,7 @@ import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from helpers import shared_dir
 
@@ -75,3 +76,29 @@ def serve_directory(root: Path) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+FAKE_CVMFS_SERVER = """#!/bin/sh
+# Stand-in for cvmfs_server (none can exist on a test machine): record argv and stdin size.
+size=$(wc -c | tr -d ' ')
+printf '%s|%s\\n' "$*" "$size" >> "$FAKE_CVMFS_LOG"
+for bad in $FAKE_CVMFS_FAIL; do
+    if [ "$1" = "$bad" ]; then echo "fake cvmfs_server: $* failed" >&2; exit 1; fi
+done
+exit 0
+"""
+
+
+def install_fake_cvmfs_server(tmp: Path, monkeypatch: Any, fail: tuple[str, ...] = ()) -> Path:
+    """Put the stand-in ``cvmfs_server`` first on PATH, failing the subcommands in ``fail``; return its log."""
+    bindir = tmp / "bin"
+    bindir.mkdir(exist_ok=True)
+    script = bindir / "cvmfs_server"
+    script.write_text(FAKE_CVMFS_SERVER)
+    script.chmod(0o755)
+    log = tmp / "calls.log"
+    log.write_text("")
+    monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
+    monkeypatch.setenv("FAKE_CVMFS_LOG", str(log))
+    monkeypatch.setenv("FAKE_CVMFS_FAIL", " ".join(fail))
+    return log

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cvmfs_helpers import install_fake_cvmfs_server
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -282,33 +283,13 @@ def test_ingest_ssh_without_ssh_client_raises_naming_host(
 
 # --- the real sequence against a stand-in cvmfs_server ----------------------------------------------------
 
-FAKE_CVMFS_SERVER = """#!/bin/sh
-# Stand-in for cvmfs_server (none can exist on a test machine): record argv and stdin size.
-size=$(wc -c | tr -d ' ')
-printf '%s|%s\\n' "$*" "$size" >> "$FAKE_CVMFS_LOG"
-for bad in $FAKE_CVMFS_FAIL; do
-    if [ "$1" = "$bad" ]; then echo "fake cvmfs_server: $* failed" >&2; exit 1; fi
-done
-exit 0
-"""
-
 
 @pytest.fixture
 def fake_cvmfs_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
     """Factory: put a stand-in cvmfs_server first on PATH; it fails the subcommands named. Returns its log."""
 
     def _install(*fail: str) -> Path:
-        bindir = tmp_path / "bin"
-        bindir.mkdir()
-        script = bindir / "cvmfs_server"
-        script.write_text(FAKE_CVMFS_SERVER)
-        script.chmod(0o755)
-        log = tmp_path / "calls.log"
-        log.touch()
-        monkeypatch.setenv("PATH", f"{bindir}:{Path('/usr/bin')}:{Path('/bin')}")
-        monkeypatch.setenv("FAKE_CVMFS_LOG", str(log))
-        monkeypatch.setenv("FAKE_CVMFS_FAIL", " ".join(fail))
-        return log
+        return install_fake_cvmfs_server(tmp_path, monkeypatch, fail)
 
     return _install
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cvmfs_helpers import make_tarball
+from cvmfs_helpers import install_fake_cvmfs_server, make_tarball
 
 from eessi_pipeline import cli
 from eessi_pipeline.cvmfs.cvmfs_server import CvmfsServerBackend
@@ -24,15 +24,6 @@ from eessi_pipeline.gate.staging import Staging
 from eessi_pipeline.gate.write import write_record
 
 NAME = "software.eessi.local"
-FAKE = """#!/bin/sh
-# Stand-in for cvmfs_server: record argv and the size of stdin; fail the subcommands named.
-size=$(wc -c | tr -d ' ')
-printf '%s|%s\\n' "$*" "$size" >> "$FAKE_CVMFS_LOG"
-for bad in $FAKE_CVMFS_FAIL; do
-    if [ "$1" = "$bad" ]; then echo "fake cvmfs_server: $* failed" >&2; exit 1; fi
-done
-exit 0
-"""
 
 
 @pytest.fixture
@@ -61,19 +52,7 @@ def staged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 @pytest.fixture
 def fake_cvmfs_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    def install(*fail: str) -> Path:
-        bindir = tmp_path / "bin"
-        bindir.mkdir(exist_ok=True)
-        (bindir / "cvmfs_server").write_text(FAKE)
-        (bindir / "cvmfs_server").chmod(0o755)
-        log = tmp_path / "calls.log"
-        log.write_text("")
-        monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
-        monkeypatch.setenv("FAKE_CVMFS_LOG", str(log))
-        monkeypatch.setenv("FAKE_CVMFS_FAIL", " ".join(fail))
-        return log
-
-    return install
+    return lambda *fail: install_fake_cvmfs_server(tmp_path, monkeypatch, fail)
 
 
 def test_publish_fake_cvmfs_server_ingests_only_what_the_gate_accepts(staged, fake_cvmfs_server) -> None:

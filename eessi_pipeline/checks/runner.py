@@ -130,9 +130,21 @@ def run_checks(
     system = f"{LOCAL_SYSTEM}:{partition_name(tp.target)}"
     env = reframe_env(tp, references.resolve(), os.environ if environ is None else environ, smoke.resolve())
     done = runner.run(reframe_argv(program, paths, checks, system), timeout=TIMEOUT, env=env, check=False)
+    return outcome_of(tp, paths, done)
+
+
+def outcome_of(
+    tp: TargetPrefix, paths: RunPaths, done: CommandResult, no_report_hint: str = ""
+) -> ChecksOutcome:
+    """The judged outcome of a finished ReFrame run, from its JSON report.
+
+    No readable report is an error with ReFrame's output tail (or ``no_report_hint`` when it is given:
+    ReFrame writes no report when no test case was selected)."""
     try:
         data = json.loads(paths.report.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
+        if no_report_hint:
+            raise ChecksError(no_report_hint) from e
         raise ChecksError(
             f"ReFrame wrote no readable report ({e}); it exited {done.returncode}:\n{done.tail(30)}"
         ) from e
@@ -144,6 +156,7 @@ __all__ = [
     "ChecksOutcome",
     "HostRunner",
     "RunPaths",
+    "outcome_of",
     "reframe_argv",
     "reframe_env",
     "run_checks",
