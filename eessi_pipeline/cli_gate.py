@@ -16,7 +16,7 @@ from .cvmfs.repository import Repository
 from .errors import GateRefused, UsageError
 from .gate.policy import load_policy
 from .gate.publish import CvmfsServerTarget, judge, publish
-from .gate.record import CaseResult, parse_junit
+from .gate.record import RECORD_SUFFIX, CaseResult, parse_junit
 from .gate.staging import Staging
 from .gate.write import write_record
 from .settings import resolve_settings
@@ -42,6 +42,15 @@ def cmd_record(args: argparse.Namespace, out: TextIO) -> int:
     out.write(f"{written.path}\n")
     sys.stderr.write(f"[gate] {len(tests)} test results, signed {written.signature.name}"
                      f"{', staged' if args.stage else ''}\n")  # fmt: skip
+    return 0
+
+
+def cmd_stage(args: argparse.Namespace, out: TextIO) -> int:
+    tarball = Path(args.tarball)
+    record = Path(args.record) if args.record else Path(f"{tarball}{RECORD_SUFFIX}")
+    signature = Path(args.signature) if args.signature else Path(f"{record}.sig")
+    item = Staging(_settings(args).state_dir).stage(tarball, record, signature)
+    out.write(f"{item.name}: staged (new)\n")
     return 0
 
 
@@ -92,12 +101,16 @@ def cmd_publish(args: argparse.Namespace, out: TextIO) -> int:
 
 
 BACKEND_ENV = "EESSI_PIPELINE_PUBLISH_BACKEND"
+STRATUM0_SSH_ENV = "EESSI_PIPELINE_STRATUM0_SSH"
+STRATUM0_URL_ENV = "EESSI_PIPELINE_STRATUM0_URL"
 BACKENDS = ("embedded", "cvmfs_server")
 
 
 def publish_target(args: argparse.Namespace, repository: str) -> CvmfsServerTarget | None:
     """None for the embedded Stratum 0; else the real one, through ``cvmfs_server`` (here or over SSH)."""
     backend = args.backend or os.environ.get(BACKEND_ENV) or "embedded"
+    ssh = args.stratum0_ssh or os.environ.get(STRATUM0_SSH_ENV) or None
+    url = args.stratum0_url or os.environ.get(STRATUM0_URL_ENV) or None
     if backend not in BACKENDS:
         raise UsageError(f"publish backend {backend!r} (from --backend or ${BACKEND_ENV}): use one of "
                          f"{', '.join(BACKENDS)}")  # fmt: skip
@@ -106,8 +119,8 @@ def publish_target(args: argparse.Namespace, repository: str) -> CvmfsServerTarg
             raise UsageError("--stratum0-ssh and --stratum0-url go with --backend cvmfs_server")
         return None
     local = Path("/srv/cvmfs") / repository
-    source = args.stratum0_url or (str(local) if not args.stratum0_ssh and local.is_dir() else None)
-    return CvmfsServerTarget(CvmfsServerBackend(repository, ssh=args.stratum0_ssh), source)
+    source = url or (str(local) if not ssh and local.is_dir() else None)
+    return CvmfsServerTarget(CvmfsServerBackend(repository, ssh=ssh), source)
 
 
 def distribute(state_dir: Path, repository: str, checks: str) -> None:
@@ -186,6 +199,12 @@ def add_gate_parsers(sub: Any) -> None:
     p.add_argument("--stage", action="store_true", help="also put the tarball and record into staging (new)")
     common(p)
     p.set_defaults(handler=cmd_record)
+    p = gsub.add_parser("stage", help="stage a tarball with its signed record (e.g. from another machine)")
+    p.add_argument("tarball", metavar="TARBALL")
+    p.add_argument("--record", metavar="FILE", help="its gate record (default: TARBALL.gate.json)")
+    p.add_argument("--signature", metavar="FILE", help="the record's signature (default: RECORD.sig)")
+    common(p)
+    p.set_defaults(handler=cmd_stage)
     p = gsub.add_parser("check", help="what the gate decides for a staged tarball (changes nothing)")
     p.add_argument("tarball", metavar="TARBALL")
     common(p)
@@ -207,8 +226,12 @@ def add_gate_parsers(sub: Any) -> None:
     )
     p.add_argument("--backend", choices=BACKENDS, help=f"Stratum 0 to ingest into (default: ${BACKEND_ENV} "
                    "or embedded)")  # fmt: skip
-    p.add_argument("--stratum0-ssh", metavar="USER@HOST", help="cvmfs_server backend: run it over SSH there")
+    p.add_argument(
+        "--stratum0-ssh",
+        metavar="USER@HOST",
+        help=f"cvmfs_server backend: run it over SSH there (default: ${STRATUM0_SSH_ENV})",
+    )
     p.add_argument("--stratum0-url", metavar="URL", help="cvmfs_server backend: where to read the revision "
-                   "(default: /srv/cvmfs/<repo> when local)")  # fmt: skip
+                   f"(default: ${STRATUM0_URL_ENV}, or /srv/cvmfs/<repo> when local)")  # fmt: skip
     common(p)
     p.set_defaults(handler=cmd_publish)

@@ -124,3 +124,44 @@ def test_publish_cli_unknown_backend_and_stray_options_are_refused(
     )
     assert "go with --backend cvmfs_server" in err.getvalue()
     assert Repository(state, NAME).manifest().revision == 1
+
+
+def test_record_on_a_build_node_with_its_key_then_stage_and_publish_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CI flow: a build node signs with its own key (--eessi-gate-key / gate record --key); the
+    publisher stages the files it received and trusts only the keys in its allowed_signers."""
+    from eessi_pipeline.gate import signing
+
+    node_key = tmp_path / "node" / "ci-key"
+    trusted = tmp_path / "node" / "allowed_signers"
+    signing.ensure_signing_key(node_key, "ci@runner", trusted)
+    build_state, publisher = tmp_path / "build-state", tmp_path / "publisher"
+    Repository(publisher, NAME).init()
+    allowed = publisher / "keys" / "allowed_signers"
+    signing.ensure_signing_key(publisher / "keys" / "build-node", "publisher@host", allowed)  # trusts itself
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text("schema_version: 1\ncontent_types:\n  init: {required_tests: ['*test_init*']}\n"
+                           "post_publish_checks: ''\n")  # fmt: skip
+    t = make_tarball(tmp_path / "eessi-2023.06-init-1700000000.tar.gz",
+                     {"2023.06": None, "2023.06/init": None, "2023.06/init/bash": b"echo hi\n"})  # fmt: skip
+    write_record(t, (CaseResult("tests/t.py::test_init", "passed"),), state_dir=build_state, repository=NAME,
+                 policy=load_policy(policy_file), key=node_key)  # fmt: skip
+    assert not (build_state / "keys" / "build-node").exists()  # the given key signed, no default key made
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+
+    def run(*argv: str) -> tuple[int, str]:
+        out = io.StringIO()
+        code = cli.main(
+            [*argv, "--state-dir", str(publisher), "--repo", NAME, "--policy", str(policy_file)], out=out
+        )
+        return code, out.getvalue()
+
+    assert run("gate", "stage", str(t)) == (0, f"{t.name}: staged (new)\n")
+    code, out = run("publish", "--no-distribute")  # the publisher does not know the node's key yet
+    assert code == 1 and "the signer is not in" in out and "ci@runner" not in allowed.read_text(), out
+    assert Repository(publisher, NAME).manifest().revision == 1
+    allowed.write_text(allowed.read_text() + trusted.read_text())
+    Staging(publisher).move(Staging(publisher).find(t.name), "new", "signer added")
+    code, out = run("publish", "--no-distribute")
+    assert code == 0 and "published as revision 2" in out, out

@@ -100,6 +100,9 @@ def workflow() -> dict[Any, Any]:
     return load_workflow()
 
 
+SETUP_COMMANDS = {"bash setup.sh --no-run", "sudo bash setup.sh --no-run"}
+
+
 @pytest.fixture(scope="module")
 def matrix() -> Matrix:
     return load_matrix(MATRIX_PATH)
@@ -199,9 +202,12 @@ def test_arch_steps_in_order_check_out_set_up_test_and_always_upload(workflow: d
     runs = [str(s.get("run", "")) for s in steps]
     assert uses, "jobs.arch has no steps"
     assert uses[0] == "actions/checkout@v4", f"first jobs.arch step is {steps[:1]}"
-    setup = next((i for i, r in enumerate(runs) if r.strip() == "bash setup.sh --no-run"), None)
+    setup = next((i for i, r in enumerate(runs) if r.strip() in SETUP_COMMANDS), None)
     test = next((i for i, r in enumerate(runs) if "pytest" in r), None)
-    upload = next((i for i, u in enumerate(uses) if u == "actions/upload-artifact@v4"), None)
+    upload = next(
+        (i for i, u in enumerate(uses) if u == "actions/upload-artifact@v4" and "junit" in str(steps[i])),
+        None,
+    )
     assert setup is not None, f"jobs.arch has no `bash setup.sh --no-run` step: {runs}"
     assert test is not None, f"jobs.arch has no pytest step: {runs}"
     assert upload is not None, f"jobs.arch has no actions/upload-artifact@v4 step: {uses}"
@@ -227,8 +233,26 @@ def test_publish_job_after_arch_runs_tox_publish_on_main_push(workflow: dict[Any
             f"jobs.publish.if is {condition!r}; it must publish only on pushes to main"
         )
     runs = [r.strip() for r in run_steps(publish)]
-    assert "bash setup.sh --no-run" in runs, f"jobs.publish runs {runs}"
+    assert SETUP_COMMANDS & set(runs), f"jobs.publish runs {runs}"
     assert runs[-1] == ".venv/bin/tox -e publish", f"jobs.publish runs {runs}"
+
+
+def test_arch_jobs_hand_their_gated_tarballs_to_the_publish_job(workflow: dict[Any, Any]) -> None:
+    arch, publish = job(workflow, "arch"), job(workflow, "publish")
+    test = pytest_step(arch)
+    assert "--eessi-gate" in shlex.split(test), f"jobs.arch pytest step {test!r} writes no gate record"
+    uploads = [s for s in arch.get("steps", []) if s.get("uses") == "actions/upload-artifact@v4"]
+    gated = [s for s in uploads if "tarballs" in str(s.get("with", {}).get("path", ""))]
+    assert gated and str(gated[0].get("if", "")).strip() == "success()", (
+        "only a green job uploads its tarball"
+    )
+    state = str(arch.get("env", {}).get("EESSI_PIPELINE_STATE_DIR", ""))
+    assert str(gated[0]["with"]["path"]).startswith(".state/ci/") and state.endswith("/.state/ci")
+    steps = publish.get("steps", [])
+    download = next(i for i, s in enumerate(steps) if s.get("uses") == "actions/download-artifact@v4")
+    stage = next(i for i, s in enumerate(steps) if "gate stage" in str(s.get("run", "")))
+    assert download < stage < len(steps) - 1, "publish must download, stage, then publish"
+    assert steps[download]["with"]["pattern"] == "gated-*"
 
 
 def test_arch_include_families_cover_x86_64_and_aarch64(workflow: dict[Any, Any], matrix: Matrix) -> None:

@@ -16,6 +16,7 @@ the outcomes and the announcements (as user properties) to it.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from .record import CaseResult
 from .write import WrittenRecord, write_record
 
 ARTIFACT_PROPERTY = "eessi_gate_artifact"
+KEY_ENV = "EESSI_PIPELINE_GATE_KEY"
 
 
 def announce(item: pytest.Item, tarball: Path, reframe_report: Path | None) -> None:
@@ -51,6 +53,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--eessi-gate-target", metavar="SUBDIR", help="tested target (default: from the tarball)")
     group.addoption("--eessi-gate-stage", action="store_true", help="also stage the tarball for publishing")
+    group.addoption(
+        "--eessi-gate-key",
+        metavar="FILE",
+        help=f"SSH private key to sign with (default: ${KEY_ENV}, else the state dir's build-node key)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -123,6 +130,8 @@ class GateRecorder:
         settings = resolve_settings()
         policy = load_policy(None)
         target = config.getoption("--eessi-gate-target") or None
+        key_opt = config.getoption("--eessi-gate-key") or os.environ.get(KEY_ENV)
+        key = Path(key_opt) if key_opt else None
         stage = bool(config.getoption("--eessi-gate-stage"))
         state, repository = settings.state_dir, settings.repository
         return [
@@ -134,6 +143,7 @@ class GateRecorder:
                 policy=policy,
                 reframe_report=report,
                 target=target,
+                key=key,
                 stage=stage,
             )
             for tarball, report in self._targets()
