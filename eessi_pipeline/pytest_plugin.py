@@ -73,7 +73,8 @@ def pytest_configure(config: pytest.Config) -> None:
         )
 
 
-def _version(config: pytest.Config) -> str:
+def session_version(config: pytest.Config) -> str:
+    """This run's stack version: ``--eessi-version``, ``$EESSI_PIPELINE_VERSION`` or the matrix default."""
     matrix = config.stash[_MATRIX_KEY]
     try:
         return matrix.version(config.getoption("--eessi-version") or os.environ.get(VERSION_ENV)).name
@@ -83,14 +84,14 @@ def _version(config: pytest.Config) -> str:
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     matrix = config.stash[_MATRIX_KEY]
-    return [f"eessi-pipeline: matrix {matrix.path}, stack version {_version(config)}"]
+    return [f"eessi-pipeline: matrix {matrix.path}, stack version {session_version(config)}"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "arch_target" not in metafunc.fixturenames:
         return
     config = metafunc.config
-    targets = config.stash[_MATRIX_KEY].targets_for(_version(config))
+    targets = config.stash[_MATRIX_KEY].targets_for(session_version(config))
     metafunc.parametrize(
         "arch_target",
         [pytest.param(t, id=t.name, marks=getattr(pytest.mark, t.marker)) for t in targets],
@@ -158,7 +159,7 @@ def eessi_matrix(pytestconfig: pytest.Config) -> Matrix:
 @pytest.fixture(scope="session")
 def eessi_version(pytestconfig: pytest.Config) -> str:
     """The stack version under test."""
-    return _version(pytestconfig)
+    return session_version(pytestconfig)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from eessi_pipeline.checks.rfmconfig import TargetPrefix
 from eessi_pipeline.checks.runner import ChecksOutcome, run_checks
 from eessi_pipeline.gate.pytest_gate import announce
 from eessi_pipeline.matrix import load_matrix
-from eessi_pipeline.pytest_plugin import report_link
+from eessi_pipeline.pytest_plugin import report_link, session_version
 
 pytestmark = [
     pytest.mark.slow,
@@ -35,17 +35,19 @@ def expected_cases(modules: tuple[str, ...]) -> list[str]:
     ]
 
 
-def _expected_for(target_name: str) -> list[str]:
+def _expected_for(config: pytest.Config, target_name: str) -> list[str]:
     matrix = load_matrix()
-    return expected_cases(load_stacks().stack_for(matrix.default_version, matrix.target(target_name)).modules)
+    return expected_cases(
+        load_stacks().stack_for(session_version(config), matrix.target(target_name)).modules
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "rfm_case" in metafunc.fixturenames:
         matrix, stacks = load_matrix(), load_stacks()
         owners: dict[str, list[str]] = {}
-        for t in matrix.targets_for(None):
-            for case in expected_cases(stacks.stack_for(matrix.default_version, t).modules):
+        for t in matrix.targets_for(session_version(metafunc.config)):
+            for case in expected_cases(stacks.stack_for(session_version(metafunc.config), t).modules):
                 owners.setdefault(case, []).append(t.name)
         params = [
             pytest.param(c, marks=pytest.mark.eessi_targets(*names)) for c, names in sorted(owners.items())
@@ -84,7 +86,7 @@ def test_reframe_run_is_complete(
     announce(request.node, software_build(software_target.name).tarball, software_checks.paths.report)
     report_link(request.node, software_checks.paths.report.parent / "html" / "report.html")
     assert result.num_cases > 0, result.failures
-    assert sorted(c.name for c in result.cases) == sorted(_expected_for(software_target.name))
+    assert sorted(c.name for c in result.cases) == sorted(_expected_for(request.config, software_target.name))
     assert (software_checks.returncode == 0) == result.ok, result.failures
     assert software_checks.paths.junit.is_file()
 

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from ..matrix import load_matrix
+from ..pytest_plugin import session_version
 from ..settings import DEFAULT_REPOSITORY
 from .driver import BuildPlan, BuildResult, ensure_build
 from .stacks import load_stacks
 
 STATE_ENV = "EESSI_PIPELINE_BUILD_TEST_STATE"
-TEST_VERSION = "2023.06"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -48,7 +48,12 @@ def software_build(pytestconfig: pytest.Config) -> Callable[[str], BuildResult]:
         if target not in cache:
             matrix, stacks = load_matrix(), load_stacks()
             plan = BuildPlan.create(
-                matrix, stacks, matrix.target(target), TEST_VERSION, DEFAULT_REPOSITORY, state
+                matrix,
+                stacks,
+                matrix.target(target),
+                session_version(pytestconfig),
+                DEFAULT_REPOSITORY,
+                state,
             )
             cache[target] = ensure_build(plan, stacks)
         return cache[target]
