@@ -347,3 +347,18 @@ def test_cli_refuses_a_target_this_host_cannot_build(tmp_path):
     with pytest.raises(Exception, match="zen4") as info:
         args.handler(args, io.StringIO())
     assert getattr(info.value, "exit_code", None) == 1
+
+
+def test_eb_error_summary_names_the_failed_installation() -> None:
+    from eessi_pipeline.build.driver import eb_error_summary
+
+    output = (
+        "WARNING: Using EasyBuild as root is NOT recommended, please proceed with care!\n"
+        "\x1b[0;31mERROR: Shell command failed!\x1b[0m\n    exit code  ->  127\n"
+        "ERROR: Installation of GSL-2.7.1.eb failed: shell command 'configure ...' failed with exit code 127\n"
+        "(this is only allowed because EasyBuild was configured with --allow-use-as-root)\n"
+    )
+    assert eb_error_summary(output) == (
+        "Installation of GSL-2.7.1.eb failed: shell command 'configure ...' failed with exit code 127"
+    )
+    assert eb_error_summary("no errors here\n") == "see the output below"

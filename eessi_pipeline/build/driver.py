@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator, Mapping
@@ -223,6 +224,16 @@ def lmod_cache_argv(prefix: str) -> list[str]:
     return [UPDATE_CACHE, "-d", cache, "-t", f"{cache}/timestamp", f"{prefix}/modules/all"]
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def eb_error_summary(output: str) -> str:
+    """The line that says why EasyBuild failed: its last ``ERROR:`` line, colours removed (pure)."""
+    lines = [_ANSI.sub("", line).strip() for line in output.splitlines()]
+    errors = [line for line in lines if line.startswith("ERROR:") and line != "ERROR: Shell command failed!"]
+    return errors[-1].removeprefix("ERROR:").strip() if errors else "see the output below"
+
+
 def ensure_build(
     plan: BuildPlan, stacks: StackConfig, *, environ: Mapping[str, str] | None = None, dry_run: bool = False
 ) -> BuildResult:
@@ -265,7 +276,7 @@ def ensure_build(
         except CommandFailed as e:
             raise BuildError(
                 f"EasyBuild failed for {plan.target.name} ({plan.stack.easystack.name}): "
-                f"{e.output_tail[-2000:]}\n"
+                f"{eb_error_summary(e.output_tail)}\n{e.output_tail[-2000:]}\n"
                 f"EasyBuild log tail: {_eb_log_tail(plan)}"
             ) from e
         overlay.run(lmod_cache_argv(plan.prefix), timeout=600, env=eb_env)
