@@ -422,7 +422,9 @@ def test_decide_refuses_performance_without_reference_when_required() -> None:
         POLICY, content_types={"software": ContentRule(("*test_smoke*",), True, require_references=True)}
     )
     (reason,) = decide(facts, record, SIGNED, strict, NOW).reasons
-    assert reason.startswith("performance stream_check %scale=1_core Triad=80 has no reference for zen3: record")
+    assert reason.startswith(
+        "performance stream_check %scale=1_core Triad=80 has no reference for zen3: record"
+    )
 
 
 def test_record_names_the_tool_versions_of_the_run(tmp_path: Path) -> None:
