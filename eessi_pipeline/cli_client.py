@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -13,7 +12,7 @@ from typing import Any, TextIO
 from .cli_repo import write_bytes
 from .cvmfs.client import ClientConfig, open_client
 from .cvmfs.mount import mount, umount
-from .cvmfs.nsrun import namespace_argv, prepare_cover, write_config
+from .cvmfs.nsrun import run_mounted
 from .cvmfs.repository import Repository
 from .cvmfs.tarcheck import check_tarball
 from .errors import RepositoryError, UsageError
@@ -69,15 +68,7 @@ def cmd_exec(args: argparse.Namespace, out: TextIO) -> int:
     command = [c for c in args.command if c != "--"] if args.command[:1] == ["--"] else list(args.command)
     if not command:
         raise UsageError("client exec: give the command to run, e.g. `eessi-pipeline client exec -- bash -l`")
-    as_root = os.geteuid() == 0
-    prepare_cover(as_root)
-    open_client(config)[0].close()  # refuse here, with the reason, before any namespace is made
-    cfg = write_config(config, state / "client" / f"exec-{os.getpid()}.json")
-    try:
-        argv = namespace_argv(sys.executable, cfg, state, command, as_root)
-        return subprocess.call(argv)
-    finally:
-        cfg.unlink(missing_ok=True)
+    return run_mounted(config, state, command).returncode
 
 
 def cmd_client_cat(args: argparse.Namespace, out: TextIO) -> int:

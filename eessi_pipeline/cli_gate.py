@@ -40,8 +40,8 @@ def cmd_record(args: argparse.Namespace, out: TextIO) -> int:
         key=Path(args.key) if args.key else None, stage=args.stage,
     )  # fmt: skip
     out.write(f"{written.path}\n")
-    sys.stderr.write(f"[gate] {len(tests)} test results, signed {written.signature.name}"
-                     f"{', staged' if args.stage else ''}\n")  # fmt: skip
+    staged = {"": "", "new": ", staged"}.get(written.state, f", {written.state} already")
+    sys.stderr.write(f"[gate] {len(tests)} test results, signed {written.signature.name}{staged}\n")
     return 0
 
 
@@ -50,7 +50,7 @@ def cmd_stage(args: argparse.Namespace, out: TextIO) -> int:
     record = Path(args.record) if args.record else Path(f"{tarball}{RECORD_SUFFIX}")
     signature = Path(args.signature) if args.signature else Path(f"{record}.sig")
     item = Staging(_settings(args).state_dir).stage(tarball, record, signature)
-    out.write(f"{item.name}: staged (new)\n")
+    out.write(f"{item.name}: staged ({item.state})\n")
     return 0
 
 

@@ -23,7 +23,6 @@ import datetime as dt
 import json
 import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -32,17 +31,19 @@ from .arch.cpuinfo import read_host_cpu
 from .arch.select import require_build_node, select_from_environ
 from .build.stacks import load_stacks
 from .cli_gate import distribute
-from .cli_test import TestRunFailed, pipeline_env, run_acceptance
+from .cli_test import TestRunFailed, failure_line, pipeline_env, run_acceptance
 from .cvmfs.client import ClientConfig
-from .cvmfs.nsrun import namespace_argv, prepare_cover, write_config
+from .cvmfs.nsrun import run_mounted
+from .cvmfs.reader import open_repository
 from .cvmfs.repository import Repository
 from .errors import GateRefused, PipelineError
 from .gate.policy import load_policy
 from .gate.publish import publish
 from .initscript import build_init_tarball
+from .initscript import render as render_init
 from .matrix import PROJECT_ROOT, Matrix, Target, load_matrix
 from .proc import run_echoed
-from .services.stack import Stack
+from .services.stack import Stack, resolve_ports
 from .settings import Settings, resolve_settings
 
 INIT_TESTS = "tests/test_initscript.py"
@@ -73,7 +74,23 @@ def use_script(repository: str, version: str, modules: tuple[str, ...]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _gate_init(settings: Settings, matrix: Matrix, version: str, run_dir: Path) -> Path:
+def _init_published(settings: Settings, matrix: Matrix, version: str) -> bool:
+    """Does the repository already hold exactly the init scripts this matrix renders?"""
+    repo = Repository(settings.state_dir, settings.repository)
+    if not repo.exists:
+        return False
+    wanted = render_init(matrix, version, settings.repository)
+    with open_repository(repo.paths.web_root / settings.repository) as reader:
+        try:
+            return all(reader.read_file(f"/versions/{version}/init/{n}") == d for n, d in wanted.items())
+        except PipelineError:
+            return False
+
+
+def _gate_init(settings: Settings, matrix: Matrix, version: str, run_dir: Path) -> Path | None:
+    if _init_published(settings, matrix, version):
+        _say("init scripts: the repository already has these; nothing to build")
+        return None
     tarball = build_init_tarball(matrix, version, settings.repository, settings.state_dir / "tarballs")
     argv = [
         sys.executable, "-m", "pytest", INIT_TESTS, "-q", "-p", "no:cacheprovider", "-o", "addopts=",
@@ -121,7 +138,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         _say(f"created the embedded repository {settings.repository} in {settings.state_dir}")
     stack = Stack(settings.state_dir)
     started = not all(s.running for s in stack.status())
-    if started:
+    if started:  # on the ports of the environment (or the defaults), as `stratum up` chooses them
+        stack = Stack(settings.state_dir, resolve_ports())
         stack.up()
         _say("Stratum 0, Stratum 1 and the squid proxy are up (loopback only)")
     summary: dict[str, Any] = {
@@ -135,9 +153,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         tested = run_acceptance(settings, target, run_dir, stage=True)
         summary["test"] = tested
         if tested["returncode"] != 0:
-            raise TestRunFailed(
-                f"{target.name}: the acceptance run failed ({tested['failed']} failed): see {tested['junit']}"
-            )
+            raise TestRunFailed(failure_line(target, tested))
         _say("publish: the gate judges every staged tarball")
         policy = load_policy(None)
         outcomes = publish(settings.state_dir, settings.repository, policy, None)
@@ -164,17 +180,9 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
 def _use(settings: Settings, stack: Stack, target: Target, version: str) -> dict[str, Any]:
     modules = load_stacks().stack_for(version, target).modules
     script = use_script(settings.repository, version, modules)
-    as_root = os.geteuid() == 0
-    prepare_cover(as_root)
-    cfg = write_config(
-        _client_config(settings, stack), settings.state_dir / "client" / f"run-{os.getpid()}.json"
-    )
     _say(f"use: /cvmfs/{settings.repository} mounted by the client in a private namespace; init, load, run")
-    try:
-        argv = namespace_argv(sys.executable, cfg, settings.state_dir, ["bash", "-c", script], as_root)
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
-    finally:
-        cfg.unlink(missing_ok=True)
+    config = _client_config(settings, stack)
+    done = run_mounted(config, settings.state_dir, ["bash", "-c", script], capture=True, timeout=600)
     if done.returncode != 0:
         raise PipelineError(
             f"the published stack did not work from the client mount (exit {done.returncode}): "

@@ -116,11 +116,16 @@ def cmd_test(args: argparse.Namespace, out: TextIO) -> int:
             if summary.get(key):
                 out.write(f"{summary[key]}\n")
     if summary["returncode"] != 0:
-        raise TestRunFailed(
-            f"{target.name}: the acceptance run failed (pytest exit {summary['returncode']}; "
-            f"{summary['failed']} failed): see {summary['junit']}"
-        )
+        raise TestRunFailed(failure_line(target, summary))
     return 0
+
+
+def failure_line(target: Target, summary: dict[str, Any]) -> str:
+    """One line saying why a target's acceptance run did not pass (pure)."""
+    if summary["failed"]:
+        return f"{target.name}: {summary['failed']} test(s) failed: see {summary['junit']}"
+    return (f"{target.name}: pytest exited {summary['returncode']} with no failed test (a collection, "
+            "gate-record or usage error): see its output above")  # fmt: skip
 
 
 def _summary(paths: TestRunPaths, target: Target, returncode: int, record: str) -> dict[str, Any]:

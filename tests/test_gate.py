@@ -435,3 +435,24 @@ def test_record_names_the_tool_versions_of_the_run(tmp_path: Path) -> None:
     assert record.tools["reframe-hpc"] == importlib.metadata.version("reframe-hpc") == "4.10.0"
     assert record.tools["pytest"] == importlib.metadata.version("pytest")
     assert {"eessi-pipeline", "python", "archspec"} <= set(record.tools)
+
+
+def test_staging_same_tarball_again_refreshes_its_record_or_keeps_it_published(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    t = software_tarball(tmp_path, "2023.06", ZEN3, {"modules/all/x/1.lua": b"--"})
+    record, sig = Path(f"{t}{RECORD_SUFFIX}"), Path(f"{t}{RECORD_SUFFIX}.sig")
+    record.write_text("first")
+    sig.write_text("sig1")
+    staging = Staging(state)
+    item = staging.stage(t, record, sig)
+    staging.move(item, "rejected", "a test failed")
+    record.write_text("second")  # a green run of the same bytes
+    again = staging.stage(t, record, sig)
+    assert again.state == "new" and again.record.read_text() == "second"
+    published = staging.move(again, "ingested", "revision 2")
+    record.write_text("third")
+    assert staging.stage(t, record, sig) == published and published.record.read_text() == "second"
+    (tmp_path / "rebuilt").mkdir()
+    other = software_tarball(tmp_path / "rebuilt", "2023.06", ZEN3, {"modules/all/x/1.lua": b"-- changed"})
+    with pytest.raises(GateRefused, match="already staged \\(ingested\\) with other contents"):
+        staging.stage(other, record, sig)

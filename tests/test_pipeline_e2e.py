@@ -5,7 +5,7 @@ tested (pytest + ReFrame), recorded and signed by the gate, published into the e
 replicated to the Stratum 1, checked by the post-publish infra tests, and finally used: a client
 mounts ``/cvmfs/<repo>`` (in a private namespace) through squid, sources the published init
 script, loads every module and runs STREAM.  Afterwards the services are down and the host's
-``/cvmfs`` carries no mount.
+``/cvmfs`` carries no mount.  A second run changes nothing in the repository.
 """
 
 from __future__ import annotations
@@ -82,3 +82,13 @@ def test_run_builds_tests_gates_publishes_and_serves_the_host_target(tmp_path: P
                             env=env, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert not any(s["running"] for s in json.loads(status.stdout)["services"])
     assert _cvmfs_mounts() == mounts_before
+    # the main job again (bash setup.sh twice): the build is reused, its new green record finds the
+    # tarball already published, nothing is ingested twice, and the stack still works
+    again = subprocess.run([sys.executable, "-m", "eessi_pipeline.cli", "run", "--json"], cwd=PROJECT, env=env,
+                           capture_output=True, text=True, timeout=1500, check=False)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-4000:]
+    second = json.loads(again.stdout)
+    assert second["published"] == [] and "already published" in again.stderr
+    assert "Solution Validates" in second["use"]["output"]
+    with open_repository(str(state / "srv" / "cvmfs" / REPO)) as reader:
+        assert reader.manifest.revision == published["software"]["revision"]

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from ..errors import RepositoryError
-from .client import ClientConfig
+from .client import ClientConfig, open_client
 from .mount import config_from_dict, config_to_dict, mount, umount
 
 COVER = "/cvmfs"
@@ -49,6 +49,30 @@ def prepare_cover(as_root: bool) -> None:
             f"{COVER} does not exist and only root can create it: ask for `mkdir {COVER}` once"
         )
     os.makedirs(COVER, exist_ok=True)
+
+
+def run_mounted(
+    config: ClientConfig,
+    state_dir: Path,
+    command: list[str],
+    *,
+    capture: bool = False,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` with ``config``'s repository mounted privately at ``/cvmfs/<repo>``.
+
+    The client is tried first (a refusal names its reason before any namespace is made); with
+    ``capture`` the output is returned, else the command uses the caller's terminal.
+    """
+    as_root = os.geteuid() == 0
+    prepare_cover(as_root)
+    open_client(config)[0].close()
+    cfg = write_config(config, state_dir / "client" / f"exec-{os.getpid()}.json")
+    try:
+        argv = namespace_argv(sys.executable, cfg, state_dir, command, as_root)
+        return subprocess.run(argv, capture_output=capture, text=True, timeout=timeout, check=False)
+    finally:
+        cfg.unlink(missing_ok=True)
 
 
 def main(argv: list[str]) -> int:

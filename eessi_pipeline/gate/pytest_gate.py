@@ -107,7 +107,9 @@ class GateRecorder:
             return
         failed = sum(1 for o in self.results.values() if o in ("failed", "error"))
         for w in written:
-            staged = ", staged" if w.staged else ""
+            staged = {"": "", "new": ", staged", "ingested": ", already published"}.get(
+                w.state, f", {w.state}"
+            )
             counts = f"{len(self.results)} results, {failed} failed{staged}"
             say(f"eessi-pipeline: gate record {w.path} ({counts})")
 

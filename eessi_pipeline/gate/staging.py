@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import GateRefused
-from .record import RECORD_SUFFIX
+from .record import RECORD_SUFFIX, sha256_file
 
 STATES = ("new", "approved", "ingested", "rejected")
 COMPANIONS = (RECORD_SUFFIX, RECORD_SUFFIX + ".sig", ".meta.txt", ".sig", ".meta.txt.sig")
@@ -51,12 +51,28 @@ class Staging:
         return self.root / state
 
     def stage(self, tarball: Path, record: Path, signature: Path) -> Staged:
-        """Copy a tarball and its signed gate record into ``new``."""
+        """Copy a tarball and its signed gate record into ``new``.
+
+        Staging the same tarball again (a new test run of unchanged bytes) is how a rebuild that was
+        reused comes back: when it is already ingested nothing changes; when it is new, approved or
+        rejected, the fresh record and signature replace the old ones and it is ``new`` again (an
+        approval was given for the old record).  A different tarball under a staged name is refused.
+        """
         for f in (tarball, record, signature):
             if not f.exists():
                 raise GateRefused(f"cannot stage {tarball.name}: {f} does not exist")
-        if self.find(tarball.name) is not None:
-            raise GateRefused(f"{tarball.name} is already staged; publish or reject it first")
+        earlier = self.find(tarball.name)
+        if earlier is not None:
+            if sha256_file(earlier.path) != sha256_file(tarball):
+                raise GateRefused(
+                    f"{tarball.name} is already staged ({earlier.state}) with other contents; a rebuilt "
+                    "tarball needs a new name (its timestamp)"
+                )
+            if earlier.state == "ingested":
+                return earlier
+            shutil.copy2(record, earlier.record)
+            shutil.copy2(signature, earlier.signature)
+            return earlier if earlier.state == "new" else self.move(earlier, "new", "tested again")
         dest = self._dir("new")
         dest.mkdir(parents=True, exist_ok=True)
         for src in (tarball, record, signature, *[Path(f"{tarball}{s}") for s in (".meta.txt",)]):

@@ -31,6 +31,7 @@ class WrittenRecord:
     path: Path
     signature: Path
     staged: bool
+    state: str = ""  # the staging state after this run (new, or ingested when it was already published)
 
 
 def read_reframe_summary(path: Path) -> ReframeSummary:
@@ -78,6 +79,5 @@ def write_record(
         allowed = policy.allowed_signers_path(state_dir)
         signing.ensure_signing_key(key, identity, allowed, policy.signature_namespace)
     sig = signing.sign(key, path, policy.signature_namespace)
-    if stage:
-        Staging(state_dir).stage(tarball, path, sig)
-    return WrittenRecord(record, path, sig, stage)
+    state = Staging(state_dir).stage(tarball, path, sig).state if stage else ""
+    return WrittenRecord(record, path, sig, stage, state)
