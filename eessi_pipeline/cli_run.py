@@ -9,8 +9,8 @@ What the README's main job (``bash setup.sh``) runs, and what the end-to-end tes
 4. ``publish``: only what the gate accepts is ingested (init before software), then the Stratum 1
    snapshot and the post-publish infra checks;
 5. use: in a private mount namespace the client mounts ``/cvmfs/<repo>`` through squid and the
-   Stratum 1, sources the published init script, loads every module of the stack and runs the
-   stack's benchmark;
+   Stratum 1, sources the published init script, loads every module of the stack and runs each
+   module's smoke command (``matrices/smoke.yaml``), whose expected output must appear;
 6. the services stop again unless ``--keep-running``.
 
 Each step prints ``[run] …`` progress on stderr; a failed step stops the run with its reason.
@@ -22,6 +22,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any, TextIO
 from .arch.cpuinfo import read_host_cpu
 from .arch.select import require_build_node, select_from_environ
 from .build.stacks import load_stacks
+from .checks.smoke import SmokeTable, load_smoke
 from .cli_gate import distribute
 from .cli_test import TestRunFailed, failure_line, pipeline_env, run_acceptance
 from .cvmfs.client import ClientConfig
@@ -47,8 +49,6 @@ from .services.stack import Stack, resolve_ports
 from .settings import Settings, resolve_settings
 
 INIT_TESTS = "tests/test_initscript.py"
-# The command that shows a stack's software working, per module name (first match runs).
-SHOWCASE = {"STREAM": "stream 8"}
 
 
 def _say(msg: str) -> None:
@@ -56,8 +56,9 @@ def _say(msg: str) -> None:
     sys.stderr.flush()
 
 
-def use_script(repository: str, version: str, modules: tuple[str, ...]) -> str:
-    """The bash script a user runs against the published stack: init, load every module, run (pure)."""
+def use_script(repository: str, version: str, modules: tuple[str, ...], smoke: SmokeTable) -> str:
+    """What a user does with the published stack: source the init script, load every module, and run
+    each module's smoke command (``matrices/smoke.yaml``) with it loaded (pure)."""
     lines = [
         "set -e",
         f"source /cvmfs/{repository}/versions/{version}/init/bash",
@@ -67,11 +68,16 @@ def use_script(repository: str, version: str, modules: tuple[str, ...]) -> str:
         lines.append(f"module load {shlex.quote(module)}")
     lines.append("module list 2>&1")
     for module in modules:
-        name = module.split("/")[0]
-        if name in SHOWCASE:
-            lines.append(f"echo '$ {SHOWCASE[name]}'")
-            lines.append(SHOWCASE[name])
+        command = smoke.check_for(module.split("/")[0]).command
+        lines += [f"echo {shlex.quote('$ ' + command)}", command]
     return "\n".join(lines) + "\n"
+
+
+def unmet_expectations(output: str, modules: tuple[str, ...], smoke: SmokeTable) -> list[str]:
+    """The modules whose smoke pattern the output lacks (pure)."""
+    return [
+        m for m in modules if not re.search(smoke.check_for(m.split("/")[0]).expect, output, re.MULTILINE)
+    ]
 
 
 def _init_published(settings: Settings, matrix: Matrix, version: str) -> bool:
@@ -179,7 +185,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
 
 def _use(settings: Settings, stack: Stack, target: Target, version: str) -> dict[str, Any]:
     modules = load_stacks().stack_for(version, target).modules
-    script = use_script(settings.repository, version, modules)
+    smoke = load_smoke()
+    script = use_script(settings.repository, version, modules, smoke)
     _say(f"use: /cvmfs/{settings.repository} mounted by the client in a private namespace; init, load, run")
     config = _client_config(settings, stack)
     done = run_mounted(config, settings.state_dir, ["bash", "-c", script], capture=True, timeout=600)
@@ -187,6 +194,12 @@ def _use(settings: Settings, stack: Stack, target: Target, version: str) -> dict
         raise PipelineError(
             f"the published stack did not work from the client mount (exit {done.returncode}): "
             f"{(done.stdout + done.stderr).strip().splitlines()[-3:]}"
+        )
+    unmet = unmet_expectations(done.stdout, modules, smoke)
+    if unmet:
+        raise PipelineError(
+            f"from the client mount, {', '.join(unmet)} did not print what matrices/smoke.yaml expects: "
+            f"{done.stdout.strip().splitlines()[-3:]}"
         )
     return {"script": script, "output": done.stdout, "modules": list(modules)}
 
