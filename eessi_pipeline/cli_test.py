@@ -22,7 +22,8 @@ from typing import Any, TextIO
 from .arch.cpuinfo import read_host_cpu
 from .arch.select import require_build_node
 from .errors import PipelineError, UsageError
-from .gate.record import RECORD_SUFFIX, parse_junit
+from .gate.pytest_gate import RECORDS_FILE
+from .gate.record import parse_junit
 from .matrix import PROJECT_ROOT, Target, load_matrix
 from .proc import run_echoed
 from .settings import REPOSITORY_ENV, STATE_DIR_ENV, VERSION_ENV, Settings, resolve_settings
@@ -85,9 +86,9 @@ def run_acceptance(
     argv = pytest_argv(sys.executable, target, paths, settings.state_dir, stage=stage)
     sys.stderr.write(f"[test] {target.name}: {' '.join(argv[3:])}\n")
     done = run_echoed(argv, timeout=timeout, echo=sys.stderr, cwd=PROJECT_ROOT, env=pipeline_env(settings))
-    records = sorted(settings.state_dir.glob(f"build/**/*{RECORD_SUFFIX}"), key=lambda p: p.stat().st_mtime)
-    mine = [str(p) for p in records if target.subdir.replace("/", "-") in p.name]
-    return _summary(paths, target, done.returncode, mine[-1] if mine else "")
+    listing = run_dir / RECORDS_FILE
+    records = json.loads(listing.read_text(encoding="utf-8")) if listing.exists() else []
+    return _summary(paths, target, done.returncode, records[0]["record"] if records else "")
 
 
 def pipeline_env(settings: Settings) -> dict[str, str]:

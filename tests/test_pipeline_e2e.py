@@ -67,6 +67,7 @@ def test_run_builds_tests_gates_publishes_and_serves_the_host_target(tmp_path: P
     assert summary["test"]["failed"] == 0 and summary["test"]["tests"] > 0
     assert Path(summary["test"]["reframe_report"]).is_file()
     assert Path(summary["test"]["html_report"]).is_file()
+    assert summary["test"]["gate_record"].endswith(f"{published['software']['tarball']}.gate.json")
     # the published repository: signed, complete, and holding the modules that were tested
     with open_repository(str(state / "srv" / "cvmfs" / REPO)) as reader:
         assert reader.manifest.revision == published["software"]["revision"]

@@ -29,6 +29,7 @@ from .write import WrittenRecord, write_record
 
 ARTIFACT_PROPERTY = "eessi_gate_artifact"
 KEY_ENV = "EESSI_PIPELINE_GATE_KEY"
+RECORDS_FILE = "gate-records.json"  # in --eessi-run-dir: the records this session wrote
 
 
 def announce(item: pytest.Item, tarball: Path, reframe_report: Path | None) -> None:
@@ -105,6 +106,12 @@ class GateRecorder:
             say(f"eessi-pipeline: no gate record: {e}", red=True)
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
             return
+        run_dir = self.config.getoption("--eessi-run-dir", default=None)
+        if run_dir:  # for `eessi-pipeline test`, which ran this session
+            listing = [
+                {"record": str(w.path), "tarball": w.record.tarball, "state": w.state} for w in written
+            ]
+            Path(run_dir, RECORDS_FILE).write_text(json.dumps(listing, indent=2) + "\n", encoding="utf-8")
         failed = sum(1 for o in self.results.values() if o in ("failed", "error"))
         for w in written:
             staged = {"": "", "new": ", staged", "ingested": ", already published"}.get(
