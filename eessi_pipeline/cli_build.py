@@ -37,10 +37,21 @@ DRY_RUN_GCC = "12.2.0"  # --dry-run shows the flags for Debian 12's gcc instead 
 def _dry_run(plan: BuildPlan, args: argparse.Namespace, out: TextIO) -> int:
     view = plan.view(require=False)
     cfg = plan.eb_config(DRY_RUN_GCC, as_root=view.eb_sees_root)
-    steps = {
-        "eb": shlex.join(view.wrap(eb_install_argv(cfg, plan.stack.easystack))),
-        "lmod_cache": shlex.join(view.wrap(lmod_cache_argv(plan.prefix))),
-    }
+    compat = plan.compat_spec
+    steps: dict[str, str] = {}
+    if compat is not None:
+        steps["compat_layer"] = (
+            f"build or reuse the {compat.family} compatibility layer in {compat.compat_dir} "
+            f"(as `eessi-pipeline compat build --family {compat.family}`), shown read-only at {compat.prefix}"
+        )
+    steps["eb"] = shlex.join(view.wrap(eb_install_argv(cfg, plan.stack.easystack)))
+    if compat is not None:
+        steps["link"] = (
+            f"with the layer's patchelf: executables get the layer's loader, ELF files {compat.prefix}'s "
+            "library dirs after their own RPATH/RUNPATH (manylinux wheels left alone); then the layer's "
+            "loader checks (--list) that nothing resolves to the host"
+        )
+    steps["lmod_cache"] = shlex.join(view.wrap(lmod_cache_argv(plan.prefix)))
     data: dict[str, Any] = {
         "dry_run": True,
         "target": plan.target.name,
@@ -55,6 +66,9 @@ def _dry_run(plan: BuildPlan, args: argparse.Namespace, out: TextIO) -> int:
         "environment": view.describe(),
         "upper": str(view.upper),
         "commands": steps,
+        "compat_layer": None
+        if compat is None
+        else {"family": compat.family, "prefix": compat.prefix, "staging": str(compat.staging)},
     }
     if isinstance(view, ContainerView):
         data["image"] = str(view.sif)
@@ -66,6 +80,11 @@ def _dry_run(plan: BuildPlan, args: argparse.Namespace, out: TextIO) -> int:
         f"would build stack {plan.stack.name} (toolchain {plan.stack.toolchain}: "
         f"{', '.join(plan.stack.modules)}) into {plan.prefix}\n  in: {view.describe()}\n"
     )
+    if compat is not None:
+        out.write(
+            f"  links to the compatibility layer at {compat.prefix} (its loader and libc, not the host's; "
+            f"staged at {compat.staging})\n"
+        )
     for name, cmd in steps.items():
         out.write(f"  {name}: {cmd}\n")
     if data.get("container_definition"):

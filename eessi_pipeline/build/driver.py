@@ -1,5 +1,6 @@
-"""Build one target's stack: provision sources, run EasyBuild through the overlay, update Lmod's cache,
-check nothing is missing, pack the tarball — or reuse the last build when its inputs are unchanged.
+"""Build one target's stack: provision sources, run EasyBuild through the overlay, link the new files to
+the compatibility layer (stacks with ``compat_layer: true``), update Lmod's cache, check nothing is
+missing, pack the tarball — or reuse the last build when its inputs are unchanged.
 
 State (under ``<state dir>/build/``): ``sources/`` (EasyBuild's sourcepath, shared), ``fetch/`` (private
 apt state, downloads), and per target ``<version>/<subdir with ->/``: ``overlay/{lower,stage,upper,work}``,
@@ -8,6 +9,9 @@ apt state, downloads), and per target ``<version>/<subdir with ->/``: ``overlay/
 
 Where EasyBuild runs is the plan's runtime (:mod:`eessi_pipeline.build.runtime`): the overlay in a
 private namespace on this host (default), or EESSI's build container through apptainer/singularity.
+A stack linked to the compatibility layer builds (or reuses) the family's layer first, in the same state
+dir as ``eessi-pipeline compat build`` (``<state>/compat``), and sees it read-only at its prefix in the
+namespace (:mod:`eessi_pipeline.build.compatlink`); only the namespace runtime can do that.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import BuildError
+from ..compat.layout import LayerSpec
+from ..errors import BuildError, CompatError
 from ..matrix import Matrix, Target
 from ..proc import CommandFailed, run
+from . import compatlink
 from .container import ContainerView
 from .easybuild import (
     HOOKS,
@@ -70,6 +76,7 @@ class BuildPlan:
     state: Path
     prefix: str  # /cvmfs/<repo>/versions/<v>/software/linux/<subdir>
     runtime: RuntimeChoice = NAMESPACE_RUNTIME
+    compat_state: Path | None = None  # state dir of the compatibility layer (None: the build's own)
 
     @classmethod
     def create(
@@ -83,8 +90,10 @@ class BuildPlan:
         *,
         stack_name: str | None = None,
         runtime: RuntimeChoice = NAMESPACE_RUNTIME,
+        compat_state: Path | None = None,
     ) -> BuildPlan:
-        """``stack_name`` overrides the stack that ``stacks.yaml`` assigns to the target."""
+        """``stack_name`` overrides the stack that ``stacks.yaml`` assigns to the target; ``compat_state``
+        is where a stack with ``compat_layer: true`` finds its layer (default: ``state``)."""
         ver = matrix.version(version).name
         if ver not in target.versions:
             raise BuildError(
@@ -92,7 +101,24 @@ class BuildPlan:
             )
         prefix = f"/cvmfs/{repository}/versions/{ver}/software/linux/{target.subdir}"
         stack = stacks.stack(ver, stack_name) if stack_name else stacks.stack_for(ver, target)
-        return cls(target, ver, repository, stack, state / "build", prefix, runtime)
+        if stack.compat_layer and runtime.runtime is not Runtime.NAMESPACE:
+            raise BuildError(
+                f"stack {stack.name} links to the compatibility layer, which only the namespace runtime "
+                f"shows at its prefix during the build (not {runtime.runtime.value}, from {runtime.source}); "
+                "build it with `--runtime namespace`"
+            )
+        return cls(target, ver, repository, stack, state / "build", prefix, runtime, compat_state)
+
+    @property
+    def compat_spec(self) -> LayerSpec | None:
+        """The compatibility layer the stack links to (None: the stack keeps the host's loader and libc)."""
+        if not self.stack.compat_layer:
+            return None
+        state = self.compat_state if self.compat_state is not None else self.state.parent
+        try:
+            return LayerSpec.create(self.version, self.target.family, state, repository=self.repository)
+        except CompatError as e:
+            raise BuildError(f"stack {self.stack.name} links to the compatibility layer, but {e}") from e
 
     @property
     def target_dir(self) -> Path:
@@ -110,7 +136,9 @@ class BuildPlan:
         """
         root = root or self.target_dir / "overlay"
         if self.runtime.runtime is Runtime.NAMESPACE:
-            return OverlayView.for_repository(self.repository, root)
+            view = OverlayView.for_repository(self.repository, root)
+            compat = self.compat_spec
+            return view.with_bind(compat.staging, compat.prefix) if compat is not None else view
         binary = require_binary(self.runtime) if require else None
         return ContainerView.create(
             self.runtime, binary or self.runtime.runtime.value, self.repository, root, self.state
@@ -151,17 +179,23 @@ class BuildResult:
             "reused": self.reused,
             "seconds": round(self.seconds, 1),
             "inputs_digest": self.inputs_digest,
+            "compat_layer": spec.prefix if (spec := self.plan.compat_spec) is not None else None,
         }
 
 
 def build_inputs(
-    plan: BuildPlan, source_sums: Mapping[str, str], eb_version: str, cflags: str
+    plan: BuildPlan,
+    source_sums: Mapping[str, str],
+    eb_version: str,
+    cflags: str,
+    compat_identity: str | None = None,
 ) -> dict[str, Any]:
     """What decides the build's result; its digest decides reuse (pure apart from reading the files).
 
-    The toolchain/robot and runtime/image keys appear only where they differ from the defaults
-    (SYSTEM with the project's easyconfigs; the namespace runtime), so records written before those
-    settings existed stay valid.
+    The toolchain/robot, runtime/image and compat_layer keys appear only where they differ from the
+    defaults (SYSTEM with the project's easyconfigs; the namespace runtime; the host's loader and
+    libc), so records written before those settings existed stay valid.  ``compat_identity`` is the
+    inputs digest of the compatibility layer a ``compat_layer: true`` stack links to.
     """
     ecs = {ec.path.name: file_sha256(ec.path) for ec in plan.stack.easyconfigs}
     extra: dict[str, Any] = {}
@@ -171,6 +205,13 @@ def build_inputs(
     if plan.runtime.runtime is not Runtime.NAMESPACE:
         extra["runtime"] = plan.runtime.runtime.value
         extra["image"] = plan.runtime.image
+    compat = plan.compat_spec
+    if compat is not None:
+        extra["compat_layer"] = {
+            "prefix": compat.prefix,
+            "layer": compat_identity or "",
+            "link_code": compatlink.code_sha256(),
+        }
     return {
         **extra,
         "format": RECORD_FORMAT,
@@ -244,10 +285,17 @@ def ensure_build(
     overlay = plan.view()
     cfg = plan.eb_config(gcc_version(), as_root=overlay.eb_sees_root)
     record_path = plan.target_dir / "record.json"
+    compat = plan.compat_spec
     with _locked(plan.target_dir / "record.lock"):
         wanted = plan_sources(plan.stack.easyconfigs, stacks)
         sums = Provisioner(plan.sourcepath, plan.state / "fetch", stacks.debian).provision(wanted)
-        inputs = build_inputs(plan, sums, eb_version, cfg.system_cflags)
+        layer: compatlink.LayerLink | None = None
+        identity: str | None = None
+        if compat is not None:
+            # built or reused before the reuse decision: a reused build's view shows it too
+            layer = None if dry_run else compatlink.ensure_layer_link(compat)
+            identity = layer.identity if layer is not None else compatlink.layer_identity(compat)
+        inputs = build_inputs(plan, sums, eb_version, cfg.system_cflags, identity)
         digest = inputs_digest(inputs)
         record = _read_record(record_path)
         # the record names files by their names: a state dir that moved still finds its build
@@ -279,6 +327,7 @@ def ensure_build(
                 f"{eb_error_summary(e.output_tail)}\n{e.output_tail[-2000:]}\n"
                 f"EasyBuild log tail: {_eb_log_tail(plan)}"
             ) from e
+        linked = _link_to_compat(plan, overlay, layer) if layer is not None else None
         overlay.run(lmod_cache_argv(plan.prefix), timeout=600, env=eb_env)
         missing = overlay.run(
             eb_missing_argv(cfg, plan.stack.easystack), timeout=600, env=eb_env, check=False
@@ -311,6 +360,8 @@ def ensure_build(
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "seconds": round(time.monotonic() - start, 1),
         }
+        if layer is not None and linked is not None:
+            new_record["compat_link"] = {"layer": layer.to_json(), **linked.summary()}
         tmp = record_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(new_record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         tmp.replace(record_path)
@@ -318,6 +369,35 @@ def ensure_build(
         return BuildResult(
             plan, packed.tarball, packed.meta, False, time.monotonic() - start, digest, overlay
         )
+
+
+def _link_to_compat(plan: BuildPlan, view: BuildView, layer: compatlink.LayerLink) -> compatlink.LinkPlan:
+    """The link step: plan the patchelf edits for what EasyBuild installed, refuse a file that would
+    load a host library, apply the edits with the layer's patchelf in the namespace, then check with the
+    layer's loader that every linked file loads only the layer's and the stack's own files."""
+    if not isinstance(view, OverlayView):
+        raise BuildError(f"stack {plan.stack.name} links to the compatibility layer: use --runtime namespace")
+    below = plan.prefix[len(view.mount) :].strip("/") + "/software"
+    link = compatlink.plan_for_upper(view, below, plan.target.family, layer)
+    if link.problems:
+        shown = "\n".join(link.problems[:10])
+        raise BuildError(
+            f"{len(link.problems)} library dependencies of {plan.target.name}'s new installations are not "
+            f"in the compatibility layer:\n{shown}\nfix: add the Debian packages that ship them to "
+            f"matrices/compat/{plan.target.family}.yaml, or install them in the stack"
+        )
+    compatlink.apply_links(view, link, layer)
+    again = compatlink.plan_for_upper(view, below, plan.target.family, layer)
+    problems = [f"{e.rel}: still not linked after patchelf" for e in again.edits]
+    problems += compatlink.verify_links(view, link.files, layer, (layer.prefix, plan.prefix))
+    if problems:
+        shown = "\n".join(problems[:10])
+        raise BuildError(
+            f"linking {plan.target.name}'s installations to {layer.prefix} left {len(problems)} "
+            f"problems:\n{shown}\ncheck the files with `{layer.loader} --list FILE` in the build's namespace"
+        )
+    log.info("linked %s to %s: %s", plan.target.name, layer.prefix, link.summary())
+    return link
 
 
 def resolve_stack(plan: BuildPlan, *, environ: Mapping[str, str] | None = None) -> tuple[Resolved, ...]:

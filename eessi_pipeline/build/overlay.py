@@ -15,6 +15,12 @@ How the overlay is mounted depends on who runs the build (:func:`choose_overlay_
 * otherwise, on Linux 5.11 or later, kernel overlayfs inside a user namespace (the kernel allows it
   there since 5.11).
 
+A view may also show directories read-only at paths inside the repository (:meth:`OverlayView.with_bind`,
+used to make a compatibility layer visible at its prefix while a stack is linked to it): each is
+bind-mounted by :mod:`eessi_pipeline.compat.nsexec`, the compatibility layer's own namespace step, run
+inside the overlay's namespace.  Its mount point comes from a skeleton tree (``<root>/mounts``) that is
+the overlay's lowest lower layer, so nothing is created in the upper dir or on the host.
+
 Inside a user namespace the build runs as the namespace's root (uid 0 mapped to the caller), so
 EasyBuild gets ``--allow-use-as-root-and-accept-consequences`` in every mode; files in the upper dir
 belong to the calling user.  Only that one uid is mapped, so nothing there may hand files to other
@@ -25,6 +31,7 @@ directory (root creates it on first use; an unprivileged user must ask root for 
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import os
@@ -35,6 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..compat.runner import NSEXEC
 from ..errors import BuildError
 from ..proc import CommandResult, run
 from . import ovlexec
@@ -119,6 +127,7 @@ class OverlayView:
     refusal: str = ""
     fuse_overlayfs: str = FUSE_OVERLAYFS
     python: str = sys.executable
+    binds: tuple[tuple[str, str], ...] = ()  # (directory, path it is shown at read-only), in mount order
 
     @classmethod
     def for_repository(cls, repository: str, root: Path) -> OverlayView:
@@ -142,8 +151,17 @@ class OverlayView:
         return self.root / "stage"
 
     @property
+    def skeleton(self) -> Path:
+        """Empty directories that are the mount points of :attr:`binds` (the overlay's lowest layer)."""
+        return self.root / "mounts"
+
+    @property
     def cover(self) -> str:
         return "/" + self.mount.strip("/").split("/")[0]
+
+    def with_bind(self, directory: Path, at: str) -> OverlayView:
+        """This view, also showing ``directory`` read-only at ``at`` (a path below :attr:`cover`)."""
+        return dataclasses.replace(self, binds=(*self.binds, (str(directory), at)))
 
     @property
     def eb_sees_root(self) -> bool:
@@ -151,18 +169,23 @@ class OverlayView:
         return True
 
     def describe(self) -> str:
-        return f"namespace runtime, {self.mode.value if self.mode else 'no overlay possible'}"
+        text = f"namespace runtime, {self.mode.value if self.mode else 'no overlay possible'}"
+        return text + "".join(f"; {at} read-only from {d}" for d, at in self.binds)
 
     def wrap(self, argv: Sequence[str]) -> list[str]:
         """The argv running ``argv`` with the overlay mounted (pure)."""
         mode = self.mode or OverlayMode.KERNEL
         fuse = ["--fuse", self.fuse_overlayfs] if mode is OverlayMode.FUSE_USERNS else []
+        skeleton = ["--skeleton", str(self.skeleton)] if self.binds else []
+        inner = list(argv)
+        for directory, at in reversed(self.binds):  # the first bind is mounted first
+            inner = [self.python, "-I", "-S", NSEXEC, "--bind", directory, at, "--", *inner]
         return [
             *namespace_argv(mode),
             self.python, "-I", "-S", OVLEXEC,
             "--cover", self.cover, "--lower", str(self.lower), "--stage", str(self.stage),
-            "--upper", str(self.upper), "--work", str(self.work), "--mount", self.mount, *fuse,
-            "--", *argv,
+            "--upper", str(self.upper), "--work", str(self.work), "--mount", self.mount, *skeleton, *fuse,
+            "--", *inner,
         ]  # fmt: skip
 
     def prepare(self) -> None:
@@ -172,6 +195,16 @@ class OverlayView:
             d.mkdir(parents=True, exist_ok=True)
         if self.lower == self.root / "lower":
             self.lower.mkdir(parents=True, exist_ok=True)
+        for directory, at in self.binds:
+            if not os.path.isdir(directory):
+                raise BuildError(f"{directory} does not exist, so it cannot be shown at {at}; build it first")
+            if not at.startswith(self.cover + "/"):
+                raise BuildError(
+                    f"{at} is not below {self.cover}: the build's namespace can show directories only there"
+                )
+            self.skeleton.mkdir(parents=True, exist_ok=True)
+            if at.startswith(self.mount + "/"):
+                (self.skeleton / at[len(self.mount) + 1 :]).mkdir(parents=True, exist_ok=True)
         if not os.path.isdir(self.cover):
             if self.mode.user_namespace:
                 raise BuildError(

@@ -1,12 +1,14 @@
 """Mount a writable overlay at a repository path, then run a command: inside a private mount namespace.
 
 Run as ``unshare --mount --propagation private -- python3 -I -S ovlexec.py --cover /cvmfs
---lower L --stage S --upper U --work W --mount /cvmfs/<repo> [--fuse FUSE-OVERLAYFS] -- ARGV...``
-(built by :mod:`eessi_pipeline.build.overlay`; unprivileged users run it under
+--lower L --stage S --upper U --work W --mount /cvmfs/<repo> [--skeleton K] [--fuse FUSE-OVERLAYFS]
+-- ARGV...`` (built by :mod:`eessi_pipeline.build.overlay`; unprivileged users run it under
 ``unshare --user --map-root-user --mount``).  Steps: bind ``L`` (the repository's current content,
 possibly under ``/cvmfs`` itself) onto ``S``; cover ``/cvmfs`` with an empty tmpfs so that the mount
 point is created without touching the host; mount ``lowerdir=S,upperdir=U,workdir=W`` at the
-repository path; run ``ARGV``.
+repository path; run ``ARGV``.  ``--skeleton K`` adds ``K`` as the lowest lower layer: a tree of empty
+directories that are mount points for later read-only binds inside the repository (a compatibility
+layer at its prefix), so that creating them writes nothing into the upper dir.
 
 Without ``--fuse`` the overlay is the kernel's and ``ARGV`` replaces this process.  With ``--fuse`` the
 overlay is a ``fuse-overlayfs`` process in the foreground (``-f``, so it stays in this process group
@@ -29,7 +31,7 @@ MNT_DETACH = 2
 FUSE_MOUNT_WAIT = 20.0
 USAGE = (
     "usage: ovlexec.py --cover DIR --lower L --stage S --upper U --work W --mount PATH "
-    "[--fuse FUSE-OVERLAYFS] -- ARGV..."
+    "[--skeleton K] [--fuse FUSE-OVERLAYFS] -- ARGV..."
 )
 REQUIRED = {"cover", "lower", "stage", "upper", "work", "mount"}
 
@@ -57,8 +59,13 @@ def _mounted(path: str) -> bool:
         return any(line.split()[4] == path for line in fh if len(line.split()) > 4)
 
 
+def lowerdirs(opts: dict[str, str]) -> str:
+    """The overlay's ``lowerdir`` option: the staged repository over the optional skeleton (pure)."""
+    return f"{opts['stage']}:{opts['skeleton']}" if opts.get("skeleton") else opts["stage"]
+
+
 def _run_on_fuse(libc: ctypes.CDLL, opts: dict[str, str], command: list[str]) -> int:
-    argv = fuse_overlayfs_argv(opts["fuse"], opts["stage"], opts["upper"], opts["work"], opts["mount"])
+    argv = fuse_overlayfs_argv(opts["fuse"], lowerdirs(opts), opts["upper"], opts["work"], opts["mount"])
     daemon = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sys.stderr)
     deadline = time.monotonic() + FUSE_MOUNT_WAIT
     while not _mounted(opts["mount"]):
@@ -91,7 +98,7 @@ def main(argv: list[str]) -> int:
     opts: dict[str, str] = {}
     i = 0
     while i < len(argv) and argv[i] != "--":
-        if argv[i][2:] in (*REQUIRED, "fuse") and argv[i].startswith("--") and i + 1 < len(argv):
+        if argv[i][2:] in (*REQUIRED, "fuse", "skeleton") and argv[i].startswith("--") and i + 1 < len(argv):
             opts[argv[i][2:]] = argv[i + 1]
             i += 2
         else:
@@ -107,7 +114,7 @@ def main(argv: list[str]) -> int:
         _mount(libc, "tmpfs", opts["cover"], "tmpfs", 0, "mode=0755")
         os.makedirs(opts["mount"], exist_ok=True)
         if "fuse" not in opts:
-            data = f"lowerdir={opts['stage']},upperdir={opts['upper']},workdir={opts['work']}"
+            data = f"lowerdir={lowerdirs(opts)},upperdir={opts['upper']},workdir={opts['work']}"
             _mount(libc, "overlay", opts["mount"], "overlay", 0, data)
     except OSError as e:
         sys.stderr.write(

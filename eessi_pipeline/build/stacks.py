@@ -10,6 +10,10 @@ Each stack names its top-level ``toolchain`` and where EasyBuild's robot finds e
   stack resolved against the easyconfigs shipped with EasyBuild (the ``easybuild-easyconfigs`` package
   installed beside the framework), as EESSI's easystacks are.  EasyBuild downloads those sources
   from their ``source_urls`` itself, so such a stack builds only where those sites can be reached.
+
+``compat_layer: true`` links a stack's installations to the version's compatibility layer after
+EasyBuild has installed them (:mod:`eessi_pipeline.build.compatlink`); the default keeps the host's
+loader and C library.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ class StackFile:
     description: str
     toolchain: str  # "SYSTEM" or the top-level toolchain, e.g. "foss-2023a"
     robot: tuple[str, ...]  # "project" and/or "easybuild", in search order
+    compat_layer: bool = False  # link the installations to the version's compatibility layer
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +81,7 @@ class Stack:
     easyconfigs: tuple[EasyConfig, ...]
     toolchain: str = SYSTEM
     robot_paths: tuple[Path, ...] = ()
+    compat_layer: bool = False  # see :mod:`eessi_pipeline.build.compatlink`
 
     @property
     def modules(self) -> tuple[str, ...]:
@@ -165,7 +171,15 @@ class StackConfig:
                     own = found.is_relative_to(self.easyconfig_dir)
                     ecs.append(parse_easyconfig(found, with_sources=own))
                 stack = Stack(
-                    name, version, f.easystack, f.description, entries, tuple(ecs), f.toolchain, paths
+                    name,
+                    version,
+                    f.easystack,
+                    f.description,
+                    entries,
+                    tuple(ecs),
+                    f.toolchain,
+                    paths,
+                    f.compat_layer,
                 )
                 problems = toolchain_problems(stack)
                 if problems:
@@ -241,6 +255,7 @@ def load_stacks(path: Path | None = None) -> StackConfig:
                     s["description"],
                     s["toolchain"],
                     tuple(s["robot"]),
+                    bool(s["compat_layer"]),
                 )
             )
         for target, stack in v["targets"].items():

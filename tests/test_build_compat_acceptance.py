@@ -1,0 +1,149 @@
+"""A real build of the ``ci-compat`` stack: the software layer runs on the compatibility layer (slow).
+
+``x86_64_generic`` is built with the stack that links to the x86_64 compatibility layer.  The build's
+state is ``<build test state>/ci-compat`` (so it never displaces the default stack's build of the same
+target), the layer is the one ``compat_layer("x86_64")`` builds (shared state, built once).  Checked:
+STREAM's ELF interpreter is the layer's loader; in the build's namespace (overlay plus the layer at its
+prefix) the layer's loader resolves every library of STREAM and zlib inside the layer or the stack, and
+``stream 8`` validates with only the layer's loader, libc and libgomp loaded; the modules still load with
+Lmod; NumPy's manylinux files are left as the wheel made them and still import; a second build reuses
+and its inputs name the layer; a second plan finds nothing to change; the upper dir and the host's
+/cvmfs stay clean.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from eessi_pipeline.build.compatlink import plan_for_upper
+from eessi_pipeline.build.driver import BuildPlan, BuildResult, ensure_build, module_check_argv
+from eessi_pipeline.build.fixtures import build_state_dir
+from eessi_pipeline.build.overlay import OverlayView
+from eessi_pipeline.build.stacks import load_stacks
+from eessi_pipeline.compat.elf import read_elf
+from eessi_pipeline.compat.fixtures import compat_state_dir
+from eessi_pipeline.matrix import load_matrix
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the kernel overlay at /cvmfs needs root"),
+]
+
+TARGET = "x86_64_generic"
+REPO = "software.eessi.local"
+STREAM = "software/STREAM/5.10-hpcc-1.5.0/bin/stream"
+
+
+def _plan(pytestconfig: pytest.Config) -> BuildPlan:
+    matrix = load_matrix()
+    return BuildPlan.create(
+        matrix,
+        load_stacks(),
+        matrix.target(TARGET),
+        "2023.06",
+        REPO,
+        build_state_dir(pytestconfig) / "ci-compat",
+        stack_name="ci-compat",
+        compat_state=compat_state_dir(pytestconfig),
+    )
+
+
+@pytest.fixture(scope="module")
+def compat_build(pytestconfig, host_cpu, eessi_matrix) -> BuildResult:
+    from eessi_pipeline.arch.select import check_build_node
+
+    if not check_build_node(host_cpu, eessi_matrix.target(TARGET), eessi_matrix).ok:
+        pytest.skip(f"this host cannot build {TARGET} natively")
+    return ensure_build(_plan(pytestconfig), load_stacks())
+
+
+@pytest.fixture(scope="module")
+def layer(compat_build):
+    from eessi_pipeline.build.compatlink import ensure_layer_link
+
+    spec = compat_build.plan.compat_spec
+    assert spec is not None
+    return ensure_layer_link(spec)
+
+
+def _upper_file(result: BuildResult, rel: str) -> Path:
+    return result.overlay.upper / result.plan.prefix.removeprefix(result.overlay.mount).lstrip("/") / rel
+
+
+def test_compat_build_stream_interpreter_is_the_layer_loader(compat_build, layer):
+    info = read_elf(_upper_file(compat_build, STREAM))
+    assert info is not None and info.interpreter == layer.loader
+    assert layer.loader.startswith(f"/cvmfs/{REPO}/versions/2023.06/compat/linux/x86_64/")
+    own = f"{compat_build.plan.prefix}/software/STREAM/5.10-hpcc-1.5.0/lib"
+    assert info.rpath[0] == own and "$ORIGIN" in info.rpath  # EasyBuild's entries stay first
+    assert info.rpath[-len(layer.library_dirs) :] == layer.library_dirs
+
+
+def test_compat_build_loader_resolves_libc_inside_the_layer(compat_build, layer):
+    stream = f"{compat_build.plan.prefix}/{STREAM}"
+    out = compat_build.overlay.run([layer.loader, "--list", stream], timeout=60).stdout
+    resolved = dict(re.findall(r"^\s*(\S+) => (\S+) \(", out, re.M))
+    assert resolved["libc.so.6"].startswith(layer.prefix + "/")
+    assert resolved["libgomp.so.1"].startswith(layer.prefix + "/")
+    assert all(p.startswith(layer.prefix + "/") for p in resolved.values()), out
+
+
+def test_compat_build_stream_validates_with_the_layer_libraries_only(compat_build, layer):
+    script = "module load STREAM && LD_DEBUG=libs stream 8 2>&1 && module -t list 2>&1"
+    out = compat_build.overlay.run(module_check_argv(compat_build.plan.prefix, script), timeout=120).stdout
+    assert "Solution Validates" in out and "STREAM/5.10-hpcc-1.5.0" in out
+    loaded = re.findall(r"calling init: (\S+)", out)
+    assert {Path(p).name for p in loaded} >= {"ld-linux-x86-64.so.2", "libc.so.6", "libgomp.so.1"}
+    assert all(p.startswith(layer.prefix + "/") for p in loaded), loaded
+
+
+def test_compat_build_zlib_linked_and_numpy_wheel_untouched(compat_build, layer):
+    libz = read_elf(_upper_file(compat_build, "software/zlib/1.2.13/lib/libz.so.1.2.13"))
+    assert libz is not None and libz.interpreter is None and libz.rpath[-1] == layer.library_dirs[-1]
+    site = "software/SciPy-bundle/2023.07/lib/python3.11/site-packages"
+    umath = read_elf(
+        _upper_file(compat_build, f"{site}/numpy/core/_multiarray_umath.cpython-311-x86_64-linux-gnu.so")
+    )
+    assert umath is not None and umath.rpath == ("$ORIGIN/../../numpy.libs",)
+    script = (
+        "module load SciPy-bundle && "
+        "python3 -c 'import numpy; print(\"numpy\", numpy.__version__, float(numpy.ones((8, 8)).sum()))'"
+    )
+    out = compat_build.overlay.run(module_check_argv(compat_build.plan.prefix, script), timeout=120).stdout
+    assert "numpy 1.25.1 64.0" in out
+
+
+def test_compat_build_second_plan_changes_nothing(compat_build, layer):
+    view = compat_build.overlay
+    assert isinstance(view, OverlayView)
+    below = compat_build.plan.prefix.removeprefix(view.mount).strip("/") + "/software"
+    plan = plan_for_upper(view, below, "x86_64", layer)
+    assert not plan.edits and not plan.problems
+    assert {Path(f).name for f in plan.linked} == {"stream", "libz.so.1.2.13"}
+    assert plan.skipped and all("manylinux" in why for _, why in plan.skipped)
+
+
+def test_compat_build_reuses_and_its_inputs_name_the_layer(compat_build, layer, pytestconfig):
+    start = time.monotonic()
+    again = ensure_build(_plan(pytestconfig), load_stacks())
+    assert again.reused and again.tarball == compat_build.tarball and time.monotonic() - start < 15
+    record = (compat_build.plan.target_dir / "record.json").read_text()
+    assert layer.identity in record and '"compat_link"' in record
+
+
+def test_compat_build_tarball_and_upper_hold_only_the_software(compat_build):
+    upper = compat_build.overlay.upper
+    assert not (upper / "versions" / "2023.06" / "compat").exists()
+    with tarfile.open(compat_build.tarball) as tar:
+        names = tar.getnames()
+    assert all(n.startswith("2023.06/software/linux/x86_64/generic/") for n in names)
+    assert f"2023.06/software/linux/x86_64/generic/{STREAM}" in names
+    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+        assert f"/cvmfs/{REPO}" not in fh.read()
+    assert not os.path.exists(f"/cvmfs/{REPO}/versions")
