@@ -59,8 +59,8 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     item = Staging(settings.state_dir).find(args.tarball)
     if item is None:
         raise GateRefused(f"{args.tarball} is not staged")
-    decision, _ = judge(item, Repository(settings.state_dir, settings.repository), load_policy(args.policy),
-                        dt.datetime.now(dt.UTC))  # fmt: skip
+    repo = Repository(settings.state_dir, settings.repository)
+    decision = judge(item, repo, load_policy(args.policy), dt.datetime.now(dt.UTC)).decision
     out.write(f"{item.name}: {decision.line()}\n")
     return 0 if decision.accept else 1
 

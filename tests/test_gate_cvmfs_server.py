@@ -165,3 +165,49 @@ def test_record_on_a_build_node_with_its_key_then_stage_and_publish_elsewhere(
     Staging(publisher).move(Staging(publisher).find(t.name), "new", "signer added")
     code, out = run("publish", "--no-distribute")
     assert code == 0 and "published as revision 2" in out, out
+
+
+def test_repository_needs_only_interpreters_inside_the_repository_the_tarball_lacks() -> None:
+    from eessi_pipeline.gate.publish import repository_needs
+
+    loader = f"/cvmfs/{NAME}/versions/2023.06/compat/linux/x86_64/lib64/ld-linux-x86-64.so.2"
+    assert repository_needs([loader, "/lib64/ld-linux-x86-64.so.2"], ["2023.06/software"], NAME) == (
+        "/versions/2023.06/compat/linux/x86_64/lib64/ld-linux-x86-64.so.2",
+    )
+    assert repository_needs([loader], ["2023.06/compat/linux/x86_64/lib64/ld-linux-x86-64.so.2"], NAME) == ()
+    assert repository_needs([f"/cvmfs/other.repo/{loader}"], [], NAME) == ()
+
+
+def test_publish_holds_back_software_whose_loader_is_not_published_yet(staged, tmp_path: Path) -> None:
+    """A tarball linked to the compatibility layer waits (staged, not rejected) until the layer is in."""
+    import shutil
+    import subprocess
+
+    from cvmfs_helpers import software_tarball
+
+    state, _, _, _ = staged
+    loader = "versions/2023.06/compat/linux/x86_64/lib64/ld-linux-x86-64.so.2"
+    program = tmp_path / "true"
+    shutil.copy("/bin/true", program)
+    subprocess.run(["patchelf", "--set-interpreter", f"/cvmfs/{NAME}/{loader}", str(program)], check=True)
+    t = software_tarball(tmp_path, "2023.06", "x86_64/generic",
+                         {"software/x/1/bin/true": program.read_bytes(), "modules/all/x/1.lua": b"--"})  # fmt: skip
+    policy_file = tmp_path / "software-policy.yaml"
+    policy_file.write_text("schema_version: 1\ncontent_types:\n  software: {required_tests: ['*test_x*']}\n"
+                           "post_publish_checks: ''\n")  # fmt: skip
+    policy = load_policy(policy_file)
+    write_record(t, (CaseResult("tests/t.py::test_x", "passed"),), state_dir=state, repository=NAME,
+                 policy=policy, stage=True)  # fmt: skip
+    (held,) = publish(state, NAME, policy, None, now=dt.datetime.now(dt.UTC))
+    assert not held.accepted and held.reasons == (
+        f"its programs need /{loader}, which the repository does not have yet: publish that (the "
+        "compatibility layer) first",
+    )
+    assert Staging(state).find(t.name).state == "new" and Repository(state, NAME).manifest().revision == 1
+    layer = make_tarball(tmp_path / "eessi-2023.06-compat-linux-x86_64-1700000000.tar.gz",
+                         {"2023.06": None, "2023.06/compat": None, "2023.06/compat/linux": None,
+                          "2023.06/compat/linux/x86_64": None, "2023.06/compat/linux/x86_64/lib64": None,
+                          "2023.06/compat/linux/x86_64/lib64/ld-linux-x86-64.so.2": b"\x7fELF loader"})  # fmt: skip
+    Repository(state, NAME).ingest(layer, "versions")
+    (done,) = publish(state, NAME, policy, None, now=dt.datetime.now(dt.UTC))
+    assert done.accepted and done.revision_after == 3

@@ -20,6 +20,7 @@ class TarballFacts:
     version: str
     content_roots: tuple[str, ...]  # e.g. ("2023.06/software/linux/x86_64/amd/zen3",): where members go
     named_target: str = ""  # the software subdir the tarball's name says (x86_64/amd/zen3)
+    needs: tuple[str, ...] = ()  # repository paths its ELF interpreters point at, outside the tarball
 
 
 @dataclass(frozen=True, slots=True)

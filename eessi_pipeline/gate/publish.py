@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from ..compat.elf import ELF_MAGIC, parse_elf
 from ..cvmfs.cvmfs_server import CvmfsServerBackend
 from ..cvmfs.reader import open_repository
 from ..cvmfs.repository import Repository
@@ -74,36 +75,80 @@ def software_roots(names: Iterable[str], version: str) -> tuple[str, ...]:
     return tuple(sorted(roots | strays))
 
 
+def repository_needs(
+    interpreters: Iterable[str], members: Iterable[str], repository: str, base_dir: str = "versions"
+) -> tuple[str, ...]:
+    """The paths inside the repository (``/versions/…``) that ELF interpreters point at and the
+    tarball itself (ingested at ``base_dir``) does not bring: what must already be published for its
+    programs to start (pure)."""
+    prefix = f"/cvmfs/{repository}/"
+    inside = {f"{base_dir}/{m.strip('/').removeprefix('./')}" for m in members}
+    return tuple(sorted({"/" + i.removeprefix(prefix) for i in interpreters
+                         if i.startswith(prefix) and i.removeprefix(prefix) not in inside}))  # fmt: skip
+
+
+def _scan_software(path: Path) -> tuple[list[str], set[str]]:
+    """Member names, and the ELF interpreters (``PT_INTERP``) of its regular files."""
+    names: list[str] = []
+    interpreters: set[str] = set()
+    with tarfile.open(path) as tar:
+        for member in tar:
+            names.append(member.name)
+            if not member.isfile() or member.size < 64:
+                continue
+            fh = tar.extractfile(member)
+            if fh is None or fh.read(4) != ELF_MAGIC:
+                continue
+            info = parse_elf(ELF_MAGIC + fh.read())
+            if info is not None and info.interpreter:
+                interpreters.add(info.interpreter)
+    return names, interpreters
+
+
 def facts_of(path: Path, repository: str) -> TarballFacts:
     report = check_tarball(path, repository=repository)
     name = report.name
     roots = report.content_roots
+    needs: tuple[str, ...] = ()
     if name.content_type == "software":
-        with tarfile.open(path) as tar:
-            members = tar.getnames()
+        members, interpreters = _scan_software(path)
         other = tuple(r for r in roots if not r.startswith(f"{name.version}/software/"))
         roots = tuple(sorted(other + software_roots(members, name.version)))
+        needs = repository_needs(interpreters, members, repository)
     named = "/".join([name.arch, *name.rest]) if name.arch and name.content_type == "software" else ""
     return TarballFacts(path.name, sha256_file(path), path.stat().st_size, name.content_type,
-                        name.version, roots, named)  # fmt: skip
+                        name.version, roots, named, needs)  # fmt: skip
 
 
-def judge(item: Staged, repo: Repository, policy: Policy, now: dt.datetime) -> tuple[Decision, str]:
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    decision: Decision
+    record_digest: str  # "" when the record could not be read
+    facts: TarballFacts | None  # None when the tarball could not be read
+
+
+def judge(item: Staged, repo: Repository, policy: Policy, now: dt.datetime) -> Judgement:
     try:
         facts = facts_of(item.path, repo.paths.name)
         record = load_record(item.record)
     except PipelineError as e:
-        return Decision(False, (str(e).splitlines()[0],)), ""
+        return Judgement(Decision(False, (str(e).splitlines()[0],)), "", None)
     allowed = policy.allowed_signers_path(repo.paths.state_dir)
     sig = signing.verify(item.record, item.signature, allowed, policy.signature_namespace)
     digest = sha256_file(item.record)
-    return decide(facts, record, sig, policy, now, approved=item.state == "approved"), digest
+    return Judgement(
+        decide(facts, record, sig, policy, now, approved=item.state == "approved"), digest, facts
+    )
 
 
 class IngestTarget(Protocol):
     """Where accepted tarballs go: the embedded Stratum 0 or a real one through ``cvmfs_server``."""
 
     def revision(self) -> int | None: ...
+
+    def has(self, path: str) -> bool | None:
+        """Whether the published repository has ``path`` (``/versions/…``); None: cannot tell."""
+        ...
 
     def ingest(self, tarball: Path) -> int | None:
         """Ingest at ``versions``; return the revision after (None when it cannot be read)."""
@@ -116,6 +161,12 @@ class EmbeddedTarget:
 
     def revision(self) -> int | None:
         return self.repo.manifest().revision if self.repo.exists else None
+
+    def has(self, path: str) -> bool | None:
+        if not self.repo.exists:
+            return False
+        with open_repository(self.repo.paths.web_root / self.repo.paths.name) as reader:
+            return reader.lookup(path) is not None
 
     def ingest(self, tarball: Path) -> int | None:
         return self.repo.ingest(tarball, "versions").revision
@@ -139,6 +190,16 @@ class CvmfsServerTarget:
             log.warning("cannot read the revision of %s: %s", self.manifest_source, e)
             return None
 
+    def has(self, path: str) -> bool | None:
+        if not self.manifest_source:
+            return None
+        try:
+            with open_repository(self.manifest_source) as reader:
+                return reader.lookup(path) is not None
+        except PipelineError as e:
+            log.warning("cannot look up %s in %s: %s", path, self.manifest_source, e)
+            return None
+
     def ingest(self, tarball: Path) -> int | None:
         self.backend.ingest(tarball, "versions")
         return self.revision()
@@ -158,7 +219,8 @@ def publish(
     outcomes: list[Outcome] = [Outcome(Path(n).name, False, ("not staged (or already published/rejected)",),
                                        None, None, dry_run) for n in missing]  # fmt: skip
     for item in items:
-        decision, digest = judge(item, repo, policy, now)
+        judgement = judge(item, repo, policy, now)
+        decision, digest = judgement.decision, judgement.record_digest
         before = into.revision()
         if dry_run:
             outcomes.append(Outcome(item.name, decision.accept, decision.reasons, before, before, True))
@@ -169,6 +231,12 @@ def publish(
             if not awaiting:
                 staging.move(item, "rejected", "; ".join(decision.reasons))
             outcome = Outcome(item.name, False, decision.reasons, before, before)
+        elif judgement.facts and (missing := [p for p in judgement.facts.needs if into.has(p) is False]):
+            why = (f"its programs need {', '.join(missing)}, which the repository does not have yet: publish "
+                   "that (the compatibility layer) first")  # fmt: skip
+            outcome = Outcome(
+                item.name, False, (why,), before, before
+            )  # stays staged: nothing is wrong with it
         else:
             try:
                 after = into.ingest(item.path)
