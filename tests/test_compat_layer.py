@@ -8,7 +8,6 @@ import json
 import platform
 import shutil
 import tarfile
-import time
 from pathlib import Path
 
 import archspec.cpu
@@ -30,7 +29,6 @@ pytestmark = [
     pytest.mark.skipif(platform.machine() != "x86_64", reason="the x86_64 layer is built on x86_64 hosts"),
     pytest.mark.skipif(shutil.which("apt-get") is None, reason="the debian backend needs a Debian host"),
 ]
-BUILD_BUDGET_S = 300.0
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +41,7 @@ def acceptance(layer: CompatLayer) -> Acceptance:
     return Acceptance(layer.view, Manifest.read(layer.staging), expected_cpu=str(archspec.cpu.host().name))
 
 
-def test_layer_build_within_budget_and_layout(layer: CompatLayer) -> None:
-    assert layer.record.seconds < BUILD_BUDGET_S, layer.record.timings
+def test_layer_build_layout(layer: CompatLayer) -> None:
     assert layer.staging.as_posix().endswith("compat/versions/2023.06/compat/linux/x86_64")
     assert layer.prefix == "/cvmfs/software.eessi.local/versions/2023.06/compat/linux/x86_64"
     assert (layer.staging / "startprefix").is_file()
@@ -136,11 +133,9 @@ def test_layer_every_tool_of_the_package_set_runs(acceptance: Acceptance, tool) 
 
 
 def test_layer_is_reused_while_inputs_are_unchanged(layer: CompatLayer) -> None:
-    start = time.monotonic()
     again = ensure_layer(get_backend("debian"), BuildRequest(layer.spec, load_package_set("x86_64")))
     assert again.reused and again.reason == "inputs unchanged"
     assert again.record.inputs_digest == layer.record.inputs_digest
-    assert time.monotonic() - start < 10
 
 
 def test_layer_packs_into_an_ingestible_tarball_with_meta(layer: CompatLayer, tmp_path: Path) -> None:

@@ -41,4 +41,3 @@ def test_testsuite_numpy_runs_and_passes_on_the_bundle(software_target, software
     stdout = (Path(case["outputdir"]) / "rfm_job.out").read_text(encoding="utf-8")
     assert f"NumPy version: {numpy.version}\n" in stdout
     assert "Dotted two 512x512 matrices in" in stdout
-    assert outcome.seconds < 60, f"the test-suite run took {outcome.seconds:.0f} s; keep it short"
