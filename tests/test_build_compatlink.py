@@ -21,12 +21,10 @@ import pytest
 from eessi_pipeline.build.compatlink import (
     LayerLink,
     LinkEdit,
-    Listing,
     WheelInstall,
     expand_origin,
     list_argv,
     listing_problems,
-    parse_listings,
     patchelf_argvs,
     patchelf_script,
     plan_links,
@@ -43,6 +41,7 @@ from eessi_pipeline.build.runtime import DEFAULT_IMAGE, Runtime, RuntimeChoice
 from eessi_pipeline.build.stacks import load_stacks
 from eessi_pipeline.cli_build import add_build_parser
 from eessi_pipeline.compat.elf import ET_DYN, ET_EXEC, ElfInfo, read_elf
+from eessi_pipeline.compat.ldlist import Listing, parse_list_output
 from eessi_pipeline.compat.relocate import ElfFile
 from eessi_pipeline.errors import BuildError
 from eessi_pipeline.matrix import load_matrix
@@ -236,23 +235,23 @@ def test_patchelf_argvs_group_equal_edits_and_force_rpath_only_where_the_file_ha
     assert script.startswith("set -e\n") and "'$ORIGIN:/x'" in script  # quoted: no shell expansion
 
 
-LISTING = f"""@@FILE /r/bin/ok
+LISTING = f"""@@ELF /r/bin/ok
 \tlinux-vdso.so.1 (0x00007ffd)
 \tlibc.so.6 => {PREFIX}/lib/x86_64-linux-gnu/libc.so.6 (0x00007f01)
 \t{LAYER.loader} (0x00007f02)
 @@RC 0
-@@FILE /r/bin/leaky
+@@ELF /r/bin/leaky
 \tlibgomp.so.1 => /usr/lib/x86_64-linux-gnu/libgomp.so.1 (0x00007f03)
 \tlibfoo.so.1 => not found
 @@RC 0
-@@FILE /r/bin/broken
+@@ELF /r/bin/broken
 {LAYER.loader}: /r/bin/broken: version `GLIBC_2.99' not found
 @@RC 127
 """
 
 
-def test_parse_listings_and_problems():
-    listings = parse_listings(LISTING)
+def test_parse_list_output_and_problems():
+    listings = parse_list_output(LISTING)
     assert listings["/r/bin/ok"] == Listing(
         0,
         (

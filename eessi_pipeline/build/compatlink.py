@@ -60,6 +60,7 @@ from typing import Any
 from ..compat.backend import BuildRequest, get_backend
 from ..compat.elf import ElfInfo, read_elf
 from ..compat.layout import LayerSpec
+from ..compat.ldlist import ARGS_SCRIPT, Listing, parse_list_output
 from ..compat.packageset import load_package_set
 from ..compat.relocate import NEVER_PATCH, ElfFile, scan_elves, standard_dirs
 from ..compat.state import digest, ensure_layer, host_release, inputs
@@ -73,12 +74,6 @@ COMPAT_BACKEND = "debian"
 LINK_TIMEOUT = 600.0
 LIST_BATCH = 200
 _PLATFORM_WHEEL = re.compile(r"-(manylinux|musllinux)[^-]*$")
-_FILE = "@@FILE "
-_RC = "@@RC "
-_LIST_SCRIPT = (
-    'loader=$1; shift; for f in "$@"; do printf "' + _FILE + '%s\\n" "$f"; '
-    '"$loader" --list "$f" </dev/null 2>&1; printf "' + _RC + '%s\\n" "$?"; done'
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,44 +273,8 @@ def patchelf_script(edits: Sequence[LinkEdit], patchelf: str, repository_root: s
 
 def list_argv(layer: LayerLink, files: Sequence[str]) -> list[str]:
     """The layer's bash running the layer's loader with ``--list`` on each file, marked for
-    :func:`parse_listings` (pure)."""
-    return [layer.bash, "-c", _LIST_SCRIPT, "bash", layer.loader, *files]
-
-
-@dataclass(frozen=True, slots=True)
-class Listing:
-    """``ld.so --list`` of one file: its exit status and (library, resolved path or None) pairs."""
-
-    rc: int
-    libraries: tuple[tuple[str, str | None], ...]
-    text: str
-
-
-def parse_listings(text: str) -> dict[str, Listing]:
-    """Split the output of :func:`list_argv` per file (pure)."""
-    out: dict[str, Listing] = {}
-    current: str | None = None
-    libs: list[tuple[str, str | None]] = []
-    lines: list[str] = []
-    for line in text.splitlines():
-        if line.startswith(_FILE):
-            current, libs, lines = line[len(_FILE) :], [], []
-        elif current is not None and line.startswith(_RC):
-            rc = line[len(_RC) :].strip()
-            out[current] = Listing(int(rc) if rc.isdigit() else 1, tuple(libs), "\n".join(lines))
-            current = None
-        elif current is not None:
-            lines.append(line)
-            s = line.strip()
-            if "=>" in s:
-                name, _, rest = s.partition("=>")
-                rest = rest.strip()
-                path = None if rest.startswith("not found") else rest.split(" (", 1)[0].strip() or None
-                libs.append((name.strip(), path))
-            elif s.startswith("/"):  # the loader itself: "/path/ld-linux-x86-64.so.2 (0x…)"
-                path = s.split(" (", 1)[0]
-                libs.append((posixpath.basename(path), path))
-    return out
+    :func:`parse_list_output` (pure)."""
+    return [layer.bash, "-c", ARGS_SCRIPT, "bash", layer.loader, *files]
 
 
 def listing_problems(
@@ -482,5 +441,5 @@ def verify_links(
             problems.append(
                 f"listing with {layer.loader} failed (exit {result.returncode}): {result.tail(5)}"
             )
-        problems += listing_problems(parse_listings(result.stdout), batch, allowed)
+        problems += listing_problems(parse_list_output(result.stdout), batch, allowed)
     return problems

@@ -36,6 +36,7 @@ from typing import Any
 
 from ..errors import CompatError
 from ..proc import CommandFailed, CommandResult
+from .ldlist import STDIN_SCRIPT, Listing, parse_list_output
 from .prefixfiles import STARTPREFIX, locale_dirname
 from .relocate import scan_elves
 from .runner import LayerView
@@ -50,8 +51,6 @@ LEAVING_RE = re.compile(
 _MAPS_LINE = re.compile(r"^[0-9a-f]+-[0-9a-f]+\s+\S+\s+\S+\s+\S+\s+\d+\s*(?P<path>.*)$")
 _LD_DEBUG_PATH = re.compile(r"(?:calling init: |trying file=)(?P<path>/\S+)")
 _LOADER_NAME = re.compile(r"^(ld-linux[-\w.]*\.so\.\d+|ld64\.so\.\d+|ld\.so\.\d+)$")
-_MARK = "@@ELF "
-_RC = "@@RC "
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,43 +179,6 @@ def ld_debug_verdict(traces: Sequence[LoaderTrace], prefix: str) -> Verdict:
     n = len({p for t in ordered for p in t.objects})
     note = f"; {host_programs} host program(s) started through /bin/sh" if host_programs else ""
     return Verdict(True, f"{n} objects tried or loaded by the layer's loader, all in the layer{note}")
-
-
-@dataclass(frozen=True, slots=True)
-class Listing:
-    """``ld.so --list`` of one file: its exit status and (library, resolved path or None) pairs."""
-
-    rc: int
-    libraries: tuple[tuple[str, str | None], ...]
-    text: str
-
-
-def parse_list_output(text: str) -> dict[str, Listing]:
-    """Split the output of the listing script (``@@ELF path``, the loader's lines, ``@@RC n``) per file."""
-    out: dict[str, Listing] = {}
-    current: str | None = None
-    libs: list[tuple[str, str | None]] = []
-    lines: list[str] = []
-    for line in text.splitlines():
-        if line.startswith(_MARK):
-            current, libs, lines = line[len(_MARK) :], [], []
-            continue
-        if current is None:
-            continue
-        if line.startswith(_RC):
-            out[current] = Listing(int(line[len(_RC) :].strip() or 1), tuple(libs), "\n".join(lines))
-            current = None
-            continue
-        lines.append(line)
-        s = line.strip()
-        if "=>" in s:
-            name, _, rest = s.partition("=>")
-            rest = rest.strip()
-            path = None if rest.startswith("not found") else rest.split(" (", 1)[0].strip() or None
-            libs.append((name.strip(), path))
-        elif s.startswith("/"):  # the loader itself: "/path/ld-linux-x86-64.so.2 (0x…)"
-            libs.append((s.split(" (", 1)[0], s.split(" (", 1)[0]))
-    return out
 
 
 def listing_verdict(listings: Mapping[str, Listing], prefix: str, expected: int) -> Verdict:
@@ -448,10 +410,7 @@ class Acceptance:
     def check_no_host_libraries(self) -> CheckResult:
         files = self.elf_files()
         loader = f"{self.prefix}/{self._loader_rel()}"
-        script = (
-            'while IFS= read -r f; do printf "%s%s\\n" "' + _MARK + '" "$f"; '
-            '"$1" --list "$f" 2>&1 </dev/null; printf "' + _RC + '%s\\n" "$?"; done'
-        )
+        script = STDIN_SCRIPT
         result = self._run(
             [f"{self.prefix}/bin/bash", "-c", script, "bash", loader],
             input_bytes=("\n".join(files) + "\n").encode(),
