@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 from pathlib import Path
@@ -42,3 +43,13 @@ def free_ports(n: int = 1) -> list[int]:
     for s in socks:
         s.close()
     return ports
+
+
+def build_cli_parser() -> argparse.ArgumentParser:
+    """The ``eessi-pipeline build`` command line alone (handlers called directly, errors raised)."""
+    from eessi_pipeline.cli_build import add_build_parser
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--state-dir")
+    add_build_parser(parser.add_subparsers(dest="command"))
+    return parser

@@ -8,7 +8,6 @@ the upper dir (root only, every overlay mode).
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -17,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import build_cli_parser
 
 from eessi_pipeline.build.compatlink import (
     LayerLink,
@@ -39,7 +39,6 @@ from eessi_pipeline.build.overlay import FUSE_OVERLAYFS, KERNEL_USERNS_OVERLAY, 
 from eessi_pipeline.build.overlay import kernel_release as _release
 from eessi_pipeline.build.runtime import DEFAULT_IMAGE, Runtime, RuntimeChoice
 from eessi_pipeline.build.stacks import load_stacks
-from eessi_pipeline.cli_build import add_build_parser
 from eessi_pipeline.compat.elf import ET_DYN, ET_EXEC, ElfInfo, read_elf
 from eessi_pipeline.compat.ldlist import Listing, parse_list_output
 from eessi_pipeline.compat.relocate import ElfFile
@@ -394,17 +393,10 @@ def test_overlay_view_refuses_a_bind_outside_the_cover(tmp_path):
         missing.prepare()
 
 
-def _parser():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--state-dir")
-    add_build_parser(parser.add_subparsers(dest="command"))
-    return parser
-
-
 @pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
 def test_cli_dry_run_says_the_stack_links_to_the_layer(tmp_path, as_json):
     argv = ["--state-dir", str(tmp_path), "build", "--target", "x86_64_generic", "--stack", "ci-compat"]
-    args = _parser().parse_args([*argv, "--dry-run", *(["--json"] if as_json else [])])
+    args = build_cli_parser().parse_args([*argv, "--dry-run", *(["--json"] if as_json else [])])
     out = io.StringIO()
     assert args.handler(args, out) == 0
     if as_json:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 from pathlib import Path
 
 import pytest
+from helpers import build_cli_parser
 
 from eessi_pipeline.build.driver import BuildPlan, inputs_digest, lmod_cache_argv, module_check_argv
 from eessi_pipeline.build.easybuild import (
@@ -31,7 +31,6 @@ from eessi_pipeline.build.sources import (
 )
 from eessi_pipeline.build.stacks import DebianArchive, ProviderSpec, load_easystack, load_stacks
 from eessi_pipeline.build.tarball import metadata, run_link, tarball_name
-from eessi_pipeline.cli_build import add_build_parser
 from eessi_pipeline.errors import BuildError
 from eessi_pipeline.matrix import load_matrix
 
@@ -316,15 +315,8 @@ def test_inputs_digest_changes_with_inputs(stacks, matrix, tmp_path):
     assert inputs_digest({"a": 1}) != inputs_digest({"a": 2})
 
 
-def _parser():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--state-dir")
-    add_build_parser(parser.add_subparsers(dest="command"))
-    return parser
-
-
 def test_cli_dry_run_prints_the_plan_without_side_effects(tmp_path):
-    args = _parser().parse_args(
+    args = build_cli_parser().parse_args(
         ["--state-dir", str(tmp_path), "build", "--target", "x86_64_generic", "--dry-run", "--json"]
     )
     out = io.StringIO()
@@ -343,7 +335,9 @@ def test_cli_refuses_a_target_this_host_cannot_build(tmp_path):
         "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 63\n"
         "flags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma\n"
     )
-    args = _parser().parse_args(["build", "--target", "zen4", "--cpuinfo", str(cpuinfo), "--dry-run"])
+    args = build_cli_parser().parse_args(
+        ["build", "--target", "zen4", "--cpuinfo", str(cpuinfo), "--dry-run"]
+    )
     with pytest.raises(Exception, match="zen4") as info:
         args.handler(args, io.StringIO())
     assert getattr(info.value, "exit_code", None) == 1

@@ -4,12 +4,12 @@ this machine does not have; tests that would need it say so in their names."""
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 from pathlib import Path
 
 import pytest
+from helpers import build_cli_parser
 
 from eessi_pipeline.build import ovlexec
 from eessi_pipeline.build.container import (
@@ -40,7 +40,6 @@ from eessi_pipeline.build.runtime import (
     resolve_runtime,
 )
 from eessi_pipeline.build.stacks import load_stacks
-from eessi_pipeline.cli_build import add_build_parser
 from eessi_pipeline.errors import BuildError, UsageError
 from eessi_pipeline.matrix import load_matrix
 
@@ -318,16 +317,9 @@ def test_plan_runtime_enters_the_inputs_only_when_not_the_default(matrix, stacks
     assert (extra["runtime"], extra["image"]) == ("singularity", "x.sif")
 
 
-def _parser():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--state-dir")
-    add_build_parser(parser.add_subparsers(dest="command"))
-    return parser
-
-
 def test_cli_dry_run_apptainer_without_binary_shows_argv_and_definition(tmp_path, monkeypatch):
     monkeypatch.delenv(RUNTIME_ENV, raising=False)
-    args = _parser().parse_args(
+    args = build_cli_parser().parse_args(
         [
             "--state-dir",
             str(tmp_path),
@@ -349,7 +341,9 @@ def test_cli_dry_run_apptainer_without_binary_shows_argv_and_definition(tmp_path
 
 def test_cli_unknown_runtime_from_environment_exits_2(tmp_path, monkeypatch):
     monkeypatch.setenv(RUNTIME_ENV, "docker")
-    args = _parser().parse_args(["--state-dir", str(tmp_path), "build", "--target", "x86_64_generic"])
+    args = build_cli_parser().parse_args(
+        ["--state-dir", str(tmp_path), "build", "--target", "x86_64_generic"]
+    )
     with pytest.raises(UsageError, match="unknown build runtime 'docker'") as info:
         args.handler(args, io.StringIO())
     assert info.value.exit_code == 2

@@ -5,20 +5,19 @@ overlay; nothing is built and no source is fetched."""
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
 from pathlib import Path
 
 import pytest
+from helpers import build_cli_parser
 
 from eessi_pipeline.build.driver import BuildPlan, build_inputs, resolve_stack
 from eessi_pipeline.build.easybuild import parse_dry_run
 from eessi_pipeline.build.easyconfig import SYSTEM, parse_easyconfig
 from eessi_pipeline.build.overlay import host_overlay_mode
 from eessi_pipeline.build.stacks import easybuild_easyconfigs_dir, load_stacks
-from eessi_pipeline.cli_build import add_build_parser
 from eessi_pipeline.errors import BuildError
 from eessi_pipeline.matrix import PROJECT_ROOT, load_matrix
 
@@ -157,13 +156,6 @@ def test_parse_dry_run_keeps_build_order_and_installed_marks():
     assert graph[1].easyconfig == "/e/z/zlib/zlib-1.2.13-GCCcore-12.3.0.eb" and parse_dry_run("") == ()
 
 
-def _parser():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--state-dir")
-    add_build_parser(parser.add_subparsers(dest="command"))
-    return parser
-
-
 def test_cli_dry_run_of_a_target_assigned_to_the_production_stack(tmp_path):
     es = MATRICES / "easystacks/2023.06/production.yaml"
     stacks_file = _stacks_file(
@@ -172,7 +164,7 @@ def test_cli_dry_run_of_a_target_assigned_to_the_production_stack(tmp_path):
         targets="{x86_64_generic: t}",
     )
     state = tmp_path / "state"
-    args = _parser().parse_args(
+    args = build_cli_parser().parse_args(
         [
             "--state-dir",
             str(state),
@@ -229,7 +221,7 @@ def test_production_stack_resolves_with_easybuilds_own_easyconfigs(stacks, matri
 
 @needs_overlay
 def test_cli_resolve_prints_the_graph_of_the_production_stack(tmp_path):
-    args = _parser().parse_args(
+    args = build_cli_parser().parse_args(
         [
             "--state-dir",
             str(tmp_path),
