@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,3 +56,11 @@ def build_cli_parser() -> argparse.ArgumentParser:
     parser.add_argument("--state-dir")
     add_build_parser(parser.add_subparsers(dest="command"))
     return parser
+
+
+def build_cli_json(argv: list[str]) -> Any:
+    """Run ``eessi-pipeline build`` with ``argv`` (which asks for --json); it must succeed: its JSON."""
+    args = build_cli_parser().parse_args(argv)
+    out = io.StringIO()
+    assert args.handler(args, out) == 0
+    return json.loads(out.getvalue())

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import build_cli_parser
+from helpers import build_cli_json, build_cli_parser
 
 from eessi_pipeline.build.driver import BuildPlan, inputs_digest, lmod_cache_argv, module_check_argv
 from eessi_pipeline.build.easybuild import (
@@ -316,12 +316,9 @@ def test_inputs_digest_changes_with_inputs(stacks, matrix, tmp_path):
 
 
 def test_cli_dry_run_prints_the_plan_without_side_effects(tmp_path):
-    args = build_cli_parser().parse_args(
+    data = build_cli_json(
         ["--state-dir", str(tmp_path), "build", "--target", "x86_64_generic", "--dry-run", "--json"]
     )
-    out = io.StringIO()
-    assert args.handler(args, out) == 0
-    data = json.loads(out.getvalue())
     assert (
         data["prefix"].endswith("/software/linux/x86_64/generic")
         and "--optarch=GENERIC" in data["commands"]["eb"]

@@ -5,11 +5,10 @@ this machine does not have; tests that would need it say so in their names."""
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import pytest
-from helpers import build_cli_parser
+from helpers import build_cli_json, build_cli_parser
 
 from eessi_pipeline.build import ovlexec
 from eessi_pipeline.build.container import (
@@ -319,7 +318,7 @@ def test_plan_runtime_enters_the_inputs_only_when_not_the_default(matrix, stacks
 
 def test_cli_dry_run_apptainer_without_binary_shows_argv_and_definition(tmp_path, monkeypatch):
     monkeypatch.delenv(RUNTIME_ENV, raising=False)
-    args = build_cli_parser().parse_args(
+    data = build_cli_json(
         [
             "--state-dir",
             str(tmp_path),
@@ -329,9 +328,6 @@ def test_cli_dry_run_apptainer_without_binary_shows_argv_and_definition(tmp_path
             *("--runtime", "apptainer", "--dry-run", "--json"),
         ]
     )
-    out = io.StringIO()
-    assert args.handler(args, out) == 0
-    data = json.loads(out.getvalue())
     assert data["runtime"] == "apptainer" and data["runtime_from"] == "--runtime"
     assert data["commands"]["eb"].startswith("apptainer exec --contain ")
     assert "--fusemount 'container:fuse-overlayfs -o lowerdir=/cvmfs_ro/" in data["commands"]["eb"]

@@ -5,13 +5,11 @@ overlay; nothing is built and no source is fetched."""
 
 from __future__ import annotations
 
-import io
-import json
 import os
 from pathlib import Path
 
 import pytest
-from helpers import build_cli_parser
+from helpers import build_cli_json
 
 from eessi_pipeline.build.driver import BuildPlan, build_inputs, resolve_stack
 from eessi_pipeline.build.easybuild import parse_dry_run
@@ -164,7 +162,7 @@ def test_cli_dry_run_of_a_target_assigned_to_the_production_stack(tmp_path):
         targets="{x86_64_generic: t}",
     )
     state = tmp_path / "state"
-    args = build_cli_parser().parse_args(
+    data = build_cli_json(
         [
             "--state-dir",
             str(state),
@@ -174,9 +172,6 @@ def test_cli_dry_run_of_a_target_assigned_to_the_production_stack(tmp_path):
             *("--stacks", str(stacks_file), "--runtime", "namespace", "--dry-run", "--json"),
         ]
     )
-    out = io.StringIO()
-    assert args.handler(args, out) == 0
-    data = json.loads(out.getvalue())
     shipped = easybuild_easyconfigs_dir()
     assert (data["stack"], data["toolchain"], tuple(data["modules"])) == (
         "t",
@@ -221,7 +216,7 @@ def test_production_stack_resolves_with_easybuilds_own_easyconfigs(stacks, matri
 
 @needs_overlay
 def test_cli_resolve_prints_the_graph_of_the_production_stack(tmp_path):
-    args = build_cli_parser().parse_args(
+    data = build_cli_json(
         [
             "--state-dir",
             str(tmp_path),
@@ -231,9 +226,6 @@ def test_cli_resolve_prints_the_graph_of_the_production_stack(tmp_path):
             *("--stack", "production", "--resolve", "--json"),
         ]
     )
-    out = io.StringIO()
-    assert args.handler(args, out) == 0
-    data = json.loads(out.getvalue())
     assert data["toolchain"] == "foss-2023a" and len(data["graph"]) > 30
     assert data["graph"][-1]["module"] == "zlib/1.2.13-GCCcore-12.3.0"
 
