@@ -14,6 +14,7 @@ from typing import Any, TextIO
 from .cvmfs.cvmfs_server import CvmfsServerBackend
 from .cvmfs.repository import Repository
 from .errors import GateRefused, UsageError
+from .gate.distribute import distribute
 from .gate.policy import load_policy
 from .gate.publish import CvmfsServerTarget, judge, publish
 from .gate.record import RECORD_SUFFIX, CaseResult, parse_junit
@@ -121,59 +122,6 @@ def publish_target(args: argparse.Namespace, repository: str) -> CvmfsServerTarg
     local = Path("/srv/cvmfs") / repository
     source = url or (str(local) if not ssh and local.is_dir() else None)
     return CvmfsServerTarget(CvmfsServerBackend(repository, ssh=ssh), source)
-
-
-def distribute(state_dir: Path, repository: str, checks: str) -> None:
-    """After an ingest: snapshot the Stratum 1 and run the post-publish checks, when the network is up."""
-    from . import proc
-    from .cvmfs.replica import snapshot
-    from .services import stratum1
-    from .services.stack import Stack
-
-    statuses = {s.name: s for s in Stack(state_dir).status()}
-    if not all(n in statuses and statuses[n].running for n in ("stratum0", "stratum1")):
-        sys.stderr.write(
-            "[publish] the Stratum services are not running: no snapshot and no post-publish checks "
-            "(start them with `eessi-pipeline stratum up`)\n"
-        )
-        return
-    key_file = state_dir / "keys" / f"{repository}.pub"
-    s0 = f"{statuses['stratum0'].url}/{repository}"
-    replica = stratum1.Stratum1Paths(state_dir).replica(repository)
-    result = snapshot(s0, replica, key_file.read_bytes())
-    stratum1.write_info(state_dir)
-    sys.stderr.write(f"[publish] Stratum 1 at revision {result.revision}\n")
-    if not checks:
-        return
-    settings: dict[str, Any] = {
-        "repository": repository,
-        "stratum0": s0,
-        "stratum1": [f"{statuses['stratum1'].url}/{repository}"],
-        "master_key": str(key_file),
-    }
-    proxy = statuses.get("proxy")
-    if proxy is not None and proxy.running:
-        settings["proxy"] = proxy.url
-    config = state_dir / "infra.yaml"
-    config.write_text(json.dumps(settings, indent=2))  # JSON is YAML
-    argv = [
-        sys.executable,
-        "-m",
-        "pytest",
-        checks,
-        "--infra-config",
-        str(config),
-        "-q",
-        "-p",
-        "no:cacheprovider",
-    ]
-    done = proc.run(argv, timeout=600, check=False)
-    verdict = "passed" if done.returncode == 0 else f"FAILED (exit {done.returncode}):\n{done.tail(15)}"
-    sys.stderr.write(f"[publish] post-publish checks ({checks}) {verdict}\n")
-    entry = {"post_publish_checks": checks, "revision": result.revision,
-             "outcome": "passed" if done.returncode == 0 else "failed"}  # fmt: skip
-    with (state_dir / "audit.jsonl").open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(entry, sort_keys=True) + "\n")
 
 
 def add_gate_parsers(sub: Any) -> None:

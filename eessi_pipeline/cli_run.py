@@ -32,13 +32,13 @@ from .arch.cpuinfo import read_host_cpu
 from .arch.select import require_build_node, select_from_environ
 from .build.stacks import load_stacks
 from .checks.smoke import SmokeTable, load_smoke
-from .cli_gate import distribute
 from .cli_test import TestRunFailed, failure_line, pipeline_env, run_acceptance
 from .cvmfs.client import ClientConfig
 from .cvmfs.nsrun import run_mounted
 from .cvmfs.reader import open_repository
 from .cvmfs.repository import Repository
 from .errors import GateRefused, PipelineError
+from .gate.distribute import distribute
 from .gate.policy import load_policy
 from .gate.publish import publish
 from .initscript import build_init_tarball
