@@ -13,6 +13,7 @@ from typing import Any
 
 from .. import proc
 from ..cvmfs.replica import snapshot
+from ..matrix import PROJECT_ROOT
 from ..services import stratum1
 from ..services.stack import Stack
 
@@ -56,7 +57,7 @@ def distribute(state_dir: Path, repository: str, checks: str) -> None:
         "-p",
         "no:cacheprovider",
     ]
-    done = proc.run(argv, timeout=600, check=False)
+    done = proc.run(argv, timeout=600, check=False, cwd=PROJECT_ROOT)  # the policy's path is the checkout's
     verdict = "passed" if done.returncode == 0 else f"FAILED (exit {done.returncode}):\n{done.tail(15)}"
     sys.stderr.write(f"[publish] post-publish checks ({checks}) {verdict}\n")
     entry = {"post_publish_checks": checks, "revision": result.revision,
