@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from helpers import shared_dir
+from helpers import DATA_DIR
 
 
 def reference_dir() -> Path:
-    return shared_dir() / "fixtures" / "cvmfs-reference"
+    return DATA_DIR / "cvmfs-reference"
 
 
 def make_tarball(path: Path, members: dict[str, bytes | str | None], mtime: int = 1700000000) -> Path:

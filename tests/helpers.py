@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -13,19 +12,16 @@ from typing import Any
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def shared_dir() -> Path:
-    """``$EESSI_PIPELINE_SHARED``, else the ``shared/`` folder beside the project checkout."""
-    return Path(os.environ.get("EESSI_PIPELINE_SHARED", PROJECT_ROOT.parent / "shared"))
+DATA_DIR = PROJECT_ROOT / "tests" / "data"  # peer fixtures kept in the project (tests/data/README.md)
 
 
 def archdetect_dir() -> Path:
-    return shared_dir() / "fixtures" / "archdetect"
+    return DATA_DIR / "archdetect"
 
 
 def archdetect_cases() -> list[Path]:
-    """EESSI's archdetect ``*.cpuinfo`` files, sorted; empty when the fixtures are absent."""
-    root = archdetect_dir()
-    return sorted(root.rglob("*.cpuinfo")) if root.is_dir() else []
+    """EESSI's archdetect ``*.cpuinfo`` files, sorted (they are part of the checkout)."""
+    return sorted(archdetect_dir().rglob("*.cpuinfo"))
 
 
 def cpuinfo_text(vendor: str, flags: str | set[str] | frozenset[str], model: str = "Test CPU") -> str:

@@ -132,8 +132,6 @@ def test_repo_resign_renews_whitelist(initialised: Run, tmp_path: Path) -> None:
 
 def test_repo_verify_real_server_fixture_with_master_key(run: Run) -> None:
     ref = reference_dir()
-    if not ref.is_dir():
-        pytest.skip(f"CVMFS reference fixture not found at {ref}")
     repo_dir = ref / "srv" / "cvmfs" / "reference.eessi.local"
     key = ref / "keys" / "reference.eessi.local.pub"
     code, out, _ = run("repo", "verify", str(repo_dir), "--master-key", str(key))

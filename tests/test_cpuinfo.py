@@ -1,7 +1,7 @@
 """Tests of /proc/cpuinfo and lscpu parsing (eessi_pipeline/arch/cpuinfo.py).
 
 Small realistic samples are written inline; the EESSI archdetect conformance dumps
-(``$EESSI_PIPELINE_SHARED/fixtures/archdetect``) are parsed too when they are present.
+(``tests/data/archdetect``) are parsed too.
 """
 
 from __future__ import annotations
@@ -498,25 +498,19 @@ def test_read_host_cpu_directory_path_raises_detection_error(tmp_path: Path) -> 
 # --------------------------------------------------------------------------------------------
 
 ARCHDETECT = archdetect_dir()
-_MISSING = (
-    f"EESSI archdetect fixtures not found at {ARCHDETECT} "
-    "(set EESSI_PIPELINE_SHARED to the folder holding fixtures/archdetect)"
-)
 _FIXTURES = archdetect_cases()
 _VENDOR_DIRS = {"amd": "AuthenticAMD", "intel": "GenuineIntel"}
 
 
 def test_archdetect_fixture_dir_present_has_cpuinfo_files() -> None:
-    if not ARCHDETECT.is_dir():
-        pytest.skip(_MISSING)
     families = {f.relative_to(ARCHDETECT).parts[0] for f in _FIXTURES}
     assert {"x86_64", "aarch64", "ppc64le", "riscv64"} <= families
 
 
 @pytest.mark.parametrize(
     "fixture",
-    _FIXTURES or [pytest.param(None, marks=pytest.mark.skip(reason=_MISSING))],
-    ids=[str(f.relative_to(ARCHDETECT)) for f in _FIXTURES] or ["archdetect-missing"],
+    _FIXTURES,
+    ids=[str(f.relative_to(ARCHDETECT)) for f in _FIXTURES],
 )
 def test_parse_cpuinfo_archdetect_dump_family_matches_directory(fixture: Path) -> None:
     parts = fixture.relative_to(ARCHDETECT).parts

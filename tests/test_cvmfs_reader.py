@@ -1,7 +1,6 @@
 """The CVMFS reader and verifier against a repository written by the real cvmfs_server 2.12.
 
-The fixture lives in ``$EESSI_PIPELINE_SHARED/fixtures/cvmfs-reference`` (default: the
-``shared/`` folder beside the checkout); the tests skip visibly when it is absent.
+The fixture lives in ``tests/data/cvmfs-reference`` (see tests/data/README.md).
 Tampering tests work on a writable copy; "resealed" copies are tampered deeper (catalog
 contents) and then re-signed with freshly generated keys, so that only the deep check
 can catch them.
@@ -29,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
-from helpers import shared_dir
+from helpers import DATA_DIR
 
 from eessi_pipeline.cvmfs.common import fingerprint, md5path, object_path
 from eessi_pipeline.cvmfs.manifest import assemble_signed, parse_manifest, split_signed
@@ -49,17 +48,12 @@ from eessi_pipeline.cvmfs.verify import (
 from eessi_pipeline.cvmfs.whitelist import Whitelist, parse_whitelist
 from eessi_pipeline.errors import RepositoryError
 
-FIXTURE = shared_dir() / "fixtures" / "cvmfs-reference"
+FIXTURE = DATA_DIR / "cvmfs-reference"
 NAME = "reference.eessi.local"
 REPO = FIXTURE / "srv" / "cvmfs" / NAME
 MASTER_PUB = FIXTURE / "keys" / f"{NAME}.pub"
 EXPECTED_TREE = FIXTURE / "expected-tree.json"
 NESTED = "/versions/2023.06/software/linux/x86_64/generic/software/zlib/1.2.13"
-
-pytestmark = pytest.mark.skipif(
-    not (REPO / ".cvmfspublished").is_file(),
-    reason=f"real-server CVMFS fixture not found at {FIXTURE} (set EESSI_PIPELINE_SHARED)",
-)
 
 # Objects of revision 4 (see the fixture's catalogs).
 ROOT_CATALOG = "fdd36dfb2a7a58208bf1aa5feded0aea345a9137"

@@ -1,7 +1,7 @@
 """Stratum 1 replication (``eessi_pipeline.cvmfs.replica.snapshot``) over loopback HTTP.
 
 Sources are served by Python's ``http.server`` on 127.0.0.1: the real cvmfs_server 2.12
-repository of ``$EESSI_PIPELINE_SHARED/fixtures/cvmfs-reference`` (skipped visibly when absent)
+repository of ``tests/data/cvmfs-reference``
 and our own embedded Stratum 0, copied per test from one module-wide template so keys are made
 once.  The "stand-in proxy" test proves only that ``proxy=`` reaches urllib (a GET with an
 absolute URL); real squid is tested with the services.
@@ -50,11 +50,6 @@ REF_SRV = reference_dir() / "srv"
 REF_MASTER_PUB = reference_dir() / "keys" / f"{REF_NAME}.pub"
 SUBDIR = "x86_64/generic"
 NOW = dt.datetime(2026, 12, 1, 12, 0, 0, tzinfo=dt.UTC)
-
-needs_reference = pytest.mark.skipif(
-    not (REF_SRV / "cvmfs" / REF_NAME / ".cvmfspublished").is_file(),
-    reason=f"real-server CVMFS fixture not found at {reference_dir()} (set EESSI_PIPELINE_SHARED)",
-)
 
 RequestHook = Callable[[str], None]
 
@@ -173,7 +168,6 @@ def _assert_clean(dest: Path) -> None:
 # --------------------------------------------------------------------------- (1) the real server's repository
 
 
-@needs_reference
 def test_snapshot_reference_repository_replica_verifies_at_revision_4(serve: Serve, tmp_path: Path) -> None:
     base = serve(REF_SRV)
     source = REF_SRV / "cvmfs" / REF_NAME
@@ -202,7 +196,6 @@ def test_snapshot_reference_repository_replica_verifies_at_revision_4(serve: Ser
     _assert_clean(dest)
 
 
-@needs_reference
 def test_snapshot_reference_repository_again_fetches_nothing(serve: Serve, tmp_path: Path) -> None:
     url = f"{serve(REF_SRV)}/cvmfs/{REF_NAME}"
     dest = tmp_path / REF_NAME

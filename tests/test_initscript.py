@@ -88,12 +88,10 @@ def _source(repo: Path, version: str, cpuinfo: Path, script: str) -> subprocess.
                           env=env, capture_output=True, text=True, check=False)  # fmt: skip
 
 
-ZEN3 = next((p for p in archdetect_cases() if p.parent.name == "zen3"), None)
+ZEN3 = next(p for p in archdetect_cases() if p.parent.name == "zen3")
 
 
 def test_init_bash_falls_back_to_an_installed_candidate(tmp_path: Path) -> None:
-    if ZEN3 is None:
-        pytest.skip("EESSI archdetect fixtures not found")
     repo = _prefix(tmp_path, "2023.06", ["x86_64/amd/zen2", "x86_64/generic"])  # no zen3 build
     done = _source(repo, "2023.06", ZEN3, 'echo "$EESSI_SOFTWARE_SUBDIR|$MODULEPATH"')
     assert done.returncode == 0, done.stderr
@@ -103,8 +101,6 @@ def test_init_bash_falls_back_to_an_installed_candidate(tmp_path: Path) -> None:
 
 
 def test_init_bash_no_installed_candidate_fails_clearly(tmp_path: Path) -> None:
-    if ZEN3 is None:
-        pytest.skip("EESSI archdetect fixtures not found")
     repo = _prefix(tmp_path, "2023.06", ["aarch64/generic"])
     done = _source(repo, "2023.06", ZEN3, "echo unreachable")
     assert done.returncode != 0 and "no software installed" in done.stderr
@@ -113,8 +109,6 @@ def test_init_bash_no_installed_candidate_fails_clearly(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("lmod") is None and not Path("/usr/share/lmod/lmod/init/bash").exists(),
                     reason="Lmod is not installed (Debian package lmod)")  # fmt: skip
 def test_init_bash_module_load_uses_the_selected_target(tmp_path: Path) -> None:
-    if ZEN3 is None:
-        pytest.skip("EESSI archdetect fixtures not found")
     repo = _prefix(tmp_path, "2023.06", ["x86_64/amd/zen3", "x86_64/generic"])
     done = _source(
         repo, "2023.06", ZEN3, 'module -t avail 2>&1; module load hello && echo "loaded $HELLO_SUBDIR"'
