@@ -50,7 +50,12 @@ def cmd_stage(args: argparse.Namespace, out: TextIO) -> int:
     tarball = Path(args.tarball)
     record = Path(args.record) if args.record else Path(f"{tarball}{RECORD_SUFFIX}")
     signature = Path(args.signature) if args.signature else Path(f"{record}.sig")
-    item = Staging(_settings(args).state_dir).stage(tarball, record, signature)
+    # issue 16: validated (schema, signature, binding, history) before anything enters staging
+    from .gate.admit import admit
+
+    item = admit(
+        tarball, record, signature, state_dir=_settings(args).state_dir, policy=load_policy(args.policy)
+    )
     out.write(f"{item.name}: staged ({item.state})\n")
     return 0
 
@@ -61,7 +66,8 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     if item is None:
         raise GateRefused(f"{args.tarball} is not staged")
     repo = Repository(settings.state_dir, settings.repository)
-    decision = judge(item, repo, load_policy(args.policy), dt.datetime.now(dt.UTC)).decision
+    now = dt.datetime.now(dt.UTC)
+    decision = judge(item, repo, load_policy(args.policy), now, Staging(settings.state_dir)).decision
     out.write(f"{item.name}: {decision.line()}\n")
     return 0 if decision.accept else 1
 
@@ -98,7 +104,7 @@ def cmd_publish(args: argparse.Namespace, out: TextIO) -> int:
     else:
         for o in outcomes:
             out.write(o.line() + "\n")
-    return 0 if all(o.accepted for o in outcomes) else 1
+    return 0 if all(o.accepted or o.skipped for o in outcomes) else 1
 
 
 BACKEND_ENV = "EESSI_PIPELINE_PUBLISH_BACKEND"

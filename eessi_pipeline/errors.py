@@ -62,3 +62,11 @@ class PublishError(PipelineError):
 
 class BuildError(PipelineError):
     """A software-layer build could not be planned, provisioned, run, checked or packed."""
+
+
+class TrustError(PipelineError):
+    """A trust file or directory (signers, keys, staging) can be changed by other local users."""
+
+
+class InputTooLarge(PipelineError):
+    """An input file or document is larger, or nests deeper, than its limit allows."""

@@ -130,3 +130,53 @@ def decide(
     if policy.require_approval and not approved:
         reasons.append("the policy requires approval: run `eessi-pipeline approve TARBALL`")
     return Decision(not reasons, tuple(reasons))
+
+
+# --------------------------------------------------------------------------- admission and replay
+
+
+@dataclass(frozen=True, slots=True)
+class PastDecision:
+    """One entry of a tarball's history in staging: a record that was staged or decided on."""
+
+    outcome: str  # "staged", "ingested" or "refused"
+    created: dt.datetime  # the record's own time
+    record_sha256: str
+    time: str  # when this happened (ISO 8601), for messages
+
+
+DECIDED = ("ingested", "refused")
+
+
+def binding_problems(record: GateRecord, name: str, sha256: str, size: int) -> tuple[str, ...]:
+    """What ties the record to another tarball than this one (empty: the record is about it)."""
+    problems = []
+    if record.tarball != name:
+        problems.append(f"the record is for {record.tarball}, not {name}")
+    if record.sha256 != sha256:
+        problems.append(
+            f"sha256 mismatch: the record says {record.sha256[:12]}…, the tarball is {sha256[:12]}…"
+        )
+    if record.size != size:
+        problems.append(f"size mismatch: the record says {record.size} bytes, the tarball has {size}")
+    return tuple(problems)
+
+
+def replay_problem(created: dt.datetime, digest: str, history: tuple[PastDecision, ...]) -> str | None:
+    """Why a record created at ``created`` (sha256 ``digest``) may not be judged again, or None.
+
+    A record must be newer than every decision already made on the same tarball, and not older than a
+    record already staged: otherwise an old green record could be replayed over a newer red one. The
+    very same record may be staged twice as long as nothing was decided on it.
+    """
+    for past in sorted(history, key=lambda p: p.outcome not in DECIDED):  # decisions first
+        if past.outcome in DECIDED and past.created >= created:
+            return (f"replayed or outdated record (created {created.isoformat()}): a record created "
+                    f"{past.created.isoformat()} was already {past.outcome} at {past.time}; run the tests "
+                    "again for a fresh record")  # fmt: skip
+        if past.outcome == "staged" and (
+            past.created > created or (past.created == created and past.record_sha256 != digest)
+        ):
+            return (f"outdated record (created {created.isoformat()}): a newer record, created "
+                    f"{past.created.isoformat()}, was staged at {past.time}")  # fmt: skip
+    return None

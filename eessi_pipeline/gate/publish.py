@@ -22,10 +22,11 @@ from ..cvmfs.reader import open_repository
 from ..cvmfs.repository import Repository
 from ..cvmfs.tarcheck import check_tarball
 from ..errors import PipelineError
+from ..locks import try_lock
 from . import signing
-from .decide import Decision, TarballFacts, decide
+from .decide import Decision, TarballFacts, decide, replay_problem
 from .policy import Policy
-from .record import load_record, sha256_file
+from .record import GateRecord, load_record, sha256_file
 from .staging import Staged, Staging
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,11 @@ class Outcome:
     revision_before: int | None
     revision_after: int | None
     dry_run: bool = False
+    skipped: bool = False  # another publisher has it: not a failure, not audited here
 
     def line(self) -> str:
+        if self.skipped:
+            return f"{self.tarball}: skipped: {'; '.join(self.reasons)}"
         if self.dry_run:
             verdict = "would publish" if self.accepted else "would refuse"
         else:
@@ -125,19 +129,38 @@ class Judgement:
     decision: Decision
     record_digest: str  # "" when the record could not be read
     facts: TarballFacts | None  # None when the tarball could not be read
+    record: GateRecord | None = None
 
 
-def judge(item: Staged, repo: Repository, policy: Policy, now: dt.datetime) -> Judgement:
+# What a hostile staged item can raise while it is judged: each is a refusal of that item only.
+_ITEM_ERRORS = (PipelineError, OSError, ValueError, TypeError, KeyError, EOFError, RecursionError)
+
+
+def judge(
+    item: Staged, repo: Repository, policy: Policy, now: dt.datetime, staging: Staging | None = None
+) -> Judgement:
+    """The gate's decision on one staged item; never raises for anything wrong with the item."""
+    try:
+        record = load_record(item.record)
+        digest = sha256_file(item.record)
+    except _ITEM_ERRORS as e:
+        return Judgement(Decision(False, (str(e).splitlines()[0] if str(e) else type(e).__name__,)), "", None)
     try:
         facts = facts_of(item.path, repo.paths.name)
-        record = load_record(item.record)
-    except PipelineError as e:
-        return Judgement(Decision(False, (str(e).splitlines()[0],)), "", None)
+    except _ITEM_ERRORS as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return Judgement(Decision(False, (why,)), digest, None, record)
+    if staging is not None:
+        try:
+            replay = replay_problem(record.created_at, digest, staging.history(item.name))
+        except PipelineError as e:
+            replay = str(e)
+        if replay is not None:
+            return Judgement(Decision(False, (replay,)), digest, facts, record)
     allowed = policy.allowed_signers_path(repo.paths.state_dir)
     sig = signing.verify(item.record, item.signature, allowed, policy.signature_namespace)
-    digest = sha256_file(item.record)
     return Judgement(
-        decide(facts, record, sig, policy, now, approved=item.state == "approved"), digest, facts
+        decide(facts, record, sig, policy, now, approved=item.state == "approved"), digest, facts, record
     )
 
 
@@ -218,37 +241,62 @@ def publish(
     missing = [n for n in names or [] if Path(n).name not in {s.name for s in items}]
     outcomes: list[Outcome] = [Outcome(Path(n).name, False, ("not staged (or already published/rejected)",),
                                        None, None, dry_run) for n in missing]  # fmt: skip
+    claims = staging.root / "claims"
     for item in items:
-        judgement = judge(item, repo, policy, now)
-        decision, digest = judgement.decision, judgement.record_digest
-        before = into.revision()
-        if dry_run:
-            outcomes.append(Outcome(item.name, decision.accept, decision.reasons, before, before, True))
-            continue
-        if not decision.accept:
-            awaiting = policy.require_approval and item.state == "new" and len(decision.reasons) == 1 and \
-                "requires approval" in decision.reasons[0]  # fmt: skip
-            if not awaiting:
-                staging.move(item, "rejected", "; ".join(decision.reasons))
-            outcome = Outcome(item.name, False, decision.reasons, before, before)
-        elif judgement.facts and (missing := [p for p in judgement.facts.needs if into.has(p) is False]):
-            why = (f"its programs need {', '.join(missing)}, which the repository does not have yet: publish "
-                   "that (the compatibility layer) first")  # fmt: skip
-            outcome = Outcome(
-                item.name, False, (why,), before, before
-            )  # stays staged: nothing is wrong with it
-        else:
-            try:
-                after = into.ingest(item.path)
-            except PipelineError as e:
-                outcome = Outcome(item.name, False, (f"ingest failed: {str(e).splitlines()[0]}",), before,
-                                  into.revision())  # fmt: skip
-            else:
-                staging.move(item, "ingested", f"revision {after}")
-                outcome = Outcome(item.name, True, (), before, after)
-        _audit(state_dir, outcome, digest, now)
-        outcomes.append(outcome)
+        # One publisher per tarball: the claim is an flock held from judgement to the final move.
+        with try_lock(claims / f"{item.name}.lock") as holder:
+            if holder is not None:
+                outcomes.append(Outcome(item.name, False, (f"already being published by {holder}",), None,
+                                        None, dry_run, skipped=True))  # fmt: skip
+                continue
+            current = staging.find(item.name)
+            if current is None or current.state not in eligible:
+                where = current.state if current else "gone"
+                why = f"already handled by another publisher ({where})"
+                outcomes.append(Outcome(item.name, False, (why,), None, None, dry_run, skipped=True))
+                continue
+            outcomes.append(_publish_one(current, staging, repo, into, policy, now, dry_run, state_dir))
     return outcomes
+
+
+def _publish_one(
+    item: Staged, staging: Staging, repo: Repository, into: IngestTarget, policy: Policy, now: dt.datetime,
+    dry_run: bool, state_dir: Path,
+) -> Outcome:  # fmt: skip
+    judgement = judge(item, repo, policy, now, staging)
+    decision, digest = judgement.decision, judgement.record_digest
+    before = into.revision()
+    if dry_run:
+        return Outcome(item.name, decision.accept, decision.reasons, before, before, True)
+    if not decision.accept:
+        awaiting = policy.require_approval and item.state == "new" and len(decision.reasons) == 1 and \
+            "requires approval" in decision.reasons[0]  # fmt: skip
+        if not awaiting:
+            staging.move(item, "rejected", "; ".join(decision.reasons))
+            _remember(staging, item.name, "refused", judgement)
+        outcome = Outcome(item.name, False, decision.reasons, before, before)
+    elif judgement.facts and (missing := [p for p in judgement.facts.needs if into.has(p) is False]):
+        why = (f"its programs need {', '.join(missing)}, which the repository does not have yet: publish "
+               "that (the compatibility layer) first")  # fmt: skip
+        outcome = Outcome(item.name, False, (why,), before, before)  # stays staged: nothing is wrong with it
+    else:
+        try:
+            after = into.ingest(item.path)
+        except PipelineError as e:
+            outcome = Outcome(item.name, False, (f"ingest failed: {str(e).splitlines()[0]}",), before,
+                              into.revision())  # fmt: skip
+        else:
+            staging.move(item, "ingested", f"revision {after}")
+            _remember(staging, item.name, "ingested", judgement)
+            outcome = Outcome(item.name, True, (), before, after)
+    _audit(state_dir, outcome, digest, now)
+    return outcome
+
+
+def _remember(staging: Staging, name: str, outcome: str, judgement: Judgement) -> None:
+    """A decision on a readable record enters the tarball's history (an unreadable one has no time)."""
+    if judgement.record is not None:
+        staging.remember(name, outcome, judgement.record.created, judgement.record_digest)
 
 
 def _audit(state_dir: Path, outcome: Outcome, record_digest: str, now: dt.datetime) -> None:

@@ -71,10 +71,60 @@ class GateRecord:
 
     @property
     def created_at(self) -> dt.datetime:
-        return dt.datetime.fromisoformat(self.created)
+        return parse_created(self.created, self.tarball)
 
 
-def record_from_json(data: dict[str, Any], where: str) -> GateRecord:
+def parse_created(value: object, where: str) -> dt.datetime:
+    """The record's ``created`` time: ISO 8601 with a UTC offset; anything else is refused."""
+    if not isinstance(value, str):
+        raise GateRefused(f"{where}: 'created' is {type(value).__name__}, not an ISO 8601 time; write the "
+                          "record with `eessi-pipeline gate record`")  # fmt: skip
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError as e:
+        raise GateRefused(f"{where}: 'created' {value[:40]!r} is not an ISO 8601 time; write the record "
+                          "with `eessi-pipeline gate record`") from e  # fmt: skip
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise GateRefused(f"{where}: 'created' {value[:40]!r} has no UTC offset (a naive time cannot be "
+                          "compared); write the record with `eessi-pipeline gate record`")  # fmt: skip
+    return when
+
+
+_HEX64 = frozenset("0123456789abcdef")
+
+
+def _check_shape(data: object, where: str) -> dict[str, Any]:
+    """Refuse a record whose fields have the wrong types before any field is used."""
+    if not isinstance(data, dict):
+        raise GateRefused(f"{where}: not a valid gate record (a JSON {type(data).__name__}, not an object); "
+                          "write it with `eessi-pipeline gate record`")  # fmt: skip
+    wanted: dict[str, type] = {"tarball": str, "sha256": str, "size": int, "content_type": str,
+                               "tests": list, "created": str}  # fmt: skip
+    for key, kind in wanted.items():
+        if key not in data:
+            raise GateRefused(f"{where}: not a valid gate record (no {key!r}); write it with "
+                              "`eessi-pipeline gate record`")  # fmt: skip
+        if not isinstance(data[key], kind) or isinstance(data[key], bool):
+            raise GateRefused(f"{where}: not a valid gate record ({key!r} is {type(data[key]).__name__}); "
+                              "write it with `eessi-pipeline gate record`")  # fmt: skip
+    sha = data["sha256"]
+    if len(sha) != 64 or not set(sha) <= _HEX64:
+        raise GateRefused(f"{where}: 'sha256' is not 64 lower-case hex digits")
+    for t in data["tests"]:
+        if not isinstance(t, dict) or t.get("outcome") not in OUTCOMES or not isinstance(t.get("id"), str):
+            raise GateRefused(f"{where}: a test entry is not {{'id': str, 'outcome': one of "
+                              f"{', '.join(OUTCOMES)}}}: {str(t)[:80]}")  # fmt: skip
+    for key in ("digests", "tools", "extra"):
+        if not isinstance(data.get(key, {}), dict):
+            raise GateRefused(f"{where}: not a valid gate record ({key!r} is not an object)")
+    if data.get("reframe") is not None and not isinstance(data["reframe"], dict):
+        raise GateRefused(f"{where}: not a valid gate record ('reframe' is not an object)")
+    parse_created(data["created"], where)
+    return data
+
+
+def record_from_json(data: object, where: str) -> GateRecord:
+    data = _check_shape(data, where)
     try:
         rf = data.get("reframe")
         reframe = None
@@ -90,15 +140,22 @@ def record_from_json(data: dict[str, Any], where: str) -> GateRecord:
             version=int(data.get("version", 1)), extra=dict(data.get("extra", {})),
             target_name=str(data.get("target_name", "")),
         )  # fmt: skip
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise GateRefused(f"{where}: not a valid gate record ({type(e).__name__}: {e}); write it with "
                           "`eessi-pipeline gate record`") from e  # fmt: skip
 
 
+MAX_RECORD_BYTES = 16 << 20  # a record of tens of thousands of test ids is well under 16 MiB
+
+
 def load_record(path: Path) -> GateRecord:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_RECORD_BYTES + 1)
+        if len(raw) > MAX_RECORD_BYTES:
+            raise GateRefused(f"{path}: larger than {MAX_RECORD_BYTES >> 20} MiB; not a gate record")
+        data = json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
         raise GateRefused(f"{path}: cannot read the gate record ({e})") from e
     return record_from_json(data, str(path))
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import proc
-from ..errors import GateRefused
+from ..errors import GateRefused, TrustError
+from ..trust import PRIVATE_FILE_MODE, PUBLIC_FILE_MODE, ensure_dir, refuse_if_writable, write_file
 
 NAMESPACE = "eessi-pipeline"
 
@@ -36,16 +37,23 @@ def verify_argv(allowed: Path, identity: str, sig: Path, namespace: str = NAMESP
 
 
 def ensure_signing_key(key: Path, identity: str, allowed: Path, namespace: str = NAMESPACE) -> None:
-    """Create an ed25519 build-node key if missing and list it in ``allowed`` (never overwrites a key)."""
+    """Create an ed25519 build-node key if missing and list it in ``allowed`` (never overwrites a key).
+
+    The key directory is 0755, the key 0600, its ``.pub`` and ``allowed`` 0644, whatever the umask.
+    """
     if not key.exists():
-        key.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir(key.parent)
         proc.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", identity, "-f", str(key)], timeout=30)
+        key.chmod(PRIVATE_FILE_MODE)
+        Path(f"{key}.pub").chmod(PUBLIC_FILE_MODE)
     pub = Path(f"{key}.pub").read_text().split()
     line = f'{identity} namespaces="{namespace}" {pub[0]} {pub[1]}\n'
+    if allowed.exists():
+        refuse_if_writable(allowed, "the allowed_signers file", GateRefused)
     existing = allowed.read_text() if allowed.exists() else ""
     if f"{pub[0]} {pub[1]}" not in existing:
-        allowed.parent.mkdir(parents=True, exist_ok=True)
-        allowed.write_text(existing + line)
+        ensure_dir(allowed.parent)
+        write_file(allowed, (existing + line).encode(), PUBLIC_FILE_MODE)
 
 
 def sign(key: Path, file: Path, namespace: str = NAMESPACE) -> Path:
@@ -63,6 +71,10 @@ def verify(file: Path, sig: Path, allowed: Path, namespace: str = NAMESPACE) -> 
         )
     if not allowed.exists():
         return SignatureCheck(False, "", f"allowed_signers file {allowed} does not exist")
+    try:
+        refuse_if_writable(allowed, "the allowed_signers file")
+    except TrustError as e:
+        return SignatureCheck(False, "", str(e))
     found = proc.run(find_principals_argv(allowed, sig), timeout=60, check=False)
     identity = found.stdout.strip().splitlines()[0] if found.returncode == 0 and found.stdout.strip() else ""
     if not identity:

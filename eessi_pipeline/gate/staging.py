@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import GateRefused
-from .record import RECORD_SUFFIX, sha256_file
+from ..trust import ensure_dir, refuse_if_writable
+from .decide import PastDecision
+from .record import RECORD_SUFFIX, parse_created, sha256_file
 
 STATES = ("new", "approved", "ingested", "rejected")
 COMPANIONS = (RECORD_SUFFIX, RECORD_SUFFIX + ".sig", ".meta.txt", ".sig", ".meta.txt.sig")
@@ -50,6 +52,42 @@ class Staging:
     def _dir(self, state: str) -> Path:
         return self.root / state
 
+    def _ensure(self, state: str | None = None) -> Path:
+        """Create staging (and ``state``) with fixed modes; refuse it if others could write it."""
+        d = ensure_dir(self.root if state is None else self._dir(state))
+        refuse_if_writable(self.root, "the staging area", GateRefused)
+        if state is not None:
+            refuse_if_writable(d, "the staging area", GateRefused)
+        return d
+
+    # ----- per-tarball history: what was staged and decided, so an old record cannot come back
+
+    def _history_file(self, name: str) -> Path:
+        return self.root / "history" / f"{Path(name).name}.jsonl"
+
+    def history(self, name: str) -> tuple[PastDecision, ...]:
+        path = self._history_file(name)
+        if not path.exists():
+            return ()
+        out = []
+        for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            try:
+                e = json.loads(line)
+                out.append(PastDecision(str(e["outcome"]), parse_created(e["created"], f"{path}:{n}"),
+                                        str(e["record_sha256"]), str(e["time"])))  # fmt: skip
+            except (ValueError, KeyError, TypeError, GateRefused) as err:
+                raise GateRefused(f"{path}:{n}: unreadable history entry ({err}); it is append-only: "
+                                  "restore it from a backup") from err  # fmt: skip
+        return tuple(out)
+
+    def remember(self, name: str, outcome: str, created: str, record_sha256: str) -> None:
+        """Append one history entry for tarball ``name`` (``created`` is the record's own time)."""
+        ensure_dir(self.root / "history")
+        entry = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "outcome": outcome,
+                 "created": created, "record_sha256": record_sha256}  # fmt: skip
+        with self._history_file(name).open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry, sort_keys=True) + "\n")
+
     def stage(self, tarball: Path, record: Path, signature: Path) -> Staged:
         """Copy a tarball and its signed gate record into ``new``.
 
@@ -73,11 +111,19 @@ class Staging:
             shutil.copy2(record, earlier.record)
             shutil.copy2(signature, earlier.signature)
             return earlier if earlier.state == "new" else self.move(earlier, "new", "tested again")
-        dest = self._dir("new")
-        dest.mkdir(parents=True, exist_ok=True)
-        for src in (tarball, record, signature, *[Path(f"{tarball}{s}") for s in (".meta.txt",)]):
-            if src.exists():
-                shutil.copy2(src, dest / src.name)
+        dest = self._ensure("new")
+        # The record and its signature are stored under the tarball's name whatever theirs was
+        # (``gate stage --record FILE``): publish finds them by the tarball's name.
+        copies = [(tarball, tarball.name), (record, tarball.name + RECORD_SUFFIX),
+                  (signature, tarball.name + RECORD_SUFFIX + ".sig")]  # fmt: skip
+        meta = Path(f"{tarball}.meta.txt")
+        if meta.exists():
+            copies.append((meta, meta.name))
+        for src, name in copies[1:]:  # companions first: a tarball never appears without its record
+            shutil.copy2(src, dest / name)
+        part = dest / f".{tarball.name}.part"
+        shutil.copy2(tarball, part)
+        os.replace(part, dest / tarball.name)
         self._log(tarball.name, None, "new", "staged")
         return Staged(tarball.name, "new", dest / tarball.name)
 
@@ -97,8 +143,7 @@ class Staging:
     def move(self, item: Staged, state: str, reason: str) -> Staged:
         if state not in STATES:
             raise GateRefused(f"unknown staging state {state!r}")
-        dest = self._dir(state)
-        dest.mkdir(parents=True, exist_ok=True)
+        dest = self._ensure(state)
         for suffix in ("", *COMPANIONS):
             src = Path(f"{item.path}{suffix}")
             if src.exists():
@@ -117,7 +162,7 @@ class Staging:
         return self.move(item, "approved", f"approved by {who}")
 
     def _log(self, name: str, old: str | None, new: str, reason: str) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._ensure()
         entry = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "tarball": name, "from": old,
                  "to": new, "reason": reason}  # fmt: skip
         with (self.root / "moves.jsonl").open("a", encoding="utf-8") as fh:

@@ -19,10 +19,10 @@ from ..arch.select import select_target
 from ..errors import GateRefused
 from ..matrix import load_matrix
 from . import signing
+from .admit import admit
 from .policy import Policy
 from .publish import facts_of
 from .record import RECORD_SUFFIX, CaseResult, GateRecord, ReframeSummary, make_record, summarise_reframe
-from .staging import Staging
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,5 +79,5 @@ def write_record(
         allowed = policy.allowed_signers_path(state_dir)
         signing.ensure_signing_key(key, identity, allowed, policy.signature_namespace)
     sig = signing.sign(key, path, policy.signature_namespace)
-    state = Staging(state_dir).stage(tarball, path, sig).state if stage else ""
+    state = admit(tarball, path, sig, state_dir=state_dir, policy=policy).state if stage else ""
     return WrittenRecord(record, path, sig, stage, state)
