@@ -1,8 +1,8 @@
-"""A real build of the ``ci-compat`` stack: the software layer runs on the compatibility layer (slow).
+"""A real build of the default ``ci`` stack: the software layer runs on the compatibility layer (slow).
 
-``x86_64_generic`` is built with the stack that links to the x86_64 compatibility layer.  The build's
-state is ``<build test state>/ci-compat`` (so it never displaces the default stack's build of the same
-target), the layer is the one ``compat_layer("x86_64")`` builds (shared state, built once).  Checked:
+``x86_64_generic`` is built with its default stack, which links to the x86_64 compatibility layer; the
+build is the one ``software_build`` makes (same state dir), the layer the one ``compat_layer("x86_64")``
+builds (shared state, built once).  Checked:
 STREAM's ELF interpreter is the layer's loader; in the build's namespace (overlay plus the layer at its
 prefix) the layer's loader resolves every library of STREAM and zlib inside the layer or the stack, and
 ``stream 8`` validates with only the layer's loader, libc and libgomp loaded; the modules still load with
@@ -47,8 +47,7 @@ def _plan(pytestconfig: pytest.Config) -> BuildPlan:
         matrix.target(TARGET),
         "2023.06",
         REPO,
-        build_state_dir(pytestconfig) / "ci-compat",
-        stack_name="ci-compat",
+        build_state_dir(pytestconfig),
         compat_state=compat_state_dir(pytestconfig),
     )
 

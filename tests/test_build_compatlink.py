@@ -326,11 +326,16 @@ def matrix():
     return load_matrix()
 
 
-def test_stacks_ci_compat_links_and_ci_does_not(stacks):
-    compat, ci = stacks.stack("2023.06", "ci-compat"), stacks.stack("2023.06", "ci")
-    assert compat.compat_layer and not ci.compat_layer
-    assert compat.easystack == ci.easystack and compat.modules == ci.modules
-    assert not any(stacks.stack("2023.06", n).compat_layer for n in ("full", "production"))
+def test_default_stacks_link_to_the_layer_and_only_ci_hostlinked_does_not(stacks, matrix):
+    compat, host = stacks.stack("2023.06", "ci"), stacks.stack("2023.06", "ci-hostlinked")
+    assert compat.compat_layer and not host.compat_layer
+    assert compat.easystack == host.easystack and compat.modules == host.modules
+    assert (
+        stacks.stack("2023.06", "full").compat_layer
+        and not stacks.stack("2023.06", "production").compat_layer
+    )
+    for version in ("2023.06", "2025.06"):  # every target's default stack runs on the layer
+        assert all(stacks.stack_for(version, t).compat_layer for t in matrix.targets_for(version))
 
 
 def test_stacks_compat_layer_must_be_a_boolean(tmp_path):
@@ -345,19 +350,19 @@ def test_stacks_compat_layer_must_be_a_boolean(tmp_path):
 
 def test_plan_of_a_compat_stack_shows_the_layer_in_its_view_and_digest(stacks, matrix, tmp_path):
     target = matrix.target("x86_64_generic")
-    plan = BuildPlan.create(
-        matrix, stacks, target, "2023.06", "r.eessi.local", tmp_path, stack_name="ci-compat"
-    )
+    plan = BuildPlan.create(matrix, stacks, target, "2023.06", "r.eessi.local", tmp_path, stack_name="ci")
     spec = plan.compat_spec
     assert spec is not None and spec.prefix == PREFIX and spec.staging.is_relative_to(tmp_path / "compat")
     view = plan.view()
     assert isinstance(view, OverlayView) and view.binds == ((str(spec.staging), spec.prefix),)
     inputs = build_inputs(plan, {}, "5.4.1", "-O2", "layer-digest")
     assert inputs["compat_layer"]["layer"] == "layer-digest" and inputs["compat_layer"]["prefix"] == PREFIX
-    plain = BuildPlan.create(matrix, stacks, target, "2023.06", "r.eessi.local", tmp_path)
+    plain = BuildPlan.create(
+        matrix, stacks, target, "2023.06", "r.eessi.local", tmp_path, stack_name="ci-hostlinked"
+    )
     assert plain.compat_spec is None and "compat_layer" not in build_inputs(plain, {}, "5.4.1", "-O2")
     shared = BuildPlan.create(
-        matrix, stacks, target, "2023.06", "r", tmp_path, stack_name="ci-compat", compat_state=tmp_path / "c"
+        matrix, stacks, target, "2023.06", "r", tmp_path, stack_name="ci", compat_state=tmp_path / "c"
     )
     assert shared.compat_spec is not None and shared.compat_spec.state_dir == tmp_path / "c"
 
@@ -367,7 +372,7 @@ def test_plan_of_a_compat_stack_refuses_a_container_runtime(stacks, matrix, tmp_
     with pytest.raises(BuildError, match="--runtime namespace"):
         BuildPlan.create(
             matrix, stacks, matrix.target("x86_64_generic"), "2023.06", "r", tmp_path,
-            stack_name="ci-compat", runtime=choice,
+            stack_name="ci", runtime=choice,
         )  # fmt: skip
 
 
@@ -395,7 +400,7 @@ def test_overlay_view_refuses_a_bind_outside_the_cover(tmp_path):
 
 @pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
 def test_cli_dry_run_says_the_stack_links_to_the_layer(tmp_path, as_json):
-    argv = ["--state-dir", str(tmp_path), "build", "--target", "x86_64_generic", "--stack", "ci-compat"]
+    argv = ["--state-dir", str(tmp_path), "build", "--target", "x86_64_generic", "--stack", "ci"]
     args = build_cli_parser().parse_args([*argv, "--dry-run", *(["--json"] if as_json else [])])
     out = io.StringIO()
     assert args.handler(args, out) == 0

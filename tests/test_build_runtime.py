@@ -291,7 +291,14 @@ def test_plan_container_view_without_binary_needs_it_only_to_run(matrix, stacks,
     monkeypatch.setenv("PATH", str(tmp_path))  # no apptainer here (nor anywhere on this machine)
     choice = RuntimeChoice(Runtime.APPTAINER, DEFAULT_IMAGE, "--runtime")
     plan = BuildPlan.create(
-        matrix, stacks, matrix.target("x86_64_generic"), None, "r.local", tmp_path, runtime=choice
+        matrix,
+        stacks,
+        matrix.target("x86_64_generic"),
+        None,
+        "r.local",
+        tmp_path,
+        runtime=choice,
+        stack_name="ci-hostlinked",  # the default stacks link to the layer: namespace runtime only
     )
     view = plan.view(require=False)
     assert isinstance(view, ContainerView) and view.wrap(["true"])[:2] == ["apptainer", "exec"]
@@ -310,6 +317,7 @@ def test_plan_runtime_enters_the_inputs_only_when_not_the_default(matrix, stacks
         "r",
         tmp_path,
         runtime=RuntimeChoice(Runtime.SINGULARITY, "x.sif", "--runtime"),
+        stack_name="ci-hostlinked",
     )
     assert "runtime" not in build_inputs(default, {}, "5.4.1", "-O2")
     extra = build_inputs(container, {}, "5.4.1", "-O2")
@@ -325,7 +333,7 @@ def test_cli_dry_run_apptainer_without_binary_shows_argv_and_definition(tmp_path
             "build",
             "--target",
             "x86_64_generic",
-            *("--runtime", "apptainer", "--dry-run", "--json"),
+            *("--stack", "ci-hostlinked", "--runtime", "apptainer", "--dry-run", "--json"),
         ]
     )
     assert data["runtime"] == "apptainer" and data["runtime_from"] == "--runtime"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -13,6 +12,7 @@ from helpers import archdetect_cases
 
 from eessi_pipeline.arch.cpuinfo import parse_cpuinfo
 from eessi_pipeline.arch.select import select_target
+from eessi_pipeline.build.lmodfiles import write_lmod_files
 from eessi_pipeline.cvmfs.tarcheck import check_tarball
 from eessi_pipeline.initscript import build_init_tarball, render, spec_lines, write_init_dir
 from eessi_pipeline.matrix import load_matrix
@@ -71,26 +71,47 @@ def test_spec_lines_most_specific_first() -> None:
     assert order[-1] == "x86_64/generic"
 
 
-def _prefix(tmp_path: Path, version: str, subdirs: list[str]) -> Path:
+HOST_LMOD = Path("/usr/share/lmod/lmod")
+needs_lmod = pytest.mark.skipif(
+    not (HOST_LMOD / "init/bash").exists(), reason="Lmod is not installed (Debian lmod)"
+)
+
+
+def _prefix(tmp_path: Path, version: str, subdirs: list[str], *, compat: bool = True) -> Path:
+    """A repository tree with the init scripts, modules ``hello/1.0`` with their ``.lmod`` files, and a
+    stand-in compatibility layer whose bash and Lmod are the host's (the real layer is tested end to end)."""
     repo = tmp_path / "cvmfs" / REPO
     write_init_dir(render(MATRIX, version, REPO), repo / "versions" / version / "init")
     for sub in subdirs:
-        mod = repo / "versions" / version / "software" / "linux" / sub / "modules" / "all" / "hello"
+        software = repo / "versions" / version / "software" / "linux" / sub
+        mod = software / "modules" / "all" / "hello"
         mod.mkdir(parents=True)
         (mod / "1.0.lua").write_text(f'whatis("hello world")\nsetenv("HELLO_SUBDIR", "{sub}")\n')
+        write_lmod_files(software / ".lmod", str(software))
+    if compat:
+        layer = repo / "versions" / version / "compat" / "linux" / "x86_64"
+        (layer / "bin").mkdir(parents=True)
+        (layer / "bin" / "bash").symlink_to("/bin/bash")
+        (layer / "usr" / "share").mkdir(parents=True)
+        (layer / "usr" / "share" / "Lmod").symlink_to(HOST_LMOD)
     return repo
 
 
-def _source(repo: Path, version: str, cpuinfo: Path, script: str) -> subprocess.CompletedProcess[str]:
+def _source(
+    repo: Path, version: str, cpuinfo: Path, script: str, entry: str = "bash", silent: bool = True
+) -> subprocess.CompletedProcess[str]:
     env = {"PATH": "/usr/bin:/bin", "HOME": str(repo.parent), "EESSI_CVMFS_REPO_OVERRIDE": str(repo),
-           "EESSI_PROC_CPUINFO": str(cpuinfo), "EESSI_SILENT": "1"}  # fmt: skip
-    return subprocess.run(["bash", "-c", f"source {repo}/versions/{version}/init/bash && {script}"],
+           "EESSI_PROC_CPUINFO": str(cpuinfo), "EESSI_MACHINE_TYPE": "x86_64"}  # fmt: skip
+    if silent:
+        env["EESSI_SILENT"] = "1"
+    return subprocess.run(["bash", "-c", f"source {repo}/versions/{version}/init/{entry} && {script}"],
                           env=env, capture_output=True, text=True, check=False)  # fmt: skip
 
 
 ZEN3 = next(p for p in archdetect_cases() if p.parent.name == "zen3")
 
 
+@needs_lmod
 def test_init_bash_falls_back_to_an_installed_candidate(tmp_path: Path) -> None:
     repo = _prefix(tmp_path, "2023.06", ["x86_64/amd/zen2", "x86_64/generic"])  # no zen3 build
     done = _source(repo, "2023.06", ZEN3, 'echo "$EESSI_SOFTWARE_SUBDIR|$MODULEPATH"')
@@ -100,14 +121,14 @@ def test_init_bash_falls_back_to_an_installed_candidate(tmp_path: Path) -> None:
     assert modulepath == f"{repo}/versions/2023.06/software/linux/x86_64/amd/zen2/modules/all"
 
 
+@needs_lmod
 def test_init_bash_no_installed_candidate_fails_clearly(tmp_path: Path) -> None:
     repo = _prefix(tmp_path, "2023.06", ["aarch64/generic"])
     done = _source(repo, "2023.06", ZEN3, "echo unreachable")
     assert done.returncode != 0 and "no software installed" in done.stderr
 
 
-@pytest.mark.skipif(shutil.which("lmod") is None and not Path("/usr/share/lmod/lmod/init/bash").exists(),
-                    reason="Lmod is not installed (Debian package lmod)")  # fmt: skip
+@needs_lmod
 def test_init_bash_module_load_uses_the_selected_target(tmp_path: Path) -> None:
     repo = _prefix(tmp_path, "2023.06", ["x86_64/amd/zen3", "x86_64/generic"])
     done = _source(
@@ -116,6 +137,52 @@ def test_init_bash_module_load_uses_the_selected_target(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "hello/1.0" in done.stdout
     assert "loaded x86_64/amd/zen3" in done.stdout
+
+
+@needs_lmod
+def test_init_bash_sets_up_eessi_variables_lmod_config_and_the_layer_path(tmp_path: Path) -> None:
+    repo = _prefix(tmp_path, "2023.06", ["x86_64/amd/zen3"])
+    software = f"{repo}/versions/2023.06/software/linux/x86_64/amd/zen3"
+    layer = f"{repo}/versions/2023.06/compat/linux/x86_64"
+    done = _source(repo, "2023.06", ZEN3,
+                   'echo "$EESSI_EPREFIX|$LMOD_RC|$LMOD_PACKAGE_PATH|${PATH%%:*}|$EESSI_SITE_MODULEPATH"')  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().split("|") == [
+        layer,
+        f"{software}/.lmod/lmodrc.lua",
+        f"{software}/.lmod",
+        f"{layer}/usr/bin",
+        f"{repo}/host_injections/2023.06/software/linux/x86_64/amd/zen3/modules/all",
+    ]
+    assert done.stderr == ""
+
+
+@needs_lmod
+def test_init_bash_without_a_compat_layer_or_lmod_files_fails_clearly(tmp_path: Path) -> None:
+    repo = _prefix(tmp_path / "a", "2023.06", ["x86_64/amd/zen3"], compat=False)
+    done = _source(repo, "2023.06", ZEN3, "echo unreachable")
+    assert done.returncode != 0 and "compatibility layer" in done.stderr and "not found" in done.stderr
+    repo = _prefix(tmp_path / "b", "2023.06", ["x86_64/amd/zen3"])
+    (repo / "versions/2023.06/software/linux/x86_64/amd/zen3/.lmod/SitePackage.lua").unlink()
+    done = _source(repo, "2023.06", ZEN3, "echo unreachable")
+    assert done.returncode != 0 and "SitePackage.lua not found" in done.stderr
+
+
+@needs_lmod
+def test_init_lmod_bash_loads_the_eessi_module_from_the_repository_path(tmp_path: Path) -> None:
+    repo = _prefix(tmp_path, "2023.06", ["x86_64/amd/zen2", "x86_64/generic"])
+    done = _source(
+        repo, "2023.06", ZEN3,
+        'module -t list 2>&1; module load hello && echo "loaded $HELLO_SUBDIR|$EESSI_CVMFS_REPO|$LMOD_PACKAGE_PATH"',
+        entry="lmod/bash", silent=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "EESSI/2023.06" in done.stdout
+    software = f"{repo}/versions/2023.06/software/linux/x86_64/amd/zen2"
+    assert f"loaded x86_64/amd/zen2|{repo}|{software}/.lmod" in done.stdout
+    assert "Environment set up to use" in done.stderr and "(x86_64/amd/zen2)" in done.stderr
+    module = (repo / "versions/2023.06/init/modules/EESSI/2023.06.lua").read_text()
+    assert "/cvmfs/" not in module  # the repository comes from where the module lies, not from the file
 
 
 def test_init_tarball_passes_validation_and_has_the_files(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from ..compat.layout import LayerSpec
 from ..errors import BuildError, CompatError
 from ..matrix import Matrix, Target
 from ..proc import CommandFailed, run
-from . import compatlink
+from . import compatlink, lmodfiles
 from .container import ContainerView
 from .easybuild import (
     HOOKS,
@@ -128,16 +128,17 @@ class BuildPlan:
     def sourcepath(self) -> Path:
         return self.state / "sources"
 
-    def view(self, root: Path | None = None, *, require: bool = True) -> BuildView:
+    def view(self, root: Path | None = None, *, require: bool = True, layer: bool = True) -> BuildView:
         """``/cvmfs/<repo>`` writable for this plan's runtime; ``root`` holds its overlay directories.
 
         ``require``: a container runtime's program must exist (a :class:`BuildError` says how to get it);
-        without it (``--dry-run``) the program's name stands in for its path.
+        without it (``--dry-run``) the program's name stands in for its path.  ``layer=False`` leaves the
+        compatibility layer out of the view (EasyBuild's dependency resolution does not run anything).
         """
         root = root or self.target_dir / "overlay"
         if self.runtime.runtime is Runtime.NAMESPACE:
             view = OverlayView.for_repository(self.repository, root)
-            compat = self.compat_spec
+            compat = self.compat_spec if layer else None
             return view.with_bind(compat.staging, compat.prefix) if compat is not None else view
         binary = require_binary(self.runtime) if require else None
         return ContainerView.create(
@@ -224,6 +225,7 @@ def build_inputs(
         "easybuild": eb_version,
         "hooks": file_sha256(HOOKS),
         "cflags": cflags,
+        "lmod_files": lmodfiles.files_digest(plan.prefix),
     }
 
 
@@ -328,6 +330,8 @@ def ensure_build(
                 f"EasyBuild log tail: {_eb_log_tail(plan)}"
             ) from e
         linked = _link_to_compat(plan, overlay, layer) if layer is not None else None
+        # Lmod's configuration for clients (LMOD_RC, LMOD_PACKAGE_PATH), beside the cache written next
+        lmodfiles.write_lmod_files(overlay.upper / _below_mount(plan, overlay) / ".lmod", plan.prefix)
         overlay.run(lmod_cache_argv(plan.prefix), timeout=600, env=eb_env)
         missing = overlay.run(
             eb_missing_argv(cfg, plan.stack.easystack), timeout=600, env=eb_env, check=False
@@ -371,6 +375,11 @@ def ensure_build(
         )
 
 
+def _below_mount(plan: BuildPlan, view: BuildView) -> str:
+    """The target's prefix relative to the view's mount point (``/cvmfs/<repo>``), as in its upper dir."""
+    return plan.prefix[len(view.mount) :].strip("/")
+
+
 def _link_to_compat(plan: BuildPlan, view: BuildView, layer: compatlink.LayerLink) -> compatlink.LinkPlan:
     """The link step: plan the patchelf edits for what EasyBuild installed, refuse a file that would
     load a host library, apply the edits with the layer's patchelf in the namespace, then check with the
@@ -408,7 +417,7 @@ def resolve_stack(plan: BuildPlan, *, environ: Mapping[str, str] | None = None) 
     creates ``<installpath>/modules/all``.
     """
     root = plan.target_dir / "resolve"
-    view = plan.view(root)
+    view = plan.view(root, layer=False)
     cfg = plan.eb_config(gcc_version(), as_root=view.eb_sees_root)
     env = eb_environment(cfg, os.environ if environ is None else environ)
     argv = eb_resolve_argv(cfg, plan.stack.easystack)
