@@ -16,13 +16,13 @@ import os
 import re
 import tempfile
 import threading
-import urllib.error
-import urllib.request
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import RepositoryError
+from .http import HttpFetchError, HttpLimits, http_get
 from .reader import RepositoryReader
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,10 @@ class ClientConfig:
     master_public_key: Path
     proxy: str | None = None
     timeout: float = 10.0
+    limits: HttpLimits | None = None  # None: from the environment, with ``timeout`` as read timeout
+
+    def http_limits(self) -> HttpLimits:
+        return self.limits or HttpLimits.from_env(read_timeout=self.timeout)
 
     def repo_urls(self) -> list[str]:
         return [f"{u.rstrip('/')}/{self.repository}" for u in self.stratum1_urls]
@@ -51,6 +55,7 @@ class MirrorSource:
     cache_root: Path
     proxy: str | None = None
     timeout: float = 10.0
+    limits: HttpLimits | None = None
     preferred: int = 0
     hits: int = 0
     downloads: int = 0
@@ -59,23 +64,20 @@ class MirrorSource:
     def __post_init__(self) -> None:
         if not self.urls:
             raise RepositoryError("no Stratum 1 URL given; pass --stratum1 URL (repeatable)")
-        handlers: list[urllib.request.BaseHandler] = [
-            urllib.request.ProxyHandler({"http": self.proxy, "https": self.proxy} if self.proxy else {})
-        ]
-        self._opener = urllib.request.build_opener(*handlers)
+        if self.limits is None:
+            self.limits = HttpLimits.from_env(read_timeout=self.timeout)
 
-    def _download(self, url: str) -> bytes:
-        request = urllib.request.Request(url, headers={"X-CVMFS2": "eessi-pipeline", "Pragma": ""})
-        with self._opener.open(request, timeout=self.timeout) as response:
-            data: bytes = response.read()
-            return data
+    def _download(self, url: str, max_bytes: int | None, until: float) -> bytes:
+        assert self.limits is not None
+        return http_get(url, self.limits, max_bytes=max_bytes, proxy=self.proxy, until=until,
+                        headers={"X-CVMFS2": "eessi-pipeline", "Pragma": ""})  # fmt: skip
 
     @staticmethod
     def _valid(relpath: str, data: bytes) -> bool:
         m = _OBJECT.match(relpath)
         return m is None or hashlib.sha1(data).hexdigest() == m.group(1) + m.group(2)
 
-    def fetch(self, relpath: str) -> bytes:
+    def fetch(self, relpath: str, max_bytes: int | None = None) -> bytes:
         is_object = _OBJECT.match(relpath) is not None
         cached = self.cache_root / relpath
         if is_object and cached.exists():
@@ -88,16 +90,18 @@ class MirrorSource:
             cached.unlink(missing_ok=True)
         failures: list[str] = []
         order = list(range(self.preferred, len(self.urls))) + list(range(self.preferred))
+        assert self.limits is not None
+        until = time.monotonic() + self.limits.operation_deadline  # one fetch, every server included
         for i in order:
             url = f"{self.urls[i].rstrip('/')}/{relpath}"
-            try:
-                data = self._download(url)
-            except urllib.error.HTTPError as e:
-                failures.append(f"{url}: HTTP {e.code}")
+            if time.monotonic() >= until:
+                failures.append(f"{url}: not tried, the operation deadline of "
+                                f"{self.limits.operation_deadline:g} s had passed")  # fmt: skip
                 continue
-            except (urllib.error.URLError, OSError) as e:
-                reason = getattr(e, "reason", e)
-                failures.append(f"{url}: {reason}")
+            try:
+                data = self._download(url, max_bytes, until)
+            except HttpFetchError as e:  # status, deadline, size cap, truncation, redirects: next server
+                failures.append(str(e))
                 continue
             if not self._valid(relpath, data):
                 failures.append(f"{url}: content does not match its hash (tampered or corrupt)")
@@ -129,8 +133,9 @@ def open_client(config: ClientConfig) -> tuple[RepositoryReader, MirrorSource]:
             f"{config.master_public_key}: cannot read the master public key ({e.strerror}); pass --master-key"
         ) from e
     source = MirrorSource(
-        config.repo_urls(), config.cache_dir / config.repository, config.proxy, config.timeout
-    )
+        config.repo_urls(), config.cache_dir / config.repository, config.proxy, config.timeout,
+        config.http_limits(),
+    )  # fmt: skip
     reader = RepositoryReader(source, master)
     try:
         reader.check_signatures()

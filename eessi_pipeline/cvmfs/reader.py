@@ -18,8 +18,6 @@ import re
 import sqlite3
 import stat
 import tempfile
-import urllib.error
-import urllib.request
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,6 +44,7 @@ from .common import (
     md5path,
     object_path,
 )
+from .http import HttpFetchError, HttpLimits, http_get
 from .manifest import Manifest, SignedText, parse_manifest
 from .verify import certificate_fingerprint, verify_manifest_signature, verify_whitelist_signature
 from .whitelist import Whitelist, parse_whitelist
@@ -54,6 +53,7 @@ MANIFEST_NAME = ".cvmfspublished"
 WHITELIST_NAME = ".cvmfswhitelist"
 REFLOG_NAME = ".cvmfsreflog"
 HTTP_TIMEOUT_S = 10.0
+SIGNED_FILE_MAX_BYTES = 1 << 20  # .cvmfspublished and .cvmfswhitelist are a few hundred bytes
 
 _HASH_RE = re.compile(r"^([0-9a-f]{40})(-rmd160|-shake128)?$")
 _ALGO_TAGS = {0: "", 1: "-rmd160", 2: "-shake128"}  # flags bits 8-10: (shash algorithm - 1)
@@ -66,8 +66,11 @@ _COMPRESSION_NONE = 1  # flags bits 11-13
 class Source(Protocol):
     """Where a repository's files come from; ``relpath`` is relative to the repository root."""
 
-    def fetch(self, relpath: str) -> bytes:
-        """The file's bytes; RepositoryError naming the path or URL when it is missing."""
+    def fetch(self, relpath: str, max_bytes: int | None = None) -> bytes:
+        """The file's bytes; RepositoryError naming the path or URL when it is missing.
+
+        ``max_bytes``: refuse more than this (the object's size when known; else a configured cap).
+        """
         ...
 
 
@@ -77,9 +80,11 @@ class DirSource:
 
     root: Path
 
-    def fetch(self, relpath: str) -> bytes:
+    def fetch(self, relpath: str, max_bytes: int | None = None) -> bytes:
         path = self.root / relpath
         try:
+            if max_bytes is not None and path.stat().st_size > max_bytes:
+                raise RepositoryError(f"{path}: larger than the {max_bytes} bytes expected of it")
             return path.read_bytes()
         except FileNotFoundError as e:
             raise RepositoryError(f"{path}: missing from the repository at {self.root}") from e
@@ -94,38 +99,30 @@ class DirSource:
 class HttpSource:
     """A repository served over HTTP; ``base_url`` like ``http://127.0.0.1:8080/cvmfs/<name>``.
 
-    ``proxy`` (``http://squid:3128``) sends every request through that forward proxy;
-    without it urllib's default applies (the ``http_proxy`` environment variables).
+    ``proxy`` (``http://squid:3128``) sends every request through that forward proxy. Every request
+    is bounded by ``limits`` (:mod:`eessi_pipeline.cvmfs.http`: read timeout, deadline, size cap);
+    ``timeout`` is the per-read timeout.
     """
 
     base_url: str
     timeout: float = HTTP_TIMEOUT_S
     proxy: str | None = None
+    limits: HttpLimits | None = None  # None: from the environment
 
     def url(self, relpath: str) -> str:
         return f"{self.base_url.rstrip('/')}/{relpath}"
 
-    def _open(self, request: urllib.request.Request) -> Any:
-        if self.proxy is None:
-            return urllib.request.urlopen(request, timeout=self.timeout)
-        handler = urllib.request.ProxyHandler({"http": self.proxy, "https": self.proxy})
-        return urllib.request.build_opener(handler).open(request, timeout=self.timeout)
-
-    def fetch(self, relpath: str) -> bytes:
+    def fetch(self, relpath: str, max_bytes: int | None = None) -> bytes:
         url = self.url(relpath)
-        request = urllib.request.Request(url, headers={"User-Agent": "eessi-pipeline-cvmfs-reader"})
+        limits = self.limits or HttpLimits.from_env(read_timeout=self.timeout)
         via = f" via proxy {self.proxy}" if self.proxy else ""
         try:
-            with self._open(request) as response:
-                data: bytes = response.read()
-                return data
-        except urllib.error.HTTPError as e:
-            what = "missing from the repository" if e.code == 404 else "refused"
-            raise RepositoryError(f"{url}: {what} (HTTP {e.code} {e.reason}{via})") from e
-        except urllib.error.URLError as e:
-            raise RepositoryError(f"{url}: cannot be fetched ({e.reason}{via})") from e
-        except (TimeoutError, OSError) as e:
-            raise RepositoryError(f"{url}: cannot be fetched ({e}{via})") from e
+            return http_get(url, limits, max_bytes=max_bytes, proxy=self.proxy,
+                            headers={"User-Agent": "eessi-pipeline-cvmfs-reader"})  # fmt: skip
+        except HttpFetchError as e:
+            if e.status == 404:
+                raise RepositoryError(f"{url}: missing from the repository (HTTP 404{via})") from e
+            raise RepositoryError(f"{e}{via}") from e
 
     def __str__(self) -> str:
         return self.base_url
@@ -264,6 +261,16 @@ _SELF_CHECKED = (
 _COUNTER_NAMES = tuple(c.removeprefix("self_") for c in STATISTICS_COUNTERS if c.startswith("self_"))
 
 
+def _wire_cap(size: int | None, compressed: bool) -> int | None:
+    """The most bytes an object of ``size`` uncompressed bytes can take on the wire (None: unknown).
+
+    zlib adds at most 5 bytes per 16 KiB stored block and 6 of header and trailer; the margin is wider.
+    """
+    if size is None:
+        return None
+    return size + size // 1000 + 1024 if compressed else size
+
+
 def _norm(path: str) -> str:
     """Repository path as CVMFS hashes it: "" for the root, else "/a/b"."""
     parts = [p for p in path.split("/") if p and p != "."]
@@ -311,10 +318,14 @@ class RepositoryReader:
         self.now = now
         self.manifest: Manifest
         self.manifest_signed: SignedText
-        self.manifest, self.manifest_signed = parse_manifest(source.fetch(MANIFEST_NAME))
+        self.manifest, self.manifest_signed = parse_manifest(
+            source.fetch(MANIFEST_NAME, SIGNED_FILE_MAX_BYTES)
+        )
         self.whitelist: Whitelist
         self.whitelist_signed: SignedText
-        self.whitelist, self.whitelist_signed = parse_whitelist(source.fetch(WHITELIST_NAME))
+        self.whitelist, self.whitelist_signed = parse_whitelist(
+            source.fetch(WHITELIST_NAME, SIGNED_FILE_MAX_BYTES)
+        )
         self._tmp = tempfile.TemporaryDirectory(prefix="eessi-cvmfs-reader-")
         self._catalogs: dict[str, _Catalog] = {}
         self._history: sqlite3.Connection | None = None
@@ -340,13 +351,19 @@ class RepositoryReader:
 
     # ----- objects
 
-    def fetch_object(self, hex_hash: str, suffix: str = "", compressed: bool = True) -> bytes:
-        """Download ``data/XX/…<suffix>``, check its hash against the name, and inflate it."""
+    def fetch_object(
+        self, hex_hash: str, suffix: str = "", compressed: bool = True, size: int | None = None
+    ) -> bytes:
+        """Download ``data/XX/…<suffix>``, check its hash against the name, and inflate it.
+
+        ``size`` (the uncompressed size the catalog gives, when known) caps what is downloaded and
+        inflated; without it the configured maximum (``$EESSI_PIPELINE_HTTP_MAX_BYTES``) does.
+        """
         m = _HASH_RE.match(hex_hash)
         if not m:
             raise RepositoryError(f"{hex_hash!r}{suffix}: not a CVMFS content hash (40 hex digits)")
         relpath = object_path(hex_hash, suffix)
-        raw = self.source.fetch(relpath)
+        raw = self.source.fetch(relpath, max_bytes=_wire_cap(size, compressed))
         actual = _digest(raw, m.group(2) or "")
         if actual != hex_hash:
             raise RepositoryError(
@@ -355,10 +372,17 @@ class RepositoryReader:
             )
         if not compressed:
             return raw
+        limit = size if size is not None else HttpLimits.from_env().max_bytes
+        inflater = zlib.decompressobj()
         try:
-            return zlib.decompress(raw)
+            data = inflater.decompress(raw, limit + 1)
         except zlib.error as e:
             raise RepositoryError(f"{relpath}: not a valid zlib stream ({e})") from e
+        if len(data) > limit or inflater.unconsumed_tail:
+            raise RepositoryError(f"{relpath}: inflates to more than the {limit} bytes expected of it")
+        if not inflater.eof:
+            raise RepositoryError(f"{relpath}: not a valid zlib stream (truncated)")
+        return data
 
     def _open_db(self, data: bytes, name: str) -> sqlite3.Connection:
         path = Path(self._tmp.name) / name
@@ -377,7 +401,7 @@ class RepositoryReader:
         if cached is not None:
             return cached
         relpath = object_path(hex_hash, SUFFIX_CATALOG)
-        data = self.fetch_object(hex_hash, SUFFIX_CATALOG)
+        data = self.fetch_object(hex_hash, SUFFIX_CATALOG, size=expected_size)
         where = f"catalog of {prefix}" if prefix else "root catalog"
         if expected_size is not None and expected_size != len(data):
             holder = "the parent catalog's nested_catalogs row" if prefix else ".cvmfspublished B"
@@ -521,7 +545,7 @@ class RepositoryReader:
                         f"{entry.path}: chunk at offset {chunk.offset} leaves a gap or overlap "
                         f"(expected offset {offset})"
                     )
-                data = self.fetch_object(chunk.hash, SUFFIX_PARTIAL, entry.compressed)
+                data = self.fetch_object(chunk.hash, SUFFIX_PARTIAL, entry.compressed, size=chunk.size)
                 if len(data) != chunk.size:
                     raise RepositoryError(
                         f"{entry.path}: chunk {object_path(chunk.hash, SUFFIX_PARTIAL)} has {len(data)} "
@@ -531,7 +555,7 @@ class RepositoryReader:
                 offset += chunk.size
             content = b"".join(parts)
         elif entry.hash is not None:
-            content = self.fetch_object(entry.hash, "", entry.compressed)
+            content = self.fetch_object(entry.hash, "", entry.compressed, size=entry.size)
         else:
             raise RepositoryError(f"{entry.path}: a regular file with neither a content hash nor chunks")
         if len(content) != entry.size:
@@ -718,6 +742,16 @@ class RepositoryReader:
         ).fetchone()
         if row is None or not int(row[0]) & FLAG_NESTED_ROOT:
             raise RepositoryError(f"{child.label}: no nested-root entry (flags 33) for {ref.path}")
+        marker = f"{ref.path}/.cvmfscatalog"
+        row = child.conn.execute(
+            "SELECT flags FROM catalog WHERE md5path_1=? AND md5path_2=?", md5path(marker)
+        ).fetchone()
+        if row is None or int(row[0]) & (FLAG_DIR | FLAG_LINK):
+            raise RepositoryError(
+                f"{child.label}: nested catalog without marker: no regular file {marker} (the real "
+                "cvmfs_server keeps one in every nested catalog and `cvmfs_swissknife check` reports its "
+                "absence); republish the directory with a .cvmfscatalog file in it"
+            )
         return child
 
     def _verify_tree(self, catalogs: list[_Catalog]) -> tuple[int, int]:

@@ -35,7 +35,6 @@ import os
 import tempfile
 import threading
 import time
-import urllib.error
 from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from pathlib import Path
 
 from ..errors import RepositoryError
 from .common import SUFFIX_CATALOG, SUFFIX_CERTIFICATE, SUFFIX_HISTORY, SUFFIX_METAINFO, object_path
+from .http import HttpFetchError, HttpLimits
 from .manifest import Manifest, parse_manifest
 from .reader import (
     MANIFEST_NAME,
@@ -104,8 +104,8 @@ class _CountingSource:
         self.kept: dict[str, bytes] = {}
         self._lock = threading.Lock()
 
-    def fetch(self, relpath: str) -> bytes:
-        data = self.inner.fetch(relpath)
+    def fetch(self, relpath: str, max_bytes: int | None = None) -> bytes:
+        data = self.inner.fetch(relpath, max_bytes)
         keep = not relpath.startswith("data/") or relpath.endswith(
             (SUFFIX_CERTIFICATE, SUFFIX_HISTORY, SUFFIX_METAINFO)
         )
@@ -122,7 +122,7 @@ class _CountingSource:
 def _is_missing(error: RepositoryError) -> bool:
     """Whether the source answered 404 (as opposed to refusing or failing)."""
     cause = error.__cause__
-    return isinstance(cause, urllib.error.HTTPError) and cause.code == 404
+    return isinstance(cause, HttpFetchError) and cause.status == 404
 
 
 def _write_atomic(path: Path, data: bytes, tmp_dir: Path) -> None:
@@ -199,7 +199,7 @@ def _check_progression(source: Manifest, local: Manifest | None, url: str, dest:
 
 def _require_master_replica(source: _CountingSource) -> None:
     try:
-        source.fetch(MASTER_REPLICA_NAME)
+        source.fetch(MASTER_REPLICA_NAME, 1 << 16)
     except RepositoryError as e:
         if _is_missing(e):
             raise RepositoryError(
@@ -448,6 +448,7 @@ def snapshot(
     workers: int = DEFAULT_WORKERS,
     proxy: str | None = None,
     now: dt.datetime | None = None,
+    limits: HttpLimits | None = None,
 ) -> SnapshotResult:
     """Replicate the repository at ``source_url`` (``http://host/cvmfs/<name>``) into ``dest_root``
     (the replica's repository directory, ``/srv/cvmfs/<name>``), as ``cvmfs_server snapshot`` does.
@@ -467,7 +468,7 @@ def snapshot(
     if now is not None and now.tzinfo is None:
         now = now.replace(tzinfo=dt.UTC)
     dest = Path(dest_root)
-    source = _CountingSource(HttpSource(source_url, proxy=proxy))
+    source = _CountingSource(HttpSource(source_url, proxy=proxy, limits=limits))
     _require_master_replica(source)
     try:
         dest.mkdir(parents=True, exist_ok=True)
