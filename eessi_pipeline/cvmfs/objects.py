@@ -10,9 +10,9 @@ release the GIL on large buffers), so all cores work.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import os
-import tempfile
 import threading
 import zlib
 from collections.abc import Iterable, Iterator
@@ -94,7 +94,7 @@ def chunk_boundaries_pure(
 _XOR32_BLOCK = 8 * 1024 * 1024  # bytes per vectorised block (as uint32: 32 MiB of memory)
 
 
-def _xor32_candidates(data: bytes, threshold: int) -> list[int]:
+def _xor32_candidates(data: bytes | memoryview, threshold: int, begin: int = 0) -> list[int]:
     """Every index ``i`` where the full 32-byte xor32 value ends a chunk, ascending.
 
     The value at ``i`` is ``XOR over k < 32 of (data[i-k] << k)`` (32 bits), built by doubling:
@@ -106,7 +106,7 @@ def _xor32_candidates(data: bytes, threshold: int) -> list[int]:
     offset, width = np.uint32(lo), np.uint32(0x7FFFFFFF - lo + 1)
     buf = np.frombuffer(data, dtype=np.uint8)
     found: list[int] = []
-    for block_start in range(0, len(buf), _XOR32_BLOCK):
+    for block_start in range(begin, len(buf), _XOR32_BLOCK):
         first = max(0, block_start - 31)  # 31 bytes of history before the block
         x = buf[first : block_start + _XOR32_BLOCK].astype(np.uint32)
         span = 1
@@ -150,12 +150,59 @@ def chunk_boundaries(
     return cuts
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (``taskset`` and cgroup cpusets included)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def first_cut(data: bytes | bytearray, minimum: int, average: int, maximum: int, final: bool) -> int | None:
+    """Where the chunk that starts at ``data[0]`` ends by the xor32 rule, so that a file can be cut
+    while it is read; ``len(data)`` when (``final``: ``data`` is the rest of the file) the rest is one
+    piece; None while fewer than ``maximum + 1`` bytes are buffered and more will follow.
+
+    Applied chunk after chunk it gives what :func:`chunk_boundaries` gives for the whole file; the
+    search starts at ``minimum - 1`` and stops at the first candidate, so every byte is scanned once.
+    """
+    n = len(data)
+    if not final and n <= maximum:
+        return None
+    if n <= minimum:
+        return n
+    limit = min(maximum, n)
+    threshold = 0xFFFFFFFF // average
+    if np is None or minimum < 32 or maximum < minimum or average < 2:
+        x = 0
+        for i in range(max(0, minimum - 32), limit):
+            x = ((x << 1) ^ data[i]) & 0xFFFFFFFF
+            if i + 1 >= minimum:
+                signed = x - 0x100000000 if x & 0x80000000 else x
+                if abs(signed - 0x7FFFFFFF) < threshold:
+                    return i + 1
+        return limit
+    start = minimum - 1
+    while start < limit:
+        stop = min(limit, start + _CUT_BLOCK)
+        hits = _xor32_candidates(memoryview(data)[:stop], threshold, start)
+        if hits:
+            return hits[0] + 1
+        start = stop
+    return limit
+
+
+_CUT_BLOCK = 1 << 20
+
+
 class ObjectStore:
     """The ``data/`` tree of one repository directory."""
 
     def __init__(self, root: Path, workers: int | None = None) -> None:
         self.root = root
-        self.workers = workers or max(1, os.cpu_count() or 1)
+        self.workers = workers or usable_cores()
+        self._root = str(root)
+        self._created: list[str] | None = None
         self.chunk_sizes = (CHUNK_MIN, CHUNK_AVG, CHUNK_MAX)  # min, average, max
         self.new_objects = 0  # objects this store instance added (not already present)
         self._count_lock = threading.Lock()
@@ -176,22 +223,87 @@ class ObjectStore:
         return self.path(hex_hash, suffix).exists()
 
     def put_compressed(self, compressed: bytes, suffix: str = "") -> str:
+        """Store one compressed object under its SHA-1 (nothing is written when it exists).
+
+        The bytes go to a file in ``data/txn`` named after the object and the writing thread, then
+        are renamed into place: a reader, or a crash, never leaves half an object under its name.
+        """
         h = content_hash(compressed)
-        dest = self.path(h, suffix)
-        if dest.exists():
+        dest = f"{self._root}/data/{h[:2]}/{h[2:]}{suffix}"
+        if os.path.exists(dest):
             return h
-        fd, tmp = tempfile.mkstemp(dir=self.txn_dir, prefix="obj.")
+        tmp = f"{self._root}/data/txn/{h}{suffix}.{os.getpid()}.{threading.get_ident()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(compressed)
-            os.chmod(tmp, 0o644)
+            try:
+                os.fchmod(fd, 0o644)  # whatever the umask: objects are world-readable
+                view = memoryview(compressed)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
             os.replace(tmp, dest)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
             raise
         with self._count_lock:
             self.new_objects += 1
+            if self._created is not None:
+                self._created.append(dest)
         return h
+
+    def put_stream(self, pieces: Iterable[bytes], suffix: str = "") -> str:
+        """Store content that arrives in pieces (a file too large to hold), compressing and hashing
+        as it is written; the same object :meth:`put` makes of the joined pieces."""
+        comp = zlib.compressobj(ZLIB_LEVEL)
+        sha = hashlib.sha1()
+        tmp = f"{self._root}/data/txn/stream.{os.getpid()}.{threading.get_ident()}"
+        try:
+            with open(tmp, "wb") as fh:
+                for piece in pieces:
+                    out = comp.compress(piece)
+                    sha.update(out)
+                    fh.write(out)
+                out = comp.flush()
+                sha.update(out)
+                fh.write(out)
+            h = sha.hexdigest()
+            dest = f"{self._root}/data/{h[:2]}/{h[2:]}{suffix}"
+            if os.path.exists(dest):
+                os.unlink(tmp)
+                return h
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        with self._count_lock:
+            self.new_objects += 1
+            if self._created is not None:
+                self._created.append(dest)
+        return h
+
+    def record_new(self) -> None:
+        """From now on remember every object this store creates (see :meth:`drop_recorded`)."""
+        with self._count_lock:
+            self._created = []
+
+    def stop_recording(self) -> list[str]:
+        with self._count_lock:
+            created, self._created = self._created or [], None
+        return created
+
+    def drop_recorded(self) -> int:
+        """Delete the objects created since :meth:`record_new` (an aborted transaction's); how many."""
+        created = self.stop_recording()
+        for path in created:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        with self._count_lock:
+            self.new_objects -= len(created)
+        return len(created)
 
     def put(self, data: bytes, suffix: str = "") -> str:
         return self.put_compressed(compress(data), suffix)

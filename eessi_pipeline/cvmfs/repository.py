@@ -28,8 +28,6 @@ import os
 import re
 import shutil
 import stat
-import tarfile
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -53,9 +51,11 @@ from .history import (
     add_publish_tags,
     add_reflog_refs,
 )
+from .ingest import IngestOptions, overlay_stream
 from .keys import KeyPaths, create_keys, load_certificate_der, sign_manifest_hash, sign_raw_pkcs1
 from .manifest import Manifest, assemble_signed, parse_manifest
-from .objects import ObjectStore, StoredFile
+from .objects import ObjectStore
+from .tarcheck import CATALOG_MARKER, DEFAULT_MAX_MEMBER_SIZE, CheckContext, parse_tarball_name
 from .whitelist import Whitelist
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,7 @@ class PublishResult:
     objects_written: int
     files_added: int
     paths_deleted: int
+    sha256: str = ""  # of the tarball's bytes as ingested (empty for a publish without a tarball)
 
 
 @contextlib.contextmanager
@@ -319,30 +320,57 @@ class Repository:
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
         chunking: bool = True,
         apply_dirtab: bool = True,
+        check: bool = False,
+        expected_sha256: str | None = None,
+        max_member_size: int = DEFAULT_MAX_MEMBER_SIZE,
+        expected_version: str | None = None,
         hook: StepHook | None = None,
         now: dt.datetime | None = None,
     ) -> PublishResult:
         """``cvmfs_server ingest`` semantics: delete ``deletes``, then overlay the members at ``base_dir``.
 
-        With ``apply_dirtab`` the repository's ``/.cvmfsdirtab`` then nests the directories this
-        ingest added, as EESSI's empty transaction + publish after each ingest does.  The
-        caller validates the tarball first (see :mod:`.tarcheck`); everything here happens in
-        memory until :meth:`Transaction.commit`.
+        The tarball is read once (:mod:`.ingest`): every member is checked as it streams past —
+        always for safety (:func:`.tarcheck.basic_member_problems`, symlinks by where they lead),
+        with ``check`` by every EESSI rule of :func:`.tarcheck.check_tarball` too — and with
+        ``expected_sha256`` (the gate record's) bytes with another SHA-256 are refused.  Any
+        refusal or failure leaves the repository at its revision (objects this ingest created are
+        removed again).  With ``apply_dirtab`` the repository's ``/.cvmfsdirtab`` then nests the
+        directories this ingest added, as EESSI's empty transaction + publish after each ingest does.
         """
         base = "/" + base_dir.strip("/") if base_dir.strip("/") else ""
         if tarball is None and not deletes:
             raise RepositoryError("nothing to do: give a tarball, --delete PATH, or both")
+        context = None
+        if tarball is not None and check:
+            context = CheckContext(
+                parse_tarball_name(tarball.name), max_member_size, expected_version, self.paths.name
+            )
+        opts = IngestOptions(base, chunking, context, expected_sha256)
         with publisher_lock(self.paths, lock_timeout):
             txn = self.transaction(now, hook)
-            for d in deletes:
-                txn.remove("/" + d.strip("/"), must_exist=True)
-            if tarball is not None:
-                txn.overlay_tar(tarball, base, chunking)
-                if make_catalog and base:
+            self.store.record_new()
+            try:
+                for d in deletes:
+                    txn.remove("/" + d.strip("/"), must_exist=True)
+                streamed = overlay_stream(txn, tarball, opts) if tarball is not None else None
+                if make_catalog and base and tarball is not None:
                     txn.make_nested(base)
-            if apply_dirtab:
-                txn.apply_dirtab()
-            return txn.commit()
+                if apply_dirtab:
+                    txn.apply_dirtab()
+                result = txn.commit()
+            except OSError as e:
+                raise RepositoryError(
+                    f"{tarball or self.paths.name}: ingest failed ({e}); the repository stays at its "
+                    "revision: free space or fix permissions under the state directory and retry"
+                ) from e
+            finally:
+                if txn.published:
+                    self.store.stop_recording()
+                else:
+                    self.store.drop_recorded()
+        if streamed is not None:
+            result = dataclasses.replace(result, sha256=streamed.sha256)
+        return result
 
 
 def _os_release() -> dict[str, str]:
@@ -353,32 +381,6 @@ def _os_release() -> dict[str, str]:
                 k, v = line.split("=", 1)
                 out[k] = v.strip().strip('"')
     return out
-
-
-XATTR_PREFIX = "SCHILY.xattr."
-
-
-def pack_xattrs(tarball: Path, member: tarfile.TarInfo) -> bytes | None:
-    """A member's extended attributes (pax ``SCHILY.xattr.*``) in cvmfs's catalog blob:
-    version 1, count, then per attribute a key length, a value length, key and value (one byte
-    each for the lengths)."""
-    attrs = sorted(
-        (k[len(XATTR_PREFIX) :].encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
-        for k, v in member.pax_headers.items()
-        if k.startswith(XATTR_PREFIX)
-    )
-    if not attrs:
-        return None
-    too_long = [k.decode("utf-8", "replace") for k, v in attrs if len(k) > 255 or len(v) > 255]
-    if too_long or len(attrs) > 255:
-        raise RepositoryError(
-            f"{tarball}: {member.name}: extended attributes {too_long or 'count'} exceed what a CVMFS "
-            "catalog stores (255 attributes of at most 255-byte names and values); drop them when packing"
-        )
-    blob = bytes([1, len(attrs)])
-    for k, v in attrs:
-        blob += bytes([len(k), len(v)]) + k + v
-    return blob
 
 
 def dirtab_match(pattern: str, path: str) -> bool:
@@ -409,6 +411,7 @@ class Transaction:
     implicit_dirs: set[str] = field(default_factory=set)
     restructured: set[str] = field(default_factory=set)  # catalogs whose set of nested catalogs changed
     new_dirs: set[str] = field(default_factory=set)
+    published: bool = False  # the manifest of this transaction is in place
 
     def __post_init__(self) -> None:
         self.objects_at_start = self.repo.store.new_objects
@@ -457,24 +460,29 @@ class Transaction:
     # -- edits ------------------------------------------------------------------------------
 
     def ensure_dir(self, path: str) -> None:
-        if path == "":
-            return
-        node = self.get(path)
-        if node is not None:
-            if not node.is_dir:
-                raise RepositoryError(
-                    f"{path} is a {_kind(node)} in the repository, but a directory is needed there"
-                )
-            return
-        self.ensure_dir(parent_path(path))
-        name = path.rsplit("/", 1)[1]
-        doc = self.catalog_for(path)
-        doc.entries[path] = Node(
-            name=name, mode=stat.S_IFDIR | 0o755, mtime=int(self.now.timestamp()), size=DIR_SIZE
-        )
-        self.implicit_dirs.add(path)
-        self.new_dirs.add(path)
-        self._touch(doc)
+        """Make ``path`` and its missing parents directories (iteratively: depth never recurses)."""
+        missing: list[str] = []
+        while path:
+            node = self.get(path)
+            if node is not None:
+                if not node.is_dir:
+                    raise RepositoryError(
+                        f"{path} is a {_kind(node)} in the repository, but a directory is needed there"
+                    )
+                break
+            missing.append(path)
+            path = parent_path(path)
+        for p in reversed(missing):
+            doc = self.catalog_for(p)
+            doc.entries[p] = Node(
+                name=p.rsplit("/", 1)[1],
+                mode=stat.S_IFDIR | 0o755,
+                mtime=int(self.now.timestamp()),
+                size=DIR_SIZE,
+            )
+            self.implicit_dirs.add(p)
+            self.new_dirs.add(p)
+            self._touch(doc)
 
     def put(self, path: str, node: Node) -> None:
         self.ensure_dir(parent_path(path))
@@ -548,6 +556,20 @@ class Transaction:
         child.entries[path].nested_mountpoint = True
         parent.nested[path] = ("", 0)  # filled in at commit
         self.docs[path] = child
+        marker = f"{path}/{CATALOG_MARKER}"
+        if (
+            marker not in child.entries
+        ):  # the real server keeps an empty .cvmfscatalog in every nested catalog
+            empty = self.repo.store.put(b"")
+            child.entries[marker] = Node(
+                CATALOG_MARKER,
+                stat.S_IFREG | 0o644,
+                int(self.now.timestamp()),
+                0,
+                node.uid,
+                node.gid,
+                hash=empty,
+            )
         self._touch(parent)
         self._touch(child)
 
@@ -586,88 +608,6 @@ class Transaction:
                 self.make_nested(path)
                 made.append(path)
         return made
-
-    def overlay_tar(self, tarball: Path, base: str, chunking: bool = True) -> None:
-        """Overlay the members of ``tarball`` at ``base`` (leading ``./`` and ``/`` stripped)."""
-        try:
-            if tarball.name.endswith(".tar.zst"):
-                import zstandard
-
-                with tempfile.TemporaryFile(dir=self.tmp) as plain:
-                    with (
-                        tarball.open("rb") as src,
-                        zstandard.ZstdDecompressor().stream_reader(src, read_across_frames=True) as reader,
-                    ):
-                        shutil.copyfileobj(reader, plain)
-                    plain.seek(0)
-                    with tarfile.open(fileobj=plain, mode="r:") as tf:
-                        self._overlay_members(tarball, tf, base, chunking)
-            else:
-                with tarfile.open(tarball, "r:*") as tf:
-                    self._overlay_members(tarball, tf, base, chunking)
-        except (OSError, tarfile.TarError) as e:
-            raise RepositoryError(f"{tarball}: cannot read the tarball ({e})") from e
-
-    def _overlay_members(self, tarball: Path, tf: tarfile.TarFile, base: str, chunking: bool) -> None:
-        members = tf.getmembers()
-        nested_at: list[str] = []
-        files: list[tuple[str, tarfile.TarInfo]] = []
-        for m in members:
-            rel = _member_path(m.name)
-            if not rel:
-                continue
-            path = f"{base}/{rel}"
-            mtime = int(m.mtime)
-            perm = m.mode & 0o7777
-            if m.isdir():
-                self.put(
-                    path, Node(rel.rsplit("/", 1)[-1], stat.S_IFDIR | perm, mtime, DIR_SIZE, m.uid, m.gid)
-                )
-            elif m.issym():
-                self.put(
-                    path,
-                    Node(
-                        rel.rsplit("/", 1)[-1],
-                        stat.S_IFLNK | 0o777,
-                        mtime,
-                        0,
-                        m.uid,
-                        m.gid,
-                        symlink=m.linkname,
-                    ),
-                )
-            elif m.isreg() or m.islnk():
-                files.append((path, m))
-                if rel.rsplit("/", 1)[-1] == ".cvmfscatalog":
-                    nested_at.append(parent_path(path))
-            else:
-                raise RepositoryError(
-                    f"{tarball}: {m.name}: unsupported member type; validate tarballs first"
-                )
-        # Regular files: read, compress and hash in parallel; hard links become copies (as cvmfs does).
-        contents: list[bytes] = []
-        for _path, m in files:
-            src = m
-            if m.islnk():
-                target = _member_path(m.linkname)
-                src = next((x for x in members if _member_path(x.name) == target and x.isreg()), m)
-                if src is m:
-                    raise RepositoryError(
-                        f"{tarball}: {m.name}: hard link to {m.linkname!r}, which is not in the tarball"
-                    )
-            fh = tf.extractfile(src)
-            contents.append(fh.read() if fh is not None else b"")
-        stored: list[StoredFile] = list(self.repo.store.store_many(contents, chunking))
-        for (path, m), sf in zip(files, stored, strict=True):
-            perm = m.mode & 0o7777
-            self.put(
-                path,
-                Node(path.rsplit("/", 1)[-1], stat.S_IFREG | perm, int(m.mtime), sf.size, m.uid, m.gid,
-                     hash=sf.hash, chunks=sf.chunks, xattr=pack_xattrs(tarball, m)),
-            )  # fmt: skip
-            self.files_added += 1
-        for mp in sorted(set(nested_at)):
-            self.make_nested(mp)
 
     # -- commit ---------------------------------------------------------------------------
 
@@ -795,6 +735,7 @@ class Transaction:
         _atomic_write(paths.reflog, reflog)
         self._step("reflog written")
         _atomic_write(paths.manifest, signed)
+        self.published = True
         paths.reflog_backup.unlink(missing_ok=True)
         self._step("manifest written")
         log.info("published %s revision %d (%d catalogs)", paths.name, revision, catalogs_written)

@@ -78,21 +78,16 @@ Decisions (the spec leaves them open):
 from __future__ import annotations
 
 import datetime
-import gzip
-import importlib
-import io
 import posixpath
 import re
 import stat
 import tarfile
-import zlib
-from collections.abc import Iterable, Iterator, Set
-from contextlib import ExitStack
+from collections.abc import Iterable, Set
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
 
 from ..errors import TarballRejected
+from .tarstream import StreamError, TarballStream
 
 __all__ = [
     "ARCHES",
@@ -424,27 +419,49 @@ def _symlink_problems(info: tarfile.TarInfo, parts: list[str], ctx: CheckContext
     return problems
 
 
-def check_member(
-    info: tarfile.TarInfo, ctx: CheckContext, earlier_files: Set[str] = frozenset()
-) -> list[str]:
-    """Every problem of one member on its own (duplicates and mixed top-level directories need the whole
-    archive: see :func:`scan_members`).  ``earlier_files``: normalised names of the regular files before it
-    that had no problem, the only allowed hard-link targets."""
+NAME_MAX = 255  # bytes in one path component (Linux NAME_MAX)
+PATH_MAX = 4096  # bytes in a path, its terminating NUL included (Linux PATH_MAX)
+MAX_DEPTH = 256  # path components: deeper trees are refused before anything recurses over them
+
+
+def length_problems(what: str, text: str) -> list[str]:
+    """A path (member name or link target) longer than Linux allows, or deeper than :data:`MAX_DEPTH`."""
+    raw = text.encode("utf-8", "surrogateescape")
+    problems = []
+    if len(raw) >= PATH_MAX:
+        problems.append(f"{what} is {len(raw)} bytes long; paths are limited to {PATH_MAX - 1} (PATH_MAX)")
+    longest = max((len(c) for c in raw.split(b"/")), default=0)
+    if longest > NAME_MAX:
+        problems.append(
+            f"{what} has a {longest}-byte component; names are limited to {NAME_MAX} bytes (NAME_MAX)"
+        )
+    depth = len(_components(text))
+    if depth > MAX_DEPTH:
+        problems.append(f"{what} is {depth} levels deep; at most {MAX_DEPTH} are accepted")
+    return problems
+
+
+def basic_member_problems(info: tarfile.TarInfo, earlier_files: Set[str] = frozenset()) -> list[str]:
+    """What every ingest refuses, whatever the tarball is called: bad names (absolute, ``..``, empty,
+    not UTF-8, control characters, too long or deep), devices, fifos, sparse and unknown member
+    types, setuid/setgid/sticky bits, symlinks with an empty, unreadable or over-long target, hard
+    links to anything but an earlier regular file, and a ``.cvmfscatalog`` that is no regular file."""
     problems = _text_problems("name", info.name)
-    raw_parts = info.name.split("/")
+    problems.extend(length_problems("name", info.name))
     parts = _components(info.name)
-    traversal = ".." in raw_parts
     if info.name.startswith("/"):
         problems.append("absolute path (member names must be relative to the versions directory)")
-    if traversal:
+    if ".." in info.name.split("/"):
         problems.append("path has a '..' component")
     if not parts:
         problems.append("empty name (the archive root itself)")
-    elif not traversal and not info.name.startswith("/"):
-        problems.extend(_layout_problems(info, parts, ctx))
-
     if info.issym():
-        problems.extend(_symlink_problems(info, parts, ctx))
+        if not info.linkname:
+            problems.append("symlink has an empty target")
+        else:
+            shown = f"symlink target {printable(info.linkname)!r}"
+            problems.extend(_text_problems(shown, info.linkname))
+            problems.extend(length_problems(shown, info.linkname))
     elif info.islnk():
         problems.extend(_text_problems(f"hard link target {printable(info.linkname)!r}", info.linkname))
         if normalise_member_name(info.linkname) not in earlier_files or info.linkname.startswith("/"):
@@ -452,16 +469,32 @@ def check_member(
             problems.append(f"hard link target {target!r} is not an earlier regular file of this tarball")
     elif info.ischr() or info.isblk() or info.isfifo():
         problems.append(f"{_kind(info)} (device files and fifos are not allowed)")
+    elif info.issparse():
+        problems.append("sparse file (not supported: pack it without --sparse)")
     elif not (info.isreg() or info.isdir()):
         problems.append(f"unsupported member type {info.type!r}")
-
     special = [label for bit, label in _SPECIAL_BITS if info.mode & bit]
     if special:
         problems.append(f"mode {info.mode:04o} sets {'/'.join(special)}")
-    if info.size > ctx.max_member_size:
-        problems.append(f"size {info.size} exceeds the limit of {ctx.max_member_size} bytes")
     if parts and parts[-1] == CATALOG_MARKER and not info.isreg():
         problems.append(f"{CATALOG_MARKER!r} is a {_kind(info)}, not a regular file")
+    return problems
+
+
+def check_member(
+    info: tarfile.TarInfo, ctx: CheckContext, earlier_files: Set[str] = frozenset()
+) -> list[str]:
+    """Every problem of one member on its own (duplicates and mixed top-level directories need the whole
+    archive: see :func:`scan_members`).  ``earlier_files``: normalised names of the regular files before it
+    that had no problem, the only allowed hard-link targets."""
+    problems = basic_member_problems(info, earlier_files)
+    parts = _components(info.name)
+    if parts and ".." not in info.name.split("/") and not info.name.startswith("/"):
+        problems.extend(_layout_problems(info, parts, ctx))
+    if info.issym() and info.linkname:
+        problems.extend(p for p in _symlink_problems(info, parts, ctx) if p not in problems)
+    if info.size > ctx.max_member_size:
+        problems.append(f"size {info.size} exceeds the limit of {ctx.max_member_size} bytes")
     return problems
 
 
@@ -580,137 +613,6 @@ class TarballProblems(TarballRejected):
         super().__init__("\n".join([head, *lines]))
 
 
-class _Unreadable(Exception):
-    """Internal: the archive itself could not be read (raised in place of the reader's own error)."""
-
-
-_READ_ERRORS: tuple[type[BaseException], ...] = (tarfile.TarError, OSError, EOFError, zlib.error, ValueError)
-_END_OF_ARCHIVE = 2 * tarfile.BLOCKSIZE
-
-
-class _ByteSource(Protocol):
-    def read(self, size: int = -1, /) -> bytes: ...
-
-
-class _Tally:
-    """A read-only pass-through over the decompressed tar stream that remembers where its last non-zero
-    byte was, so that data tarfile skipped after the last member can be detected."""
-
-    def __init__(self, inner: _ByteSource) -> None:
-        self.inner = inner
-        self.pos = 0
-        self.last_nonzero_end = 0
-
-    def read(self, size: int = -1, /) -> bytes:
-        chunk = self.inner.read(size)
-        if chunk:
-            payload = len(chunk.rstrip(b"\0"))
-            if payload:
-                self.last_nonzero_end = self.pos + payload
-            self.pos += len(chunk)
-        return chunk
-
-    def write(self, b: bytes, /) -> int:
-        raise io.UnsupportedOperation("read-only")
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, pos: int, /) -> int:
-        raise io.UnsupportedOperation("forward-only stream")
-
-    def close(self) -> None:
-        """The underlying streams belong to the caller's ExitStack."""
-
-
-class _TarStream:
-    """One forward pass over a tarball: decompression, member iteration and the structural checks."""
-
-    def __init__(self, path: Path, name: TarballName, stack: ExitStack) -> None:
-        errors = _READ_ERRORS
-        zstandard: Any = None
-        if name.extension == ".tar.zst":
-            try:
-                zstandard = importlib.import_module("zstandard")
-            except ImportError:
-                raise TarballRejected(
-                    f"{printable(name.filename)}: is zstd-compressed but the 'zstandard' Python module is "
-                    "not installed; install zstandard or recompress the tarball with gzip (.tar.gz)"
-                ) from None
-            errors = (*errors, zstandard.ZstdError)
-        self.errors = errors
-        self.member_end = 0  # where the data of the last member read ends
-        try:
-            raw: IO[bytes] = stack.enter_context(path.open("rb"))
-            if zstandard is not None:
-                reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-                data: _ByteSource = stack.enter_context(reader)
-            elif name.extension == ".tar.gz":
-                data = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))  # checks CRC and length
-            else:
-                data = raw
-            self.tally = _Tally(data)
-            self.tar = stack.enter_context(
-                tarfile.open(  # noqa: SIM115 (entered into the caller's ExitStack)
-                    fileobj=self.tally,
-                    mode="r|",
-                    encoding="utf-8",
-                    errors="surrogateescape",
-                    ignore_zeros=True,
-                )
-            )
-        except errors as e:
-            raise _Unreadable(f"{type(e).__name__}: {e}") from e
-
-    def members(self, scanner: _Scanner) -> Iterator[tarfile.TarInfo]:
-        """Stream members; report bytes skipped before one (tarfile, with ignore_zeros, jumps over zero
-        blocks and corrupt headers; another reader could stop there or see something else)."""
-        tar = self.tar
-        while True:
-            try:
-                info = tar.next()
-                if info is None:
-                    return
-            except self.errors as e:
-                raise _Unreadable(f"{type(e).__name__}: {e}") from e
-            # Stream mode still records every member: drop them to keep memory flat on huge archives.
-            tar.members.clear()  # type: ignore[attr-defined]  # a public attribute typeshed does not declare
-            if info.offset != self.member_end and not tar.pax_headers:
-                scanner.note(
-                    Problem(
-                        info.name,
-                        f"{info.offset - self.member_end} bytes before this member were skipped (an early "
-                        "end-of-archive marker, a corrupt header or concatenated archives)",
-                    )
-                )
-            self.member_end = tar.offset
-            yield info
-
-    def trailer_problems(self, member_count: int) -> list[Problem]:
-        """After the last member: only zeros, at least the two-block end-of-archive marker."""
-        problems = []
-        if self.tar.pax_headers:
-            keys = ", ".join(sorted(printable(k) for k in self.tar.pax_headers))
-            problems.append(
-                Problem(None, f"global pax header ({keys}): tar readers disagree on how it applies")
-            )
-        if member_count == 0:
-            return problems
-        if self.tally.last_nonzero_end > self.member_end:
-            problems.append(
-                Problem(
-                    None,
-                    f"{self.tally.last_nonzero_end - self.member_end} bytes of non-zero data after the last "
-                    "member that no header describes",
-                )
-            )
-        elif self.tally.pos - self.member_end < _END_OF_ARCHIVE:
-            problems.append(
-                Problem(None, "no end-of-archive marker after the last member: the tarball is truncated")
-            )
-        return problems
-
-
 def check_tarball(
     path: Path,
     *,
@@ -738,13 +640,12 @@ def check_tarball(
     )
     scanner = _Scanner(ctx)
     try:
-        with ExitStack() as stack:
-            stream = _TarStream(path, name, stack)
-            for info in stream.members(scanner):
+        with TarballStream(path, shown) as stream:
+            for info in stream.members():
                 scanner.add(info)
-            for problem in stream.trailer_problems(scanner.count):
-                scanner.note(problem)
-    except _Unreadable as e:
+            for problem in stream.finish():
+                scanner.note(Problem(problem.member, problem.reason))
+    except StreamError as e:
         raise TarballRejected(
             f"{shown}: cannot be read as a {name.extension.lstrip('.')} archive ({e}); "
             "check the upload and re-create the tarball"

@@ -1,0 +1,437 @@
+"""Streaming ingest: one pass over a tarball checks, hashes and stores what it publishes.
+
+The tarball is read once through :class:`.tarstream.TarballStream` (one ``open``; format from the
+magic bytes; SHA-256 of the raw bytes; decompression in its own thread).  Each member header is
+judged as it arrives — always by :func:`.tarcheck.basic_member_problems`, and with a
+:class:`.tarcheck.CheckContext` by every EESSI rule of :mod:`.tarcheck` too — and its data flows
+to a thread pool that compresses (zlib), hashes (SHA-1) and writes objects; zlib, hashlib and file
+writes release the GIL, so the pool uses every core while this thread parses the next header.
+Small files travel in batches; large files are cut into chunks while they are read
+(:func:`.objects.first_cut`).  Finished results become catalog entries in archive order.
+
+Memory is bounded by constants, not by the tarball: :data:`IN_FLIGHT_BYTES` of member data handed
+to workers and not yet stored (plus their compressed output), one chunk being assembled (at most
+the chunk maximum plus one :data:`.tarstream.BLOCK`), and the stream's queue
+(``QUEUE_BLOCKS * BLOCK``).  What grows with the tarball is one catalog entry per member.
+
+Symlinks are judged after the last member, by where they lead: each target is walked component by
+component through the links of this tarball and of the repository's tree, and must end inside the
+allowed area (the version directory with a check context, else the repository).  Any problem —
+a member, a symlink, a SHA-256 other than the gate's — raises before the transaction commits.
+"""
+
+from __future__ import annotations
+
+import functools
+import stat
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import RepositoryError, TarballRejected
+from .catalog import DIR_SIZE, Node
+from .common import SUFFIX_PARTIAL, parent_path
+from .objects import Chunk, ObjectStore, StoredFile, first_cut
+from .tarcheck import (
+    CATALOG_MARKER,
+    COMPAT_HOST_FILES,
+    CheckContext,
+    Problem,
+    TarballProblems,
+    _Scanner,
+    basic_member_problems,
+    normalise_member_name,
+    printable,
+)
+from .tarstream import BLOCK, StreamError, TarballStream
+
+if TYPE_CHECKING:
+    import tarfile
+
+    from .repository import Transaction
+
+SMALL_FILE = 64 * 1024  # files up to this size travel to the workers in batches
+BATCH_BYTES = 1 << 20  # a batch is handed over at this many bytes...
+BATCH_FILES = 128  # ...or this many files
+IN_FLIGHT_BYTES = 64 << 20  # member bytes handed to workers and not stored yet
+WHOLE_MAX = 32 << 20  # unchunked files up to this size are one worker job; larger ones are streamed
+MAX_SYMLINK_HOPS = 40  # as Linux's ELOOP limit
+XATTR_PREFIX = "SCHILY.xattr."
+
+
+@dataclass(frozen=True, slots=True)
+class IngestOptions:
+    """How to overlay one tarball: at ``base`` ("/versions" or ""), with or without chunking, with the
+    EESSI checks of ``check`` on the same stream, refusing bytes whose SHA-256 is not ``expected_sha256``."""
+
+    base: str
+    chunking: bool = True
+    check: CheckContext | None = None
+    expected_sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamResult:
+    sha256: str
+    members: int
+    files: int
+    bytes: int
+    top_dir: str | None
+
+
+def pack_xattrs(tarball: Path, member: tarfile.TarInfo) -> bytes | None:
+    """A member's extended attributes (pax ``SCHILY.xattr.*``) in cvmfs's catalog blob: version 1,
+    count, then per attribute a key length, a value length, key and value (one byte each for the lengths)."""
+    attrs = sorted(
+        (k[len(XATTR_PREFIX) :].encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
+        for k, v in member.pax_headers.items()
+        if k.startswith(XATTR_PREFIX)
+    )
+    if not attrs:
+        return None
+    too_long = [k.decode("utf-8", "replace") for k, v in attrs if len(k) > 255 or len(v) > 255]
+    if too_long or len(attrs) > 255:
+        raise RepositoryError(
+            f"{tarball}: {member.name}: extended attributes {too_long or 'count'} exceed what a CVMFS "
+            "catalog stores (255 attributes of at most 255-byte names and values); drop them when packing"
+        )
+    blob = bytes([1, len(attrs)])
+    for k, v in attrs:
+        blob += bytes([len(k), len(v)]) + k + v
+    return blob
+
+
+# -- the worker side --------------------------------------------------------------------------------
+
+
+class _Budget:
+    """Bytes handed to workers and not yet stored; the reader waits while the budget is spent."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._cond = threading.Condition()
+
+    def take(self, n: int) -> int:
+        n = min(n, self.limit)
+        with self._cond:
+            while self.used and self.used + n > self.limit:
+                self._cond.wait()
+            self.used += n
+        return n
+
+    def give(self, n: int) -> None:
+        with self._cond:
+            self.used -= n
+            self._cond.notify_all()
+
+
+@dataclass(eq=False)
+class _File:
+    """A regular file (or hard link) waiting for its objects; becomes a catalog entry when ready."""
+
+    path: str
+    info: tarfile.TarInfo
+    size: int
+    batch: Future[list[str]] | None = None
+    index: int = 0
+    chunks: list[tuple[int, int, Future[str]]] = field(default_factory=list)
+    whole: Future[str] | None = None
+    hash: str | None = None  # known at once (a streamed file)
+    source: _File | None = None  # a hard link: the file it copies
+    stored: StoredFile | None = None
+    pending: bool = False  # in a batch not handed to the workers yet
+
+    def ready(self) -> bool:
+        if self.source is not None:
+            return self.source.stored is not None
+        if self.pending:
+            return False
+        futures: list[Future[list[str]] | Future[str] | None] = [self.batch, self.whole]
+        futures.extend(f for _, _, f in self.chunks)
+        return all(f is None or f.done() for f in futures)
+
+    def result(self) -> StoredFile:
+        if self.source is not None:
+            assert self.source.stored is not None
+            return self.source.stored
+        if self.batch is not None:
+            return StoredFile(self.size, self.batch.result()[self.index])
+        if self.whole is not None:
+            return StoredFile(self.size, self.whole.result())
+        if self.hash is not None:
+            return StoredFile(self.size, self.hash)
+        return StoredFile(self.size, None, tuple(Chunk(o, s, f.result()) for o, s, f in self.chunks))
+
+
+class _Pipeline:
+    """Hands file contents to the workers and turns finished files into entries, in archive order."""
+
+    def __init__(self, txn: Transaction, tarball: Path, chunking: bool) -> None:
+        self.txn = txn
+        self.tarball = tarball
+        self.store: ObjectStore = txn.repo.store
+        self.chunking = chunking
+        self.pool = ThreadPoolExecutor(self.store.workers, thread_name_prefix="ingest-object")
+        self.budget = _Budget(max(IN_FLIGHT_BYTES, self.store.chunk_sizes[2]))
+        self.waiting: deque[_File] = deque()
+        self.batch: list[tuple[_File, bytes]] = []
+        self.batch_bytes = 0
+        self.files = 0
+        self.bytes = 0
+
+    def _submit(self, fn: Callable[[], str], n: int) -> Future[str]:
+        taken = self.budget.take(n)
+        fut = self.pool.submit(fn)
+        fut.add_done_callback(lambda _f: self.budget.give(taken))
+        return fut
+
+    def _flush_batch(self) -> None:
+        if not self.batch:
+            return
+        blobs = [b for _, b in self.batch]
+        taken = self.budget.take(self.batch_bytes)
+        store = self.store
+        fut = self.pool.submit(lambda: [store.put(b) for b in blobs])
+        fut.add_done_callback(lambda _f: self.budget.give(taken))
+        for i, (f, _) in enumerate(self.batch):
+            f.batch, f.index, f.pending = fut, i, False
+        self.batch, self.batch_bytes = [], 0
+
+    def add_file(self, path: str, info: tarfile.TarInfo, stream: TarballStream) -> _File:
+        f = _File(path, info, info.size)
+        self.waiting.append(f)
+        self.files += 1
+        self.bytes += info.size
+        lo, avg, hi = self.store.chunk_sizes
+        store = self.store
+        if info.size <= SMALL_FILE:
+            data = _read_all(stream, info.size)
+            f.pending = True
+            self.batch.append((f, data))
+            self.batch_bytes += len(data)
+            if self.batch_bytes >= BATCH_BYTES or len(self.batch) >= BATCH_FILES:
+                self._flush_batch()
+        elif not self.chunking or info.size <= lo:
+            if info.size <= WHOLE_MAX:
+                data = _read_all(stream, info.size)
+                f.whole = self._submit(functools.partial(store.put, data), len(data))
+            else:
+                f.hash = store.put_stream(iter(lambda: stream.read_data(BLOCK), b""))
+        else:
+            buf = bytearray()
+            offset = 0
+            while True:
+                buf += stream.read_data(BLOCK)
+                final = stream.data_left == 0
+                while (cut := first_cut(buf, lo, avg, hi, final)) is not None:
+                    if final and cut >= len(buf):
+                        piece = bytes(buf)
+                        if not f.chunks:
+                            f.whole = self._submit(functools.partial(store.put, piece), len(piece))
+                        elif piece:
+                            job = functools.partial(store.put, piece, SUFFIX_PARTIAL)
+                            f.chunks.append((offset, len(piece), self._submit(job, len(piece))))
+                        break
+                    piece = bytes(buf[:cut])
+                    del buf[:cut]
+                    fut = self._submit(functools.partial(store.put, piece, SUFFIX_PARTIAL), len(piece))
+                    f.chunks.append((offset, len(piece), fut))
+                    offset += len(piece)
+                if final:
+                    break
+        return f
+
+    def add_link(self, path: str, info: tarfile.TarInfo, source: _File) -> None:
+        self.waiting.append(_File(path, info, source.size, source=source))
+        self.files += 1
+
+    def collect(self, wait: bool = False) -> None:
+        """Turn finished files into catalog entries (all of them with ``wait``)."""
+        if wait:
+            self._flush_batch()
+        while self.waiting and (wait or self.waiting[0].ready()):
+            f = self.waiting.popleft()
+            if f.source is None and not f.ready():
+                for fut in [f.batch, f.whole, *(c[2] for c in f.chunks)]:
+                    if fut is not None:
+                        fut.result()
+            f.stored = f.result()
+            m = f.info
+            mode = stat.S_IFREG | (m.mode & 0o7777)
+            node = Node(
+                f.path.rsplit("/", 1)[-1], mode, int(m.mtime), f.size, m.uid, m.gid,
+                hash=f.stored.hash, chunks=f.stored.chunks, xattr=pack_xattrs(self.tarball, m),
+            )  # fmt: skip
+            self.txn.put(f.path, node)
+            self.txn.files_added += 1
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _read_all(stream: TarballStream, size: int) -> bytes:
+    data = stream.read_data(size)
+    if len(data) != size:
+        raise StreamError("internal: short member read")
+    return data
+
+
+# -- the reading side -------------------------------------------------------------------------------
+
+
+def overlay_stream(txn: Transaction, tarball: Path, opts: IngestOptions) -> StreamResult:
+    """Overlay the members of ``tarball`` at ``opts.base`` in ``txn`` in one pass (see the module doc)."""
+    shown = tarball.name
+    scanner = _Scanner(opts.check) if opts.check is not None else None
+    problems: list[Problem] = []
+    regular: dict[str, _File] = {}  # hard-link targets: earlier regular files without problems
+    symlinks: list[tuple[str, str, list[str]]] = []
+    nested_at: list[str] = []
+    base = opts.base
+    pipeline = _Pipeline(txn, tarball, opts.chunking)
+    try:
+        with TarballStream(tarball, shown) as stream:
+            txn._step("tarball opened")
+            for info in stream.members():
+                if scanner is not None:
+                    before = len(scanner.problems)
+                    scanner.add(info)
+                    bad = len(scanner.problems) > before
+                else:
+                    reasons = basic_member_problems(info, regular.keys())
+                    problems.extend(Problem(info.name, r) for r in reasons)
+                    bad = bool(reasons)
+                if bad or problems or (scanner is not None and scanner.problems):
+                    continue  # keep reading: every problem is reported, nothing more is stored
+                rel = normalise_member_name(info.name)
+                path = f"{base}/{rel}"
+                name = rel.rsplit("/", 1)[-1]
+                if info.isdir():
+                    mode = stat.S_IFDIR | (info.mode & 0o7777)
+                    txn.put(path, Node(name, mode, int(info.mtime), DIR_SIZE, info.uid, info.gid))
+                elif info.issym():
+                    node = Node(name, stat.S_IFLNK | 0o777, int(info.mtime), 0, info.uid, info.gid)
+                    node.symlink = info.linkname
+                    txn.put(path, node)
+                    symlinks.append((path, info.linkname, rel.split("/")))
+                elif info.islnk():
+                    pipeline.add_link(path, info, regular[normalise_member_name(info.linkname)])
+                else:
+                    regular[rel] = pipeline.add_file(path, info, stream)
+                    if name == CATALOG_MARKER:
+                        nested_at.append(parent_path(path))
+                pipeline.collect()
+            for p in stream.finish():
+                (scanner.note if scanner is not None else problems.append)(Problem(p.member, p.reason))
+            sha256 = stream.sha256
+        pipeline.collect(wait=True)
+    except StreamError as e:
+        kind = tarball.name.rsplit(".tar", 1)[-1].lstrip(".") or "tar"
+        raise TarballRejected(
+            f"{shown}: cannot be read as a {kind} archive ({e}); check the upload and re-create the tarball"
+        ) from e
+    finally:
+        pipeline.close()
+    txn._step("tarball read")
+    if opts.expected_sha256 is not None and sha256 != opts.expected_sha256.lower():
+        raise TarballRejected(
+            f"{shown}: its bytes have SHA-256 {sha256}, not {opts.expected_sha256} as its gate record says; "
+            "the file changed after it was tested: nothing was published, stage the tested tarball again"
+        )
+    top = None
+    if scanner is not None:
+        result = scanner.result()
+        problems.extend(result.problems)
+        top = result.top_dir
+    if problems:
+        raise TarballProblems(shown, problems)
+    area = f"{base}/{top}" if top else ""
+    link_problems = symlink_problems(txn, symlinks, area, opts.check)
+    if link_problems:
+        raise TarballProblems(shown, link_problems)
+    for mp in sorted(set(nested_at)):
+        txn.make_nested(mp)
+    return StreamResult(sha256, stream.count, pipeline.files, pipeline.bytes, top)
+
+
+# -- symlinks, judged by where they lead --------------------------------------------------------------
+
+
+class _Escape(Exception):
+    pass
+
+
+def _host_link_allowed(target: str, rel: list[str], check: CheckContext | None) -> bool:
+    """A compatibility layer's link to a host file it must take from the host (see tarcheck)."""
+    if target not in COMPAT_HOST_FILES or len(rel) < 3 or rel[-2] != "etc":
+        return False
+    if check is not None:
+        return check.name.content_type == "compat" and len(rel) == 6 and rel[1] == "compat"
+    return len(rel) >= 5 and rel[-5] == "compat"
+
+
+def resolve_link(txn: Transaction, link_path: str, target: str) -> str:
+    """Where the symlink at ``link_path`` leads inside the repository, following every link on the
+    way (this transaction's view: the tarball over the published tree).  Raises _Escape."""
+    prefix = f"/cvmfs/{txn.repo.paths.name}"
+    parts = link_path.split("/")[1:-1]
+    todo: list[str] = []
+    hops = 0
+
+    def expand(t: str) -> None:
+        nonlocal parts
+        if t.startswith("/"):
+            if t != prefix and not t.startswith(prefix + "/"):
+                raise _Escape(f"leads to {printable(t)!r}, outside {prefix}")
+            parts = []
+            t = t[len(prefix) :]
+        todo.extend(reversed([c for c in t.split("/") if c not in ("", ".")]))
+
+    expand(target)
+    while todo:
+        c = todo.pop()
+        if c == "..":
+            if not parts:
+                raise _Escape("climbs above the repository root")
+            parts.pop()
+            continue
+        parts.append(c)
+        node = txn.get("/" + "/".join(parts))
+        if node is not None and node.is_symlink:
+            hops += 1
+            if hops > MAX_SYMLINK_HOPS:
+                raise _Escape(f"passes more than {MAX_SYMLINK_HOPS} symlinks (a loop?)")
+            parts.pop()
+            expand(node.symlink)
+    return "/" + "/".join(parts)
+
+
+def symlink_problems(
+    txn: Transaction, links: list[tuple[str, str, list[str]]], area: str, check: CheckContext | None
+) -> list[Problem]:
+    """Each link of the tarball whose resolution leaves ``area`` (a repository path; "" = the whole
+    repository).  ``links``: (repository path, target, member path components)."""
+    problems = []
+    for path, target, rel in links:
+        if _host_link_allowed(target, rel, check):
+            continue
+        member = "/".join(rel)
+        try:
+            resolved = resolve_link(txn, path, target)
+        except _Escape as e:
+            problems.append(Problem(member, f"symlink target {printable(target)!r} {e}"))
+            continue
+        if area and resolved != area and not resolved.startswith(area + "/"):
+            problems.append(
+                Problem(
+                    member,
+                    f"symlink target {printable(target)!r} resolves (through the links on its way) to "
+                    f"{printable(resolved)!r}, outside {area}",
+                )
+            )
+    return problems

@@ -1,0 +1,423 @@
+"""One read of a tarball: the file is opened once, its format is decided from its first bytes
+(and must agree with its name), the raw bytes are hashed (SHA-256, what the gate records) while a
+thread decompresses them, and tar headers are parsed from that single stream.
+
+The checker (:mod:`.tarcheck`) and the ingest (:mod:`.ingest`) both read through
+:class:`TarballStream`, so what one judges is byte for byte what the other publishes.
+
+Memory: the decompressing thread hands over blocks of at most :data:`BLOCK` bytes through a
+queue of :data:`QUEUE_BLOCKS` entries, so at most ``QUEUE_BLOCKS * BLOCK`` decompressed bytes
+wait between the two threads, whatever the size of the archive or of any member.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import queue
+import tarfile
+import threading
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import TarballRejected
+
+BLOCK = 1 << 20  # bytes per raw read and per decompressed block
+QUEUE_BLOCKS = 8  # decompressed blocks in flight between the threads
+END_OF_ARCHIVE = 2 * tarfile.BLOCKSIZE
+# tarfile's header errors (not in typeshed): no more bytes; a zero block or a bad checksum.
+_END_OF_DATA: tuple[type[Exception], ...] = tuple(
+    getattr(tarfile, n) for n in ("EmptyHeaderError", "TruncatedHeaderError")
+)
+_SKIPPABLE: tuple[type[Exception], ...] = tuple(
+    getattr(tarfile, n) for n in ("EOFHeaderError", "InvalidHeaderError")
+)
+
+#: Name endings and the format each promises.
+NAME_FORMATS = ((".tar.gz", "gzip"), (".tgz", "gzip"), (".tar.zst", "zstd"), (".tar", "tar"))
+_EXTENSION_OF = {"gzip": ".tar.gz", "zstd": ".tar.zst", "tar": ".tar", "bzip2": ".tar.bz2", "xz": ".tar.xz"}
+
+
+def format_from_name(name: str) -> str | None:
+    return next((fmt for ext, fmt in NAME_FORMATS if name.endswith(ext)), None)
+
+
+def format_from_magic(head: bytes) -> str:
+    """What the first bytes of a file say it is: gzip, zstd, bzip2, xz, tar (ustar magic) or unknown."""
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        return "zstd"
+    if head.startswith(b"BZh"):
+        return "bzip2"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
+    if head[257:262] == b"ustar":
+        return "tar"
+    return "unknown"
+
+
+class StreamError(Exception):
+    """The archive's bytes could not be read or decompressed (the message says why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamProblem:
+    """A structural problem of the archive; ``member`` None for the archive as a whole."""
+
+    member: str | None
+    reason: str
+
+
+class _Shim:
+    """The attributes :meth:`tarfile.TarInfo.fromtarfile` reads from a TarFile."""
+
+    def __init__(self, fileobj: _Reader) -> None:
+        self.fileobj = fileobj
+        self.encoding = "utf-8"
+        self.errors = "surrogateescape"
+        self.offset = 0
+        self.pax_headers: dict[str, str] = {}
+
+
+class _Reader:
+    """Forward-only reads over the decompressed blocks; remembers where its last non-zero byte was."""
+
+    def __init__(self, blocks: queue.Queue[bytes | BaseException | None], stop: threading.Event) -> None:
+        self._blocks = blocks
+        self._stop = stop
+        self._buf = b""
+        self._at = 0
+        self.pos = 0
+        self.last_nonzero_end = 0
+        self.eof = False
+
+    def _fill(self) -> bool:
+        while not self.eof:
+            item = self._blocks.get()
+            if item is None:
+                self.eof = True
+                return False
+            if isinstance(item, BaseException):
+                self.eof = True
+                raise StreamError(f"{type(item).__name__}: {item}") from item
+            if not item:
+                continue
+            payload = len(item.rstrip(b"\0"))
+            if payload:
+                self.last_nonzero_end = self.pos + (len(self._buf) - self._at) + payload
+            self._buf = self._buf[self._at :] + item if self._at < len(self._buf) else item
+            self._at = 0
+            return True
+        return False
+
+    def read(self, size: int = -1, /) -> bytes:
+        if size < 0:
+            raise ValueError("read() needs a size on a stream")
+        avail = len(self._buf) - self._at
+        if avail >= size:
+            out = self._buf[self._at : self._at + size]
+            self._at += size
+            self.pos += size
+            return out
+        parts = [self._buf[self._at :]] if avail else []
+        need = size - avail
+        self._buf, self._at = b"", 0
+        while need > 0 and self._fill():
+            take = min(need, len(self._buf))
+            parts.append(self._buf[:take] if take < len(self._buf) else self._buf)
+            self._at = take
+            need -= take
+        out = b"".join(parts)
+        self.pos += len(out)
+        return out
+
+    def skip(self, size: int) -> int:
+        done = 0
+        while done < size:
+            got = len(self.read(min(size - done, BLOCK)))
+            if not got:
+                break
+            done += got
+        return done
+
+    def tell(self) -> int:
+        return self.pos
+
+
+class TarballStream:
+    """A tarball opened once: format by magic, SHA-256 of the raw bytes, decompression in a thread.
+
+    Use as a context manager; :meth:`members` yields each member's header with the stream at its
+    data (read it with :meth:`read_data`, or leave it: it is skipped), :meth:`finish` reads to the
+    end and returns the archive's structural problems.  :attr:`sha256` is final after :meth:`finish`.
+    """
+
+    def __init__(self, path: Path, shown: str | None = None) -> None:
+        self.path = path
+        self.shown = shown or path.name
+        self._hash = hashlib.sha256()
+        self.raw_bytes = 0
+        self._stop = threading.Event()
+        self._blocks: queue.Queue[bytes | BaseException | None] = queue.Queue(QUEUE_BLOCKS)
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+        except OSError as e:
+            raise TarballRejected(f"{self.shown}: cannot be read ({e.strerror}); check the path") from e
+        try:
+            head = self._read_head()
+            self.format = self._decide(head)
+            self._zstd = self._zstd_module() if self.format == "zstd" else None
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self.reader = _Reader(self._blocks, self._stop)
+        self._shim = _Shim(self.reader)
+        self.member_end = 0  # where the next header is expected
+        self._last_end = 0  # where the last member's data blocks end
+        self._data_left = 0
+        self._data_at = 0
+        self.count = 0
+        self.problems: list[StreamProblem] = []
+        self._thread = threading.Thread(target=self._pump, args=(head,), name="tar-decompress", daemon=True)
+        self._thread.start()
+
+    # -- opening -----------------------------------------------------------------------------
+
+    def _read_head(self) -> bytes:
+        parts = []
+        size = 0
+        while size < 512:
+            chunk = os.read(self._fd, BLOCK)
+            if not chunk:
+                break
+            parts.append(chunk)
+            size += len(chunk)
+        head = b"".join(parts)
+        self._hash.update(head)
+        self.raw_bytes = len(head)
+        return head
+
+    def _decide(self, head: bytes) -> str:
+        named = format_from_name(self.path.name)
+        found = format_from_magic(head)
+        if named is None:
+            raise TarballRejected(
+                f"{self.shown}: the name does not say how it is packed; name it .tar.gz, .tar.zst or .tar "
+                f"(its bytes are {found})"
+            )
+        if found == "unknown":
+            raise TarballRejected(
+                f"{self.shown}: cannot be read as a {named} archive: its first {min(len(head), 512)} bytes "
+                "match no known format (gzip, zstd, bzip2, xz, tar); check the upload and re-create it"
+            )
+        if found != named:
+            fix = f"rename it to end in {_EXTENSION_OF[found]}" if found in _EXTENSION_OF else "re-create it"
+            raise TarballRejected(
+                f"{self.shown}: the name says {named} but its bytes are {found}; {fix}, "
+                "and re-run its tests so the gate record matches"
+            )
+        return found
+
+    def _zstd_module(self) -> Any:
+        try:
+            return importlib.import_module("zstandard")
+        except ImportError:
+            raise TarballRejected(
+                f"{self.shown}: is zstd-compressed but the 'zstandard' Python module is not installed; "
+                "install zstandard or recompress the tarball with gzip (.tar.gz)"
+            ) from None
+
+    # -- the decompressing thread -------------------------------------------------------------
+
+    def _raw(self, head: bytes) -> Iterator[bytes]:
+        if head:
+            yield head
+        while not self._stop.is_set():
+            chunk = os.read(self._fd, BLOCK)
+            if not chunk:
+                return
+            self._hash.update(chunk)
+            self.raw_bytes += len(chunk)
+            yield chunk
+
+    def _put(self, item: bytes | BaseException | None) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._blocks.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _pump(self, head: bytes) -> None:
+        try:
+            source = self._raw(head)
+            blocks = (
+                _gunzip(source) if self.format == "gzip"
+                else _unzstd(self._zstd, source) if self.format == "zstd"
+                else source
+            )  # fmt: skip
+            for block in blocks:
+                if not self._put(block):
+                    return
+            self._put(None)
+        except BaseException as e:  # handed to the reading thread, which raises it
+            self._put(e)
+
+    # -- members --------------------------------------------------------------------------------
+
+    def members(self) -> Iterator[tarfile.TarInfo]:
+        """Every member header in archive order; blocks skipped before a header (zeros, a corrupt
+        header, a second archive) are reported, as another tar reader could stop there."""
+        reader, shim = self.reader, self._shim
+        while True:
+            if reader.pos != self.member_end:  # what the caller left of the previous member's data
+                reader.skip(self.member_end - reader.pos)
+            try:
+                info = tarfile.TarInfo.fromtarfile(shim)  # type: ignore[arg-type]  # duck-typed TarFile
+            except _END_OF_DATA:
+                return
+            except _SKIPPABLE:
+                self.member_end = reader.pos  # a zero or corrupt block: look at the next one
+                continue
+            except tarfile.HeaderError as e:
+                raise StreamError(f"{type(e).__name__}: {e}") from e
+            skipped = info.offset - self._last_end
+            if skipped and not shim.pax_headers:
+                self.problems.append(
+                    StreamProblem(
+                        info.name,
+                        f"{skipped} bytes before this member were skipped (an early end-of-archive marker, "
+                        "a corrupt header or concatenated archives)",
+                    )
+                )
+            self.count += 1
+            self.member_end = self._last_end = shim.offset
+            self._data_left = info.size if info.isreg() and not info.issparse() else 0
+            self._data_at = info.offset_data
+            yield info
+
+    @property
+    def data_left(self) -> int:
+        """Bytes of the current member's data not read yet."""
+        return self._data_left
+
+    def read_data(self, size: int = BLOCK) -> bytes:
+        """The next up to ``size`` bytes of the current member's data (b"" at its end)."""
+        n = min(size, self._data_left)
+        if n <= 0:
+            return b""
+        if self.reader.pos != self._data_at:
+            raise StreamError("internal: member data read out of order")
+        out = self.reader.read(n)
+        if len(out) != n:
+            raise StreamError("unexpected end of data inside a member: the tarball is truncated")
+        self._data_left -= n
+        self._data_at += n
+        return out
+
+    def finish(self) -> list[StreamProblem]:
+        """Read to the end of the file (checking gzip CRCs, hashing every byte); the trailer's problems."""
+        reader = self.reader
+        while reader._fill():
+            reader.pos += len(reader._buf) - reader._at
+            reader._buf, reader._at = b"", 0
+        self._thread.join()
+        problems = list(self.problems)
+        if self._shim.pax_headers:
+            keys = ", ".join(sorted(self._shim.pax_headers))
+            problems.append(
+                StreamProblem(None, f"global pax header ({keys}): tar readers disagree on how it applies")
+            )
+        if self.count:
+            if reader.last_nonzero_end > self._last_end:
+                problems.append(
+                    StreamProblem(
+                        None,
+                        f"{reader.last_nonzero_end - self._last_end} bytes of non-zero data after the last "
+                        "member that no header describes",
+                    )
+                )
+            elif reader.pos - self._last_end < END_OF_ARCHIVE:
+                problems.append(
+                    StreamProblem(
+                        None, "no end-of-archive marker after the last member: the tarball is truncated"
+                    )
+                )
+        return problems
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            while True:  # unblock a pump waiting on a full queue
+                try:
+                    self._blocks.get_nowait()
+                except queue.Empty:
+                    break
+            self._thread.join()
+        os.close(self._fd)
+
+    def __enter__(self) -> TarballStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _gunzip(source: Iterator[bytes]) -> Iterator[bytes]:
+    """gzip members one after another (zlib checks each CRC and length); zero padding between and
+    after members is skipped, as gzip does."""
+    d = zlib.decompressobj(31)
+    fed = False  # the current member has had input
+    finished_one = False
+    for raw in source:
+        data = raw
+        while data:
+            if not fed and finished_one:
+                data = data.lstrip(b"\0")
+                if not data:
+                    break
+            fed = True
+            out = d.decompress(data, BLOCK)
+            if out:
+                yield out
+            if d.eof:
+                data = d.unused_data
+                d = zlib.decompressobj(31)
+                fed, finished_one = False, True
+            else:
+                data = d.unconsumed_tail
+    if fed:
+        tail = d.flush()
+        if tail:
+            yield tail
+        if not d.eof:
+            raise EOFError("compressed file ended before the end-of-stream marker was reached")
+
+
+def _unzstd(module: Any, source: Iterator[bytes]) -> Iterator[bytes]:
+    class _Raw:
+        def __init__(self) -> None:
+            self._left = b""
+
+        def read(self, size: int = -1) -> bytes:
+            if not self._left:
+                self._left = next(source, b"")
+            out, self._left = (self._left, b"") if size < 0 else (self._left[:size], self._left[size:])
+            return out
+
+    reader = module.ZstdDecompressor().stream_reader(_Raw(), read_across_frames=True)
+    while True:
+        block = reader.read(BLOCK)
+        if not block:
+            return
+        yield block
