@@ -24,6 +24,11 @@ CPUINFO_ENV = "EESSI_PROC_CPUINFO"
 #: Environment variable naming the CPU family when the text does not say (EESSI's name).
 MACHINE_ENV = "EESSI_MACHINE_TYPE"
 FAMILIES = ("x86_64", "aarch64", "ppc64le", "riscv64")
+#: Environment variable raising the size limit of cpuinfo/lscpu text (real ones are well under 1 MiB).
+MAX_BYTES_ENV = "EESSI_PIPELINE_CPUINFO_MAX_BYTES"
+DEFAULT_MAX_BYTES = 4 << 20
+# Vendor ids of families the stack does not support, so they are named rather than guessed at.
+_OTHER_VENDORS = {"IBM/S390": "s390x"}
 
 _LINE = re.compile(r"^\s*([^:\n]*?[^:\s])\s*:\s*(.*?)\s*$")
 _MACHINE_ALIASES = {"amd64": "x86_64", "arm64": "aarch64", "ppc64el": "ppc64le"}
@@ -89,9 +94,12 @@ def _guess_family(blocks: list[dict[str, str]]) -> str | None:
         if arch and not arch.isdigit():  # lscpu's "Architecture:" (cpuinfo's is "CPU architecture")
             return _MACHINE_ALIASES.get(arch, arch)
     for b in blocks:
+        vendor = b.get("vendor id", "").strip()
+        if vendor in _OTHER_VENDORS:
+            return _OTHER_VENDORS[vendor]
         if "vendor id" in b and "flags" in b:
             return "x86_64"
-        if "cpu implementer" in b or ("features" in b and "flags" not in b):
+        if "cpu implementer" in b or ("features" in b and "cpu architecture" in b and "flags" not in b):
             return "aarch64"
         if b.get("cpu", "").upper().startswith("POWER"):
             return "ppc64le"
@@ -168,9 +176,17 @@ def read_host_cpu(
     env = os.environ if environ is None else environ
     chosen = str(path) if path else env.get(CPUINFO_ENV) or "/proc/cpuinfo"
     machine = env.get(MACHINE_ENV) or (platform.machine() if chosen == "/proc/cpuinfo" else None)
+    via = "" if path else (f" (from {CPUINFO_ENV})" if env.get(CPUINFO_ENV) else "")
+    limit_text = env.get(MAX_BYTES_ENV, "")
+    limit = int(limit_text) if limit_text.strip().isdigit() and int(limit_text) > 0 else DEFAULT_MAX_BYTES
     try:
-        text = Path(chosen).read_text(encoding="utf-8", errors="replace")
+        with Path(chosen).open("rb") as fh:
+            raw = fh.read(limit + 1)  # never more: /dev/zero is refused at once
     except OSError as e:
-        via = "" if path else (f" (from {CPUINFO_ENV})" if env.get(CPUINFO_ENV) else "")
         raise DetectionError(f"{chosen}{via}: cannot read ({e.strerror}); pass an existing file") from e
-    return parse_cpuinfo(text, source=chosen, machine=machine)
+    if len(raw) > limit:
+        raise DetectionError(
+            f"{chosen}{via}: more than {limit} bytes, not /proc/cpuinfo or `lscpu` output (those are well "
+            f"under 1 MiB); pass the right file, or raise ${MAX_BYTES_ENV}"
+        )
+    return parse_cpuinfo(raw.decode("utf-8", errors="replace"), source=chosen, machine=machine)

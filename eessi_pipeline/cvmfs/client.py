@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import RepositoryError
+from ..trust import refuse_if_writable
 from .http import HttpFetchError, HttpLimits, http_get
 from .reader import RepositoryReader
 
@@ -126,6 +127,7 @@ class MirrorSource:
 
 def open_client(config: ClientConfig) -> tuple[RepositoryReader, MirrorSource]:
     """Open the repository through the mirrors and verify the manifest ensemble first."""
+    refuse_if_writable(config.master_public_key, "the master public key", RepositoryError)
     try:
         master = config.master_public_key.read_bytes()
     except OSError as e:

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
 from ..errors import RepositoryError
+from ..trust import PUBLIC_FILE_MODE, ensure_dir, refuse_if_writable, write_file
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,7 @@ class KeyPaths:
 
 def _write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
 
@@ -63,7 +65,8 @@ def create_keys(paths: KeyPaths, now: dt.datetime | None = None) -> None:
             f"keys already exist ({', '.join(str(p) for p in existing)}); they are never overwritten: "
             "reuse them, or move them away to start a new repository"
         )
-    paths.directory.mkdir(parents=True, exist_ok=True)
+    ensure_dir(paths.directory)  # 0755 whatever the umask, and the state directory above it if new
+    refuse_if_writable(paths.directory, "the key directory", RepositoryError)
     now = now or dt.datetime.now(dt.UTC)
     repo_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     master = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -87,12 +90,11 @@ def create_keys(paths: KeyPaths, now: dt.datetime | None = None) -> None:
     _write_private(
         paths.master_key, master.private_bytes(serialization.Encoding.PEM, pem, serialization.NoEncryption())
     )
-    paths.certificate.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths.master_public.write_bytes(
-        master.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+    write_file(paths.certificate, cert.public_bytes(serialization.Encoding.PEM), PUBLIC_FILE_MODE)
+    public = master.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    write_file(paths.master_public, public, PUBLIC_FILE_MODE)
 
 
 def _load_private(path: Path) -> rsa.RSAPrivateKey:
@@ -108,6 +110,7 @@ def _load_private(path: Path) -> rsa.RSAPrivateKey:
 
 
 def load_certificate_der(path: Path) -> bytes:
+    refuse_if_writable(path, "the repository certificate", RepositoryError)
     try:
         cert = x509.load_pem_x509_certificate(path.read_bytes())
     except (OSError, ValueError) as e:
