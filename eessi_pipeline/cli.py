@@ -1,4 +1,8 @@
-"""The ``eessi-pipeline`` command: one function per subcommand, one error boundary.
+"""The ``eessi-pipeline`` command: a table of subcommands, loaded lazily, and one error boundary.
+
+Only the module of the command being run is imported (``detect`` never loads the CVMFS writer,
+EasyBuild glue or pytest); ``--help`` lists every command from the table below without importing
+any of them.
 
 Exit codes: 0 ok; 1 refusal or failure (one line saying why); 2 usage;
 3 unexpected error (traceback in the log file); 130 interrupted.
@@ -7,186 +11,104 @@ Exit codes: 0 ok; 1 refusal or failure (one line saying why); 2 usage;
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import logging
-import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from . import __version__
-from .arch.cpuinfo import CPUINFO_ENV, MACHINE_ENV, read_host_cpu
-from .arch.select import OVERRIDE_ENV, check_build_node, require_build_node, select_from_environ, why_not
-from .cli_build import add_build_parser
-from .cli_checks import add_checks_parser
-from .cli_client import add_client_parser
-from .cli_compat import add_compat_parser
-from .cli_gate import add_gate_parsers
-from .cli_repo import add_repo_parser
-from .cli_run import add_run_parser
-from .cli_stratum import add_stratum_parser
-from .cli_test import add_test_parser
 from .errors import PipelineError, UsageError
-from .matrix import MATRIX_ENV, Matrix, load_matrix
-from .plan import make_plan
-from .settings import Settings, resolve_settings
-
-log = logging.getLogger(__name__)
 
 Handler = Callable[[argparse.Namespace, TextIO], int]
 
 
-def _emit_json(data: Any, out: TextIO) -> None:
-    out.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+@dataclass(frozen=True, slots=True)
+class CommandGroup:
+    """Subcommands one module declares: ``module.adder(subparsers)`` adds them all."""
+
+    module: str
+    adder: str
+    commands: tuple[tuple[str, str], ...]  # (name, one-line help), in the order --help lists them
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    return resolve_settings(
-        version=getattr(args, "version", None), state_dir=getattr(args, "state_dir", None)
-    )
+COMMANDS: tuple[CommandGroup, ...] = (
+    CommandGroup("cli_arch", "add_arch_parsers", (
+        ("validate", "check the architecture matrix against its schema"),
+        ("detect", "print the software subdirectory for this host's CPU"),
+        ("targets", "list the matrix's targets"),
+        ("plan", "show what would be built, tested and published for a target (no side effects)"),
+        ("check-node", "may this host build TARGET natively? (exit 1 with the reason if not)"),
+    )),
+    CommandGroup("cli_repo", "add_repo_parser", (
+        ("repo", "the embedded CVMFS Stratum 0, and readers for any CVMFS repository"),
+    )),
+    CommandGroup("cli_stratum", "add_stratum_parser", (
+        ("stratum", "the embedded Stratum 0/1 web servers and squid proxy on loopback"),
+    )),
+    CommandGroup("cli_client", "add_client_parser", (
+        ("client", "read or mount a repository through its mirrors, like a CVMFS client"),
+        ("init", "the init scripts users source (versions/<version>/init/)"),
+    )),
+    CommandGroup("cli_compat", "add_compat_parser", (
+        ("compat", "compatibility layers: build and check one per CPU family"),
+    )),
+    CommandGroup("cli_build", "add_build_parser", (
+        ("build", "build a target's software layer with EasyBuild into its tarball"),
+    )),
+    CommandGroup("cli_gate", "add_gate_parsers", (
+        ("gate", "gate records: what a test run proves about a tarball, signed"),
+        ("approve", "approve a staged tarball (when the policy requires a human)"),
+        ("publish", "publish staged tarballs the gate accepts (what `tox -e publish` runs)"),
+    )),
+    CommandGroup("cli_test", "add_test_parser", (
+        ("test", "build and test a target as `pytest -m arch_<target>` does, with the gate"),
+    )),
+    CommandGroup("cli_run", "add_run_parser", (
+        ("run", "the whole flow for a target: build, test, gate, publish, distribute, use"),
+    )),
+    CommandGroup("cli_checks", "add_checks_parser", (
+        ("references", "performance references of the ReFrame checks"),
+        ("checks", "the ReFrame checks of the software layer"),
+    )),
+)  # fmt: skip
+
+_GLOBAL_WITH_VALUE = frozenset({"--state-dir"})
 
 
-def _matrix(args: argparse.Namespace) -> Matrix:
-    return load_matrix(args.matrix)
+def command_names() -> list[str]:
+    return [name for group in COMMANDS for name, _ in group.commands]
 
 
-# -- subcommands ----------------------------------------------------------------
+def selected_command(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is one), or None (pure)."""
+    names = set(command_names())
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in _GLOBAL_WITH_VALUE:
+            skip = True
+        elif word in names:
+            return word
+        elif not word.startswith("-"):
+            return None  # an unknown command: argparse says which ones exist
+    return None
 
 
-def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
-    m = _matrix(args)
-    per_version = {v.name: [t.name for t in m.targets_for(v.name)] for v in m.versions}
-    summary: dict[str, Any] = {
-        "file": str(m.path),
-        "sha256": m.sha256,
-        "versions": [v.name for v in m.versions],
-        "default_version": m.default_version,
-        "families": [f.name for f in m.families],
-        "targets": per_version,
-    }
-    if args.json:
-        _emit_json({"ok": True, **summary}, out)
-    else:
-        counts = ", ".join(f"{v}: {len(ts)} targets" for v, ts in per_version.items())
-        out.write(f"{m.path}: OK ({counts}; default version {m.default_version})\n")
-    return 0
-
-
-def cmd_detect(args: argparse.Namespace, out: TextIO) -> int:
-    m = _matrix(args)
-    settings = _settings(args)
-    env = dict(os.environ)
-    if args.machine:
-        env[MACHINE_ENV] = args.machine
-    host = read_host_cpu(args.cpuinfo, env)
-    sel = select_from_environ(host, m, settings.version, env)
-    for note in sel.notes:
-        log.info("%s", note)
-    explanation = why_not(host, m, args.why_not, sel.version) if args.why_not else None
-    if args.json:
-        data = sel.to_json()
-        if explanation is not None:
-            data["why_not"] = {"target": args.why_not, "explanation": explanation}
-        _emit_json(data, out)
-    elif explanation is not None:
-        out.write(explanation + "\n")
-    elif args.all:
-        out.write(":".join(sel.candidates) + "\n")
-    else:
-        out.write(sel.subdir + "\n")
-    if not args.json:
-        for note in sel.notes:
-            sys.stderr.write(f"note: {note}\n")
-    return 0
-
-
-def cmd_targets(args: argparse.Namespace, out: TextIO) -> int:
-    m = _matrix(args)
-    settings = _settings(args)
-    targets = m.targets_for(settings.version) if settings.version else m.targets
-    rows = [
-        {
-            "name": t.name,
-            "subdir": t.subdir,
-            "family": t.family,
-            "archspec": t.archspec,
-            "versions": list(t.versions),
-            "marker": t.marker,
-            "runner": list(m.runner_for(t)),
-        }
-        for t in targets
-    ]
-    if args.json:
-        _emit_json(rows, out)
-        return 0
-    width = max(len(r["name"]) for r in rows)
-    swidth = max(len(r["subdir"]) for r in rows)
-    for r in rows:
-        out.write(f"{r['name']:<{width}}  {r['subdir']:<{swidth}}  {','.join(r['versions'])}\n")
-    return 0
-
-
-def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
-    m = _matrix(args)
-    settings = _settings(args)
-    target = m.target(args.target)
-    host = read_host_cpu(args.cpuinfo) if not args.no_host else None
-    plan = make_plan(m, target, settings.version, settings.repository, host)
-    if args.json:
-        _emit_json(plan.to_json(), out)
-        return 0
-    out.write(f"plan for {target.name} ({target.subdir}), stack version {plan.version}\n")
-    out.write(f"  install prefix: {plan.install_prefix}\n")
-    out.write(f"  tarball:        {plan.tarball_pattern}\n")
-    if plan.build_node is not None:
-        verdict = "yes" if plan.build_node.ok else "no: " + "; ".join(plan.build_node.reasons)
-        out.write(f"  this host can build it natively: {verdict}\n")
-    for i, s in enumerate(plan.steps, 1):
-        state = "ready  " if s.available else "pending"
-        out.write(f"  {i}. [{state}] {s.name}: {s.detail}\n")
-        out.write(f"       {s.command}\n")
-    return 0
-
-
-def cmd_check_node(args: argparse.Namespace, out: TextIO) -> int:
-    m = _matrix(args)
-    settings = _settings(args)
-    target = m.target(args.target)
-    host = read_host_cpu(args.cpuinfo)
-    require_build_node(host, target, m, settings.version)  # raises BuildNodeError with the next step
-    verdict = check_build_node(host, target, m)
-    if args.json:
-        _emit_json({"target": target.name, "ok": verdict.ok, "reasons": list(verdict.reasons)}, out)
-    else:
-        out.write(f"this host can build {target.name} ({target.subdir}) natively\n")
-    return 0
-
-
-# -- parser -------------------------------------------------------------------
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--matrix",
-        metavar="FILE",
-        help=f"architecture matrix (default: ${MATRIX_ENV} or matrices/targets.yaml)",
-    )
-    p.add_argument(
-        "--version",
-        metavar="V",
-        help="stack version, e.g. 2023.06 (default: $EESSI_PIPELINE_VERSION or the matrix's default)",
-    )
-    p.add_argument("--json", action="store_true", help="print JSON for machines")
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser.  Only ``command``'s module is imported and declares its options; the other
+    commands are listed by name and help only.  ``"*"`` declares every command (documentation, tests)."""
     parser = argparse.ArgumentParser(
         prog="eessi-pipeline",
         description="Test-first build, validation and publishing of EESSI-style software stacks.",
     )
-    parser.add_argument("-V", "--program-version", action="version", version=f"eessi-pipeline {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"eessi-pipeline {__version__}")
+    parser.add_argument("--program-version", action="version", version=f"eessi-pipeline {__version__}",
+                        help=argparse.SUPPRESS)  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
     parser.add_argument(
         "--state-dir",
@@ -194,69 +116,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="state directory (default: $EESSI_PIPELINE_STATE_DIR or ~/.local/state/eessi-pipeline)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    p = sub.add_parser("validate", help="check the architecture matrix against its schema")
-    _common(p)
-    p.set_defaults(handler=cmd_validate)
-
-    p = sub.add_parser("detect", help="print the software subdirectory for this host's CPU")
-    _common(p)
-    p.add_argument(
-        "--cpuinfo",
-        metavar="FILE",
-        help=f"read /proc/cpuinfo or lscpu text from FILE (default: ${CPUINFO_ENV} or /proc/cpuinfo)",
-    )
-    p.add_argument(
-        "--machine",
-        metavar="FAMILY",
-        help=f"CPU family of FILE when its text does not say (default: ${MACHINE_ENV})",
-    )
-    p.add_argument("--all", action="store_true", help="print every candidate, best first, ':'-separated")
-    p.add_argument(
-        "--why-not", metavar="TARGET", help="explain whether and why this host does not get TARGET"
-    )
-    p.epilog = f"{OVERRIDE_ENV}=SUBDIR forces the answer (it must be a target of the stack version)."
-    p.set_defaults(handler=cmd_detect)
-
-    p = sub.add_parser("targets", help="list the matrix's targets")
-    _common(p)
-    p.set_defaults(handler=cmd_targets)
-
-    p = sub.add_parser(
-        "plan", help="show what would be built, tested and published for a target (no side effects)"
-    )
-    _common(p)
-    p.add_argument(
-        "--target", required=True, metavar="NAME", help="target name (zen3) or subdir (x86_64/amd/zen3)"
-    )
-    p.add_argument("--cpuinfo", metavar="FILE", help="judge the build node from FILE instead of this host")
-    p.add_argument("--no-host", action="store_true", help="leave out the build-node check")
-    p.set_defaults(handler=cmd_plan)
-
-    p = sub.add_parser(
-        "check-node", help="may this host build TARGET natively? (exit 1 with the reason if not)"
-    )
-    _common(p)
-    p.add_argument("--target", required=True, metavar="NAME")
-    p.add_argument("--cpuinfo", metavar="FILE", help="judge the build node from FILE instead of this host")
-    p.set_defaults(handler=cmd_check_node)
-
-    add_repo_parser(sub)
-    add_stratum_parser(sub)
-    add_client_parser(sub)
-    add_compat_parser(sub)
-    add_build_parser(sub)
-    add_gate_parsers(sub)
-    add_test_parser(sub)
-    add_run_parser(sub)
-    add_checks_parser(sub)
+    for group in COMMANDS:
+        names = {name for name, _ in group.commands}
+        if command == "*" or command in names:
+            adder = getattr(importlib.import_module(f"{__package__}.{group.module}"), group.adder)
+            adder(sub)
+        else:  # listed for --help and for argparse's choices, declared when chosen
+            for name, helptext in group.commands:
+                sub.add_parser(name, help=helptext, add_help=False)
     return parser
 
 
-def _log_unexpected(settings: Settings) -> Path | None:
+def _log_unexpected(state_dir: str | None) -> Path | None:
+    from .settings import resolve_settings
+
     try:
-        settings.log_dir.mkdir(parents=True, exist_ok=True)
-        path = settings.log_dir / "eessi-pipeline.log"
+        log_dir = resolve_settings(state_dir=state_dir).log_dir
+        log_dir.mkdir(parents=True, exist_ok=True)
+        path = log_dir / "eessi-pipeline.log"
         with path.open("a", encoding="utf-8") as fh:
             fh.write(traceback.format_exc())
         return path
@@ -266,9 +143,14 @@ def _log_unexpected(settings: Settings) -> Path | None:
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     stream = out if out is not None else sys.stdout
-    parser = build_parser()
+    words = list(argv) if argv is not None else sys.argv[1:]
     try:
-        args = parser.parse_args(list(argv) if argv is not None else None)
+        parser = build_parser(selected_command(words))
+    except ImportError as e:  # a command whose extra is not installed
+        sys.stderr.write(f"eessi-pipeline: error: {missing_extra_message(e)}\n")
+        return 1
+    try:
+        args = parser.parse_args(words)
     except SystemExit as e:  # argparse: --help (0) or usage error (2)
         return int(e.code) if isinstance(e.code, int) else 2
     logging.basicConfig(
@@ -286,11 +168,20 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("eessi-pipeline: interrupted\n")
         return 130
+    except ImportError as e:
+        sys.stderr.write(f"eessi-pipeline: error: {missing_extra_message(e)}\n")
+        return 1
     except Exception as e:  # the one boundary for bugs: keep the traceback, print one line
-        where = _log_unexpected(_settings(args))
+        where = _log_unexpected(getattr(args, "state_dir", None))
         detail = f"; details in {where}" if where else ""
         sys.stderr.write(f"eessi-pipeline: unexpected error: {type(e).__name__}: {e}{detail}\n")
         return 3
+
+
+def missing_extra_message(e: ImportError) -> str:
+    from .extras import install_hint
+
+    return f"this command cannot start: {install_hint(e.name or str(e))}"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,6 +23,7 @@ from .build.driver import BuildPlan, ensure_build, lmod_cache_argv, resolve_stac
 from .build.easybuild import eb_install_argv
 from .build.runtime import IMAGE_ENV, RUNTIME_ENV, Runtime, require_binary, resolve_runtime
 from .build.stacks import load_stacks
+from .cli_options import add_stack_version
 from .matrix import load_matrix
 from .settings import resolve_settings
 
@@ -161,7 +162,7 @@ def add_build_parser(sub: Any) -> None:
     p.add_argument(
         "--state-dir", default=argparse.SUPPRESS, help="state directory (default: $EESSI_PIPELINE_STATE_DIR)"
     )
-    p.add_argument("--version", help="stack version (default: $EESSI_PIPELINE_VERSION or the matrix default)")
+    add_stack_version(p)
     p.add_argument(
         "--repo", help="repository name (default: $EESSI_PIPELINE_REPOSITORY, software.eessi.local)"
     )

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from .cli_options import add_stack_version
 from .cli_repo import write_bytes
 from .cvmfs.client import ClientConfig, open_client
 from .cvmfs.mount import mount, umount
@@ -144,7 +145,7 @@ def add_client_parser(sub: Any) -> None:
     init = sub.add_parser("init", help="the init scripts users source (versions/<version>/init/)")
     isub = init.add_subparsers(dest="init_command", metavar="ACTION", required=True)
     p = isub.add_parser("build", help="build eessi-<version>-init-<epoch>.tar.gz; print its path")
-    p.add_argument("--version", metavar="V", help="stack version (default: the matrix's)")
+    add_stack_version(p)
     p.add_argument("--repo", metavar="NAME", help="repository name the scripts point at")
     p.add_argument("--matrix", metavar="FILE")
     p.add_argument("--out", metavar="DIR", help="where to write it (default: <state>/tarballs)")

@@ -9,6 +9,7 @@ import os
 import sys
 from typing import Any, TextIO
 
+from .cli_options import add_stack_version
 from .compat.acceptance import Acceptance, CheckResult, Manifest
 from .compat.backend import BACKENDS, DEFAULT_BACKEND, BuildRequest, get_backend
 from .compat.layout import FAMILIES, LayerSpec
@@ -151,11 +152,7 @@ def add_compat_parser(sub: Any) -> None:
         p.add_argument(
             "--family", required=True, choices=FAMILIES, help="CPU family of the layer, e.g. x86_64"
         )
-        p.add_argument(
-            "--version",
-            metavar="V",
-            help="stack version (default: $EESSI_PIPELINE_VERSION or the matrix's default)",
-        )
+        add_stack_version(p)
         p.add_argument(
             "--repo",
             metavar="NAME",

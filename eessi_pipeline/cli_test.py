@@ -21,9 +21,11 @@ from typing import Any, TextIO
 
 from .arch.cpuinfo import read_host_cpu
 from .arch.select import require_build_node
+from .cli_options import add_stack_version
 from .errors import PipelineError, UsageError
-from .gate.pytest_gate import RECORDS_FILE
+from .extras import require
 from .gate.record import parse_junit
+from .gate.write import RECORDS_FILE
 from .matrix import PROJECT_ROOT, Target, load_matrix
 from .proc import run_echoed
 from .settings import REPOSITORY_ENV, STATE_DIR_ENV, VERSION_ENV, Settings, resolve_settings
@@ -81,6 +83,8 @@ def run_acceptance(
             f"the acceptance tests {', '.join(missing)} are not in {PROJECT_ROOT}: run `eessi-pipeline test` "
             "from a checkout installed with `pip install -e` (bash setup.sh does that)"
         )
+    require("pytest", f"`eessi-pipeline test` (pytest -m {target.marker})")
+    require("reframe", "the ReFrame checks of `eessi-pipeline test`")
     run_dir.mkdir(parents=True, exist_ok=True)
     paths = TestRunPaths.under(run_dir, target)
     argv = pytest_argv(sys.executable, target, paths, settings.state_dir, stage=stage)
@@ -151,7 +155,7 @@ def add_test_parser(sub: Any) -> None:
         "test", help="run a target's acceptance tests (build, ReFrame) and stage its gated tarball"
     )
     p.add_argument("--target", required=True, metavar="NAME", help="target name or subdir (e.g. zen4)")
-    p.add_argument("--version", metavar="V", help="stack version (default: $EESSI_PIPELINE_VERSION)")
+    add_stack_version(p)
     p.add_argument("--repo", metavar="NAME", help="repository name (default: $EESSI_PIPELINE_REPOSITORY)")
     p.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS, help="state directory")
     p.add_argument(

@@ -7,7 +7,6 @@ target, ...) are all reported as :class:`MatrixError` naming file, entry, key an
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
 from dataclasses import dataclass
@@ -16,9 +15,9 @@ from typing import Any
 
 import archspec.cpu
 
+from .datacache import load_validated
 from .errors import MatrixError
 from .schema import validate
-from .yamlio import load_yaml
 
 #: Environment variable naming another matrix file.
 MATRIX_ENV = "EESSI_PIPELINE_MATRIX"
@@ -105,6 +104,8 @@ class Matrix:
             if name in (t.name, t.subdir):
                 return t
         choices = [t.name for t in self.targets] + [t.subdir for t in self.targets]
+        import difflib  # only on the error path
+
         close = difflib.get_close_matches(name, choices, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise MatrixError(
@@ -134,16 +135,21 @@ def default_matrix_path() -> Path:
 def load_matrix(path: Path | str | None = None) -> Matrix:
     """Load and check a matrix file; raise :class:`MatrixError` listing every problem."""
     p = Path(path) if path is not None else default_matrix_path()
-    raw = load_yaml(p, MatrixError)
-    data = validate(raw, "targets", p, MatrixError)
-    matrix = _build(p, data)
+    data, content = load_validated(p, "targets", _parse_and_validate)
+    matrix = _build(p, data, content)
     problems = check_consistency(matrix)
     if problems:
         raise MatrixError("\n".join(f"{p}: {msg}" for msg in problems))
     return matrix
 
 
-def _build(path: Path, data: dict[str, Any]) -> Matrix:
+def _parse_and_validate(p: Path) -> dict[str, Any]:
+    from .yamlio import load_yaml  # PyYAML: only when the file was not checked before (datacache)
+
+    return validate(load_yaml(p, MatrixError), "targets", p, MatrixError)
+
+
+def _build(path: Path, data: dict[str, Any], content: bytes | None = None) -> Matrix:
     versions = tuple(Version(name, str(v.get("description", ""))) for name, v in data["versions"].items())
     families = tuple(
         Family(
@@ -166,7 +172,7 @@ def _build(path: Path, data: dict[str, Any]) -> Matrix:
         )
         for t in data["targets"]
     )
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256(content if content is not None else path.read_bytes()).hexdigest()
     return Matrix(path, digest, data["default_version"], versions, families, targets)
 
 
@@ -207,6 +213,8 @@ def check_consistency(m: Matrix) -> list[str]:
             out.append(f"{where}.family: {t.family!r} is not under `families`; fix: add it there")
         uarch = archspec.cpu.TARGETS.get(t.archspec)
         if uarch is None:
+            import difflib
+
             close = difflib.get_close_matches(t.archspec, list(archspec.cpu.TARGETS), n=3)
             hint = f"did you mean {', '.join(close)}?" if close else "see archspec's microarchitectures.json"
             out.append(f"{where}.archspec: {t.archspec!r} is not an archspec microarchitecture; fix: {hint}")

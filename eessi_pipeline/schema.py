@@ -12,17 +12,20 @@ import json
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import jsonschema
+from typing import TYPE_CHECKING, Any
 
 from .errors import PipelineError
+
+if TYPE_CHECKING:
+    import jsonschema
 
 
 @cache
 def load_schema(kind: str) -> dict[str, Any]:
     text = resources.files("eessi_pipeline").joinpath("schemas", f"{kind}.schema.json").read_text("utf-8")
     schema: dict[str, Any] = json.loads(text)
+    import jsonschema  # ~50 ms: only when something is validated (see datacache for the fast path)
+
     jsonschema.Draft202012Validator.check_schema(schema)
     return schema
 
@@ -71,6 +74,8 @@ def validate(data: Any, kind: str, path: Path, error: type[PipelineError]) -> di
     ``FILE: LOCATION: PROBLEM; fix: HINT``.
     """
     schema = load_schema(kind)
+    import jsonschema
+
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(data), key=_path_key)
     if errors:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import cpuinfo_text
 
-from eessi_pipeline import cli
+from eessi_pipeline import cli, cli_arch
 from eessi_pipeline.arch.select import OVERRIDE_ENV
 from eessi_pipeline.matrix import load_matrix
 
@@ -224,7 +224,7 @@ def test_unexpected_error_exits_3_and_logs_traceback(monkeypatch, tmp_path) -> N
     def boom(args, out):
         raise ZeroDivisionError("simulated bug")
 
-    monkeypatch.setattr(cli, "cmd_validate", boom)
+    monkeypatch.setattr(cli_arch, "cmd_validate", boom)
     code, _, err = run(["validate"], monkeypatch, tmp_path)
     log = tmp_path / "state" / "logs" / "eessi-pipeline.log"
     assert code == 3

@@ -13,6 +13,7 @@ from typing import Any
 
 from .. import proc
 from ..cvmfs.replica import snapshot
+from ..extras import has_module, install_hint
 from ..matrix import PROJECT_ROOT
 from ..services import stratum1
 from ..services.stack import Stack
@@ -34,6 +35,10 @@ def distribute(state_dir: Path, repository: str, checks: str) -> None:
     stratum1.write_info(state_dir)
     sys.stderr.write(f"[publish] Stratum 1 at revision {result.revision}\n")
     if not checks:
+        return
+    if not (has_module("pytest") and has_module("testinfra")):
+        sys.stderr.write(f"[publish] post-publish checks ({checks}) skipped: {install_hint('testinfra')}\n")
+        _audit(state_dir, {"post_publish_checks": checks, "revision": result.revision, "outcome": "skipped"})
         return
     settings: dict[str, Any] = {
         "repository": repository,
@@ -62,5 +67,9 @@ def distribute(state_dir: Path, repository: str, checks: str) -> None:
     sys.stderr.write(f"[publish] post-publish checks ({checks}) {verdict}\n")
     entry = {"post_publish_checks": checks, "revision": result.revision,
              "outcome": "passed" if done.returncode == 0 else "failed"}  # fmt: skip
+    _audit(state_dir, entry)
+
+
+def _audit(state_dir: Path, entry: dict[str, Any]) -> None:
     with (state_dir / "audit.jsonl").open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(entry, sort_keys=True) + "\n")

@@ -25,11 +25,10 @@ from ..errors import PipelineError
 from ..settings import resolve_settings
 from .policy import load_policy
 from .record import CaseResult
-from .write import WrittenRecord, write_record
+from .write import RECORDS_FILE, WrittenRecord, write_record
 
 ARTIFACT_PROPERTY = "eessi_gate_artifact"
 KEY_ENV = "EESSI_PIPELINE_GATE_KEY"
-RECORDS_FILE = "gate-records.json"  # in --eessi-run-dir: the records this session wrote
 
 
 def announce(item: pytest.Item, tarball: Path, reframe_report: Path | None) -> None:

@@ -24,6 +24,8 @@ from .policy import Policy
 from .publish import facts_of
 from .record import RECORD_SUFFIX, CaseResult, GateRecord, ReframeSummary, make_record, summarise_reframe
 
+RECORDS_FILE = "gate-records.json"  # in a pytest run dir: the records that session wrote
+
 
 @dataclass(frozen=True, slots=True)
 class WrittenRecord:
