@@ -12,6 +12,7 @@ from typing import Any, TextIO
 from .cli_options import add_stack_version
 from .cli_repo import write_bytes
 from .cvmfs.client import ClientConfig, open_client
+from .cvmfs.http import add_limit_options, apply_limit_options
 from .cvmfs.mount import mount, umount
 from .cvmfs.nsrun import run_mounted
 from .cvmfs.repository import Repository
@@ -26,6 +27,7 @@ PROXY_PORT_ENV = "EESSI_PIPELINE_PROXY_PORT"
 
 
 def _config(args: argparse.Namespace) -> tuple[ClientConfig, Path]:
+    apply_limit_options(args)  # issue 16: --http-* flags, exported for the FUSE mount process too
     settings = resolve_settings(repository=args.repo, state_dir=args.state_dir)
     urls = tuple(args.stratum1) or (f"http://127.0.0.1:{os.environ.get(STRATUM1_PORT_ENV, '18081')}/cvmfs",)
     proxy = (
@@ -113,6 +115,7 @@ def add_client_parser(sub: Any) -> None:
             "--cache-dir", metavar="DIR", help="local object cache (default: <state>/client-cache)"
         )
         p.add_argument("--json", action="store_true")
+        add_limit_options(p)  # issue 16
 
     p = csub.add_parser("mount", help="mount the repository read-only with FUSE (default /cvmfs/<repo>)")
     p.add_argument("mountpoint", nargs="?", metavar="MOUNTPOINT")

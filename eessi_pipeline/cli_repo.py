@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from . import inputs
+from .cvmfs.http import add_limit_options, apply_limit_options
 from .cvmfs.reader import RepositoryReader, open_repository
 from .cvmfs.repository import DEFAULT_LOCK_TIMEOUT, WHITELIST_DAYS, Repository
 from .cvmfs.tarcheck import DEFAULT_MAX_MEMBER_SIZE, check_tarball
@@ -49,6 +51,7 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO) -> int:
     tarball = Path(args.tarball) if args.tarball else None
     report = None
     if tarball is not None:
+        inputs.check_regular_file(tarball, "tarball", "pass the .tar.gz/.tar.zst/.tar to ingest")
         _progress(f"checking {tarball.name}")
         report = check_tarball(tarball, max_member_size=args.max_member_size, repository=repo.paths.name)
     if args.dry_run:
@@ -100,6 +103,7 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO) -> int:
 
 def _open(args: argparse.Namespace) -> RepositoryReader:
     """A reader for ``args.source`` (path, URL or name of a repository in the state dir)."""
+    apply_limit_options(args)  # issue 16: --http-* flags
     target = getattr(args, "source", None)
     master = Path(args.master_key) if getattr(args, "master_key", None) else None
     if target is None or not (target.startswith(("http://", "https://")) or Path(target).exists()):
@@ -226,6 +230,7 @@ def add_repo_parser(sub: Any) -> None:
             if verb == "ls":
                 p.add_argument("-l", "--long", action="store_true", help="mode, size, mtime and link targets")
         p.add_argument("--master-key", metavar="FILE", help="public master key verifying the whitelist")
+        add_limit_options(p)  # issue 16: when reading from a URL
         common(p)
         p.set_defaults(handler=handler)
 

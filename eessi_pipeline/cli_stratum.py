@@ -115,6 +115,9 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_snapshot(args: argparse.Namespace, out: TextIO) -> int:
+    from .cvmfs.http import apply_limit_options  # issue 16: --http-* flags
+
+    apply_limit_options(args)
     settings = resolve_settings(repository=args.repo, state_dir=getattr(args, "state_dir", None))
     name = settings.repository
     stack = Stack(settings.state_dir)
@@ -215,5 +218,8 @@ def add_stratum_parser(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, metavar="N", help="parallel downloads")
     p.add_argument("--proxy", metavar="URL", help="fetch through this HTTP proxy")
     p.add_argument("--dry-run", action="store_true", help="say what would be replicated")
+    from .cvmfs.http import add_limit_options  # issue 16
+
+    add_limit_options(p)
     common(p)
     p.set_defaults(handler=cmd_snapshot)

@@ -6,6 +6,8 @@ each fault test has a 2 s deadline and must end well before 20 s.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 from cvmfs_helpers import software_tarball
 from hostile_server import MODES, hostile_server_fixture, serve_hostile  # noqa: F401 (a fixture)
 
+from eessi_pipeline import cli
 from eessi_pipeline.cvmfs.client import ClientConfig, open_client
 from eessi_pipeline.cvmfs.http import HttpFetchError, HttpLimits, http_get
 from eessi_pipeline.cvmfs.reader import verify_repository
@@ -144,3 +147,30 @@ def test_verify_url_of_a_hostile_server_fails_within_its_limits(
         verify_repository(f"{url}/cvmfs/{NAME}", repo.paths.keys.master_public.read_bytes())
     assert time.monotonic() - start < BOUND_S
     assert EXPECTED[mode] in str(caught.value), str(caught.value)
+
+
+HTTP_ENV = ("EESSI_PIPELINE_HTTP_READ_TIMEOUT", "EESSI_PIPELINE_HTTP_DEADLINE",
+            "EESSI_PIPELINE_HTTP_OPERATION_DEADLINE", "EESSI_PIPELINE_HTTP_MAX_BYTES")  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["verify", "cat"])
+def test_the_command_line_flags_bound_verify_and_client_cat(
+    repo: Repository, tmp_path: Path, hostile_server: Callable[..., str], monkeypatch: pytest.MonkeyPatch,
+    command: str,
+) -> None:  # fmt: skip
+    for var in HTTP_ENV:  # the flags export these; restored after the test
+        monkeypatch.setenv(var, "")
+    url = hostile_server("slow", _srv(repo))
+    key = str(repo.paths.keys.master_public)
+    flags = ["--http-deadline", "2", "--http-read-timeout", "1"]
+    if command == "verify":
+        argv = ["repo", "verify", f"{url}/cvmfs/{NAME}", "--master-key", key, *flags]
+    else:
+        argv = ["client", "cat", TOOL, "--repo", NAME, "--stratum1", f"{url}/cvmfs", "--no-proxy",
+                "--master-key", key, "--cache-dir", str(tmp_path / "cache"), "--state-dir", str(tmp_path), *flags]  # fmt: skip
+    err = io.StringIO()
+    start = time.monotonic()
+    with contextlib.redirect_stderr(err):
+        code = cli.main(argv, out=io.StringIO())
+    assert time.monotonic() - start < BOUND_S
+    assert code == 1 and "deadline of 2 s" in err.getvalue() and url in err.getvalue(), err.getvalue()

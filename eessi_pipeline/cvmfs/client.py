@@ -42,7 +42,7 @@ class ClientConfig:
     limits: HttpLimits | None = None  # None: from the environment, with ``timeout`` as read timeout
 
     def http_limits(self) -> HttpLimits:
-        return self.limits or HttpLimits.from_env(read_timeout=self.timeout)
+        return self.limits or HttpLimits.with_read_timeout(self.timeout)
 
     def repo_urls(self) -> list[str]:
         return [f"{u.rstrip('/')}/{self.repository}" for u in self.stratum1_urls]
@@ -66,7 +66,7 @@ class MirrorSource:
         if not self.urls:
             raise RepositoryError("no Stratum 1 URL given; pass --stratum1 URL (repeatable)")
         if self.limits is None:
-            self.limits = HttpLimits.from_env(read_timeout=self.timeout)
+            self.limits = HttpLimits.with_read_timeout(self.timeout)
 
     def _download(self, url: str, max_bytes: int | None, until: float) -> bytes:
         assert self.limits is not None

@@ -22,6 +22,7 @@ An operation is one file or object fetched through every server in turn (fail-ov
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import http.client
 import math
@@ -29,7 +30,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from urllib.parse import urljoin, urlsplit
 
@@ -77,6 +78,43 @@ class HttpLimits:
                 )
             limits = replace(limits, **{field: kind(value)})  # type: ignore[arg-type]
         return limits
+
+    @classmethod
+    def with_read_timeout(cls, timeout: float) -> HttpLimits:
+        """From the environment; a ``timeout`` other than the default 10 s (a caller's explicit
+        choice) is the read timeout."""
+        return cls.from_env(read_timeout=None if timeout == cls().read_timeout else timeout)
+
+
+_OPTIONS = (("read_timeout", "--http-read-timeout", READ_TIMEOUT_ENV, float, "S", "seconds without a byte"),
+            ("request_deadline", "--http-deadline", DEADLINE_ENV, float, "S", "seconds for one request"),
+            ("operation_deadline", "--http-operation-deadline", OPERATION_DEADLINE_ENV, float, "S",
+             "seconds for one file through every server"),
+            ("max_bytes", "--http-max-bytes", MAX_BYTES_ENV, int, "N",
+             "largest body accepted when the catalog gives no size"))  # fmt: skip
+
+
+def add_limit_options(parser: argparse.ArgumentParser) -> None:
+    """The command-line flags of the HTTP limits (issue 16)."""
+    group = parser.add_argument_group("HTTP limits")
+    for field, flag, var, kind, metavar, what in _OPTIONS:
+        default = getattr(HttpLimits(), field)
+        group.add_argument(flag, type=kind, metavar=metavar, default=None,
+                           help=f"{what} (default: ${var} or {default})")  # fmt: skip
+
+
+def apply_limit_options(
+    args: argparse.Namespace, environ: MutableMapping[str, str] | None = None
+) -> HttpLimits:
+    """Check the flags and export them as their environment variables, so every reader in this
+    process and its children (the FUSE mount) keeps to them."""
+    env = os.environ if environ is None else environ
+    given = {field: getattr(args, flag[2:].replace("-", "_"), None) for field, flag, *_ in _OPTIONS}
+    limits = HttpLimits.from_env(env, **given)
+    for field, _flag, var, *_ in _OPTIONS:
+        if given[field] is not None:
+            env[var] = str(getattr(limits, field))
+    return limits
 
 
 class HttpFetchError(RepositoryError):

@@ -114,7 +114,7 @@ class HttpSource:
 
     def fetch(self, relpath: str, max_bytes: int | None = None) -> bytes:
         url = self.url(relpath)
-        limits = self.limits or HttpLimits.from_env(read_timeout=self.timeout)
+        limits = self.limits or HttpLimits.with_read_timeout(self.timeout)
         via = f" via proxy {self.proxy}" if self.proxy else ""
         try:
             return http_get(url, limits, max_bytes=max_bytes, proxy=self.proxy,
