@@ -9,6 +9,7 @@ local user could write: with ``umask 000`` anyone could otherwise add a signer.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -49,6 +50,23 @@ def write_file(path: Path, data: bytes, mode: int = PUBLIC_FILE_MODE) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def append_line(path: Path, line: str, mode: int = PUBLIC_FILE_MODE) -> None:
+    """Append ``line`` to a log that decides or records trust; a new file gets exactly ``mode``."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) & stat.S_IWOTH:
+            os.fchmod(fd, mode)  # created under a permissive umask: take the write bit back
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def copy_file(src: Path, dest: Path, mode: int = PUBLIC_FILE_MODE) -> None:
+    """Copy ``src`` to ``dest`` (contents and times) and give the copy exactly ``mode``."""
+    shutil.copy2(src, dest)
+    os.chmod(dest, mode)
 
 
 def writable_by_others(path: Path) -> bool:

@@ -149,13 +149,24 @@ def test_trust_files_are_created_without_write_for_others_under_umask_000(tmp_pa
         key = state / "keys" / "build-node"
         signing.ensure_signing_key(key, "builder@node", state / "keys" / "allowed_signers")
         create_keys(KeyPaths(state / "keys", "software.eessi.local"))
-        Staging(state)._ensure("new")
+        tarball = tmp_path / "eessi-2023.06-init-1700000000.tar.gz"
+        tarball.write_bytes(b"not judged here")
+        tarball.chmod(0o666)
+        for companion in (".gate.json", ".gate.json.sig"):
+            Path(f"{tarball}{companion}").write_text("{}")
+        staging = Staging(state)
+        staging.stage(tarball, Path(f"{tarball}.gate.json"), Path(f"{tarball}.gate.json.sig"))
+        staging.remember(tarball.name, "staged", "2026-01-01T00:00:00+00:00", "a" * 64)
     for d in (state, state / "keys", state / "staging", state / "staging" / "new"):
         assert _mode(d) == 0o755, d
     for f in ("allowed_signers", "build-node.pub", "software.eessi.local.crt", "software.eessi.local.pub"):
         assert _mode(state / "keys" / f) == 0o644, f
     for f in ("build-node", "software.eessi.local.key", "software.eessi.local.masterkey"):
         assert _mode(state / "keys" / f) == 0o600, f
+    new = state / "staging" / "new"
+    for f in (new / tarball.name, new / f"{tarball.name}.gate.json", state / "staging" / "moves.jsonl",
+              state / "staging" / "history" / f"{tarball.name}.jsonl"):  # fmt: skip
+        assert _mode(f) == 0o644, f
 
 
 def test_trust_files_writable_by_others_are_refused_at_use(tmp_path: Path) -> None:

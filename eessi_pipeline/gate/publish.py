@@ -23,6 +23,7 @@ from ..cvmfs.repository import Repository
 from ..cvmfs.tarcheck import check_tarball
 from ..errors import PipelineError
 from ..locks import try_lock
+from ..trust import append_line
 from . import signing
 from .decide import Decision, TarballFacts, decide, replay_problem
 from .policy import Policy
@@ -306,5 +307,4 @@ def _audit(state_dir: Path, outcome: Outcome, record_digest: str, now: dt.dateti
         "outcome": "ingested" if outcome.accepted else "refused", "reasons": list(outcome.reasons),
         "revision_before": outcome.revision_before, "revision_after": outcome.revision_after,
     }  # fmt: skip
-    with (Path(state_dir) / "audit.jsonl").open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(entry, sort_keys=True) + "\n")
+    append_line(Path(state_dir) / "audit.jsonl", json.dumps(entry, sort_keys=True) + "\n")

@@ -10,12 +10,11 @@ import datetime as dt
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import GateRefused
-from ..trust import ensure_dir, refuse_if_writable
+from ..trust import append_line, copy_file, ensure_dir, refuse_if_writable
 from .decide import PastDecision
 from .record import RECORD_SUFFIX, parse_created, sha256_file
 
@@ -85,8 +84,7 @@ class Staging:
         ensure_dir(self.root / "history")
         entry = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "outcome": outcome,
                  "created": created, "record_sha256": record_sha256}  # fmt: skip
-        with self._history_file(name).open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry, sort_keys=True) + "\n")
+        append_line(self._history_file(name), json.dumps(entry, sort_keys=True) + "\n")
 
     def stage(self, tarball: Path, record: Path, signature: Path) -> Staged:
         """Copy a tarball and its signed gate record into ``new``.
@@ -108,8 +106,8 @@ class Staging:
                 )
             if earlier.state == "ingested":
                 return earlier
-            shutil.copy2(record, earlier.record)
-            shutil.copy2(signature, earlier.signature)
+            copy_file(record, earlier.record)
+            copy_file(signature, earlier.signature)
             return earlier if earlier.state == "new" else self.move(earlier, "new", "tested again")
         dest = self._ensure("new")
         # The record and its signature are stored under the tarball's name whatever theirs was
@@ -120,9 +118,9 @@ class Staging:
         if meta.exists():
             copies.append((meta, meta.name))
         for src, name in copies[1:]:  # companions first: a tarball never appears without its record
-            shutil.copy2(src, dest / name)
+            copy_file(src, dest / name)  # 0644: nobody else may change what is judged
         part = dest / f".{tarball.name}.part"
-        shutil.copy2(tarball, part)
+        copy_file(tarball, part)
         os.replace(part, dest / tarball.name)
         self._log(tarball.name, None, "new", "staged")
         return Staged(tarball.name, "new", dest / tarball.name)
@@ -165,5 +163,4 @@ class Staging:
         self._ensure()
         entry = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "tarball": name, "from": old,
                  "to": new, "reason": reason}  # fmt: skip
-        with (self.root / "moves.jsonl").open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry, sort_keys=True) + "\n")
+        append_line(self.root / "moves.jsonl", json.dumps(entry, sort_keys=True) + "\n")
