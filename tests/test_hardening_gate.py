@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 from cvmfs_helpers import make_tarball
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eessi_pipeline import cli
 from eessi_pipeline.cvmfs.repository import Repository
@@ -25,7 +27,7 @@ from eessi_pipeline.gate.admit import admit
 from eessi_pipeline.gate.decide import PastDecision, replay_problem
 from eessi_pipeline.gate.policy import load_policy
 from eessi_pipeline.gate.publish import publish
-from eessi_pipeline.gate.record import RECORD_SUFFIX, CaseResult, make_record
+from eessi_pipeline.gate.record import RECORD_SUFFIX, CaseResult, GateRecord, make_record
 from eessi_pipeline.gate.staging import Staging
 
 NAME = "software.eessi.local"
@@ -280,3 +282,48 @@ def test_two_concurrent_publish_commands_ingest_each_tarball_once(env: tuple[Pat
     )
     assert len(audit) == 3 and all(a["outcome"] == "ingested" for a in audit)
     assert Repository(state, NAME).manifest().revision == 4
+
+
+# --- properties ------------------------------------------------------------------------------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=12), kids, max_size=6),
+    max_leaves=25,
+)
+_GOOD = json.loads(GateRecord(
+    tarball="t.tar.gz", sha256="a" * 64, size=1, content_type="init", target="", host_cpu="", digests={},
+    tests=(CaseResult("a::b", "passed"),), reframe=None, tools={}, created="2026-01-01T00:00:00+00:00",
+).canonical())  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(_json, st.builds(lambda k, v: {**_GOOD, k: v}, st.sampled_from(sorted(_GOOD)), _json)))
+def test_property_any_json_is_a_record_or_a_gate_refusal(data: object) -> None:
+    """Whatever JSON a record holds, reading it gives a record or GateRefused, never another error."""
+    from eessi_pipeline.gate.record import record_from_json
+
+    try:
+        record = record_from_json(data, "r.gate.json")
+    except GateRefused:
+        return
+    assert record.created_at.tzinfo is not None
+
+
+_times = st.integers(min_value=0, max_value=50).map(lambda h: dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+                                                    + dt.timedelta(hours=h))  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["staged", "ingested", "refused"]), _times), max_size=6), _times)
+def test_property_a_record_is_judged_only_when_newer_than_every_decision(
+    history: list[tuple[str, dt.datetime]], created: dt.datetime
+) -> None:
+    past = tuple(PastDecision(o, t, f"{i:064x}", "then") for i, (o, t) in enumerate(history))
+    problem = replay_problem(created, "f" * 64, past)
+    newest_decided = max((t for o, t in history if o != "staged"), default=None)
+    newest_staged = max((t for o, t in history if o == "staged"), default=None)
+    expected_ok = (newest_decided is None or created > newest_decided) and (
+        newest_staged is None or created > newest_staged
+    )
+    assert (problem is None) == expected_ok

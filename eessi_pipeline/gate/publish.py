@@ -133,8 +133,10 @@ class Judgement:
     record: GateRecord | None = None
 
 
-# What a hostile staged item can raise while it is judged: each is a refusal of that item only.
-_ITEM_ERRORS = (PipelineError, OSError, ValueError, TypeError, KeyError, EOFError, RecursionError)
+def _why(e: Exception) -> str:
+    """One line for a refusal; an error the readers did not expect names its type."""
+    text = str(e).splitlines()[0] if str(e) else ""
+    return text if isinstance(e, PipelineError) and text else f"unreadable ({type(e).__name__}: {text})"
 
 
 def judge(
@@ -144,13 +146,12 @@ def judge(
     try:
         record = load_record(item.record)
         digest = sha256_file(item.record)
-    except _ITEM_ERRORS as e:
-        return Judgement(Decision(False, (str(e).splitlines()[0] if str(e) else type(e).__name__,)), "", None)
+    except Exception as e:  # whatever a hostile item raises refuses that item only
+        return Judgement(Decision(False, (_why(e),)), "", None)
     try:
         facts = facts_of(item.path, repo.paths.name)
-    except _ITEM_ERRORS as e:
-        why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        return Judgement(Decision(False, (why,)), digest, None, record)
+    except Exception as e:  # as above: a hostile tarball never stops the queue
+        return Judgement(Decision(False, (_why(e),)), digest, None, record)
     if staging is not None:
         try:
             replay = replay_problem(record.created_at, digest, staging.history(item.name))
