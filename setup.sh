@@ -10,11 +10,23 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+usage() {
+  cat <<'EOT'
+usage: bash setup.sh [--no-run]
+
+  (no option)  install what is missing, then run the main job for this host's target:
+               compatibility layer, init scripts and software built, tested, gated,
+               published, and used from a client mount (about 10 minutes the first time)
+  --no-run     install only: Debian packages (as root), .venv with the project and its tools
+  -h, --help   show this help and exit
+EOT
+}
+
 RUN_MAIN=1
 for arg in "$@"; do
   case "$arg" in
     --no-run) RUN_MAIN=0 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) usage; exit 0 ;;
     *) echo "setup.sh: unknown option '$arg' (use --no-run or --help)" >&2; exit 2 ;;
   esac
 done

@@ -77,6 +77,8 @@ COMMANDS: tuple[CommandGroup, ...] = (
 )  # fmt: skip
 
 _GLOBAL_WITH_VALUE = frozenset({"--state-dir"})
+# Commands that never touch the state directory (no check of it before they run).
+_NO_STATE = frozenset(name for name, _ in COMMANDS[0].commands) | {"references", "checks"}
 
 
 def command_names() -> list[str]:
@@ -158,6 +160,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     )
     handler: Handler = args.handler
     try:
+        if args.command not in _NO_STATE:
+            from .settings import check_state_dir, resolve_settings
+
+            check_state_dir(resolve_settings(state_dir=getattr(args, "state_dir", None)).state_dir)
         return handler(args, stream)
     except UsageError as e:
         sys.stderr.write(f"eessi-pipeline: usage: {e}\n")

@@ -125,9 +125,11 @@ def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
         verdict = "yes" if plan.build_node.ok else "no: " + "; ".join(plan.build_node.reasons)
         out.write(f"  this host can build it natively: {verdict}\n")
     for i, s in enumerate(plan.steps, 1):
-        state = "ready  " if s.available else "pending"
+        state = "ready" if s.available else "cannot run here"
         out.write(f"  {i}. [{state}] {s.name}: {s.detail}\n")
         out.write(f"       {s.command}\n")
+        if s.blocked:
+            out.write(f"       why not: {s.blocked}\n")
     return 0
 
 

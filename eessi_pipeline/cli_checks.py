@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
+from . import inputs
 from .checks.htmlreport import (
     DEFAULT_TITLE,
     HTML_NAME,
@@ -25,7 +26,7 @@ from .checks.references import (
     parse_references,
     update_from_report,
 )
-from .checks.report import RunResult, load_report
+from .checks.report import REPORT_FIX, RunResult, load_report
 from .matrix import load_matrix
 from .yamlio import load_yaml
 
@@ -34,10 +35,11 @@ def cmd_references_update(args: argparse.Namespace, out: TextIO) -> int:
     matrix = load_matrix()
     target = matrix.target(args.target).name
     path = Path(args.file)
+    text = inputs.read_text(Path(args.report), "ReFrame report", REPORT_FIX)
     try:
-        report = json.loads(Path(args.report).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ChecksError(f"cannot read the ReFrame report {args.report}: {e}") from e
+        report = json.loads(text)
+    except ValueError as e:
+        raise ChecksError(f"{args.report}: not JSON ({e}); {REPORT_FIX}") from e
     current = load_yaml(path, ChecksError) if path.exists() else {"schema_version": 1, "checks": {}}
     new, changes = update_from_report(current, report, target, args.lower, args.upper)
     parse_references(new, path, [t.name for t in matrix.targets])  # never write what would not load

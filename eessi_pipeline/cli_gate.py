@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from . import inputs
 from .cvmfs.cvmfs_server import CvmfsServerBackend
 from .cvmfs.repository import Repository
 from .errors import GateRefused, UsageError
@@ -33,8 +34,11 @@ def cmd_record(args: argparse.Namespace, out: TextIO) -> int:
     settings = _settings(args)
     tests: list[CaseResult] = []
     for junit in args.junit:
-        tests += parse_junit(Path(junit).read_text(encoding="utf-8"), junit)
+        text = inputs.read_text(Path(junit), "JUnit XML report", "pass the file pytest wrote with --junitxml")
+        tests += parse_junit(text, junit)
     report = Path(args.reframe_report) if args.reframe_report else None
+    if report is not None:
+        inputs.check_regular_file(report, "ReFrame report", "pass the file ReFrame wrote with --report-file")
     written = write_record(
         Path(args.tarball), tuple(tests), state_dir=settings.state_dir, repository=settings.repository,
         policy=load_policy(args.policy), reframe_report=report, target=args.target,

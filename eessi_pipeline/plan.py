@@ -1,7 +1,8 @@
 """What the pipeline would do for one target: a pure function, shown by ``eessi-pipeline plan``.
 
-Each step says whether this release can carry it out yet; later issues turn the
-pending steps into real ones (software layer, ReFrame checks, gate, publish).
+Each step says whether this host can carry it out: building and testing a target needs a build
+node of its family that runs its instructions natively (``check-node``); publishing and
+distributing run anywhere the staged tarballs and the repository are.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .arch.cpuinfo import HostCpu
-from .arch.select import Verdict, check_build_node
+from .arch.select import Verdict, article, check_build_node
 from .matrix import Matrix, Target
 
 
@@ -19,7 +20,8 @@ class Step:
     name: str
     detail: str
     command: str
-    available: bool
+    available: bool  # this host can run it now
+    blocked: str = ""  # why not, when it cannot
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +48,13 @@ class Plan:
             "tarball_pattern": self.tarball_pattern,
             "build_node": node,
             "steps": [
-                {"name": s.name, "detail": s.detail, "command": s.command, "available": s.available}
+                {
+                    "name": s.name,
+                    "detail": s.detail,
+                    "command": s.command,
+                    "available": s.available,
+                    "blocked": s.blocked,
+                }
                 for s in self.steps
             ],
         }
@@ -68,37 +76,54 @@ def make_plan(
     prefix = f"/cvmfs/{repository}/versions/{ver}/software/linux/{target.subdir}"
     node = check_build_node(host, target, matrix) if host is not None else None
     in_version = ver in target.versions
+    family_here = "" if host is None or host.family == target.family else (
+        f"this host is {host.family}; the {target.family} layer is built on {article(target.family)} "
+        f"{target.family} node"
+    )  # fmt: skip
+    native_here = "" if node is None or node.ok else "this host cannot build it: " + "; ".join(node.reasons)
+    not_target = "" if in_version else f"{target.subdir} is not a target of stack version {ver}"
     steps = (
         Step(
             "select",
             f"{target.subdir} is {'a' if in_version else 'NOT a'} target of stack version {ver}",
             f"eessi-pipeline detect --why-not {target.name}",
             in_version,
+            not_target,
         ),
-        Step(
+        _step(
+            "compat",
+            f"compatibility layer for {target.family} at /cvmfs/{repository}/versions/{ver}/compat/linux/"
+            f"{target.family}, gated by its own tests and published first",
+            f"eessi-pipeline compat build --family {target.family}",
+            family_here,
+        ),
+        _step(
             "build",
             f"EasyBuild installations of the target's easystack for {target.subdir} under {prefix}",
             f"eessi-pipeline build --target {target.name}",
-            True,
+            not_target or native_here,
         ),
-        Step(
+        _step(
             "test",
-            f"acceptance tests marked {target.marker}",
+            f"acceptance tests marked {target.marker} (pytest + ReFrame), signed gate record",
             f"pytest -m {target.marker}",
-            True,
+            not_target or native_here,
         ),
-        Step(
+        _step(
             "publish",
-            f"ingest {tarball_pattern(ver, target.subdir)} into {repository} after a green run (gate issue; "
-            "the ingest itself is `eessi-pipeline repo ingest`)",
+            f"ingest {tarball_pattern(ver, target.subdir)} into {repository}, only when the gate accepts it",
             "tox -e publish",
-            False,
+            "",
         ),
-        Step(
+        _step(
             "distribute",
             f"replicate {repository} to the Stratum 1 and check the network (Stratum 0/1, squid, client)",
             f"eessi-pipeline stratum snapshot --repo {repository} && pytest tests/infra",
-            True,
+            "",
         ),
     )
     return Plan(target, ver, repository, prefix, tarball_pattern(ver, target.subdir), node, steps)
+
+
+def _step(name: str, detail: str, command: str, blocked: str) -> Step:
+    return Step(name, detail, command, not blocked, blocked)

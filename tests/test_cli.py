@@ -171,8 +171,20 @@ def test_plan_json_shows_prefix_steps_and_build_node(zen3_file, monkeypatch, tmp
     )
     assert plan["tarball_pattern"].startswith("eessi-2023.06-software-linux-x86_64-amd-zen4-")
     assert plan["build_node"]["ok"] is False
-    assert [s["name"] for s in plan["steps"]] == ["select", "build", "test", "publish", "distribute"]
-    assert plan["steps"][2]["command"] == "pytest -m arch_zen4"
+    assert [s["name"] for s in plan["steps"]] == [
+        "select",
+        "compat",
+        "build",
+        "test",
+        "publish",
+        "distribute",
+    ]
+    steps = {s["name"]: s for s in plan["steps"]}
+    assert steps["test"]["command"] == "pytest -m arch_zen4"
+    # a zen3 node cannot build zen4: build and test are marked as such, with the reason
+    for name in ("build", "test"):
+        assert steps[name]["available"] is False and "this host cannot build it" in steps[name]["blocked"]
+    assert steps["compat"]["available"] and steps["publish"]["available"]
 
 
 def test_plan_has_no_side_effects(zen3_file, monkeypatch, tmp_path) -> None:

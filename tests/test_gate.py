@@ -375,6 +375,20 @@ def test_pytest_gate_without_announced_tarball_fails_the_run(
     assert result.ret == pytest.ExitCode.INTERNAL_ERROR
 
 
+def test_pytest_gate_line_is_never_glued_to_the_progress_line(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EESSI_PIPELINE_STATE_DIR", str(tmp_path / "state"))
+    pytester.makepyfile(test_a="def test_ok():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "eessi_pipeline.gate.pytest_gate", "-p", "no:cacheprovider",
+                                           "-q", "--eessi-gate")  # fmt: skip
+    lines = result.stdout.lines
+    gate = [i for i, line in enumerate(lines) if "no gate record" in line]
+    assert gate, result.stdout.str()
+    assert lines[gate[0]].startswith("eessi-pipeline: no gate record:")  # its own line, after the progress
+    assert any("eessi-pipeline gate" in line for line in lines[: gate[0]])  # in its own section
+
+
 def test_software_roots_find_subdirs_and_strays() -> None:
     from eessi_pipeline.gate.publish import software_roots
 

@@ -124,7 +124,11 @@ def host_microarchitecture(host: HostCpu, ignored: Iterable[str] = ()) -> str:
 def check_target(host: HostCpu, target: Target, matrix: Matrix) -> Verdict:
     """Can ``host`` run code built for ``target``?  Pure; the verdict carries its reasons."""
     if host.family != target.family:
-        return Verdict(target, False, (f"it is a {target.family} target and the host is {host.family}",))
+        return Verdict(
+            target,
+            False,
+            (f"it is {article(target.family)} {target.family} target and the host is {host.family}",),
+        )
     u = _uarch(target.archspec)
     ignored = _ignored(matrix, target.family)
     reasons: list[str] = []
@@ -236,3 +240,8 @@ def require_build_node(host: HostCpu, target: Target, matrix: Matrix, version: s
         f"run it on a {target.name} node (CI runner labels: {runner}) or build one of: "
         f"{', '.join(sel.candidates)}"
     )
+
+
+def article(word: str) -> str:
+    """'an' before a vowel sound (an x86_64, an aarch64), else 'a' (a ppc64le, a riscv64)."""
+    return "an" if word[:1].lower() in "aeiox" else "a"

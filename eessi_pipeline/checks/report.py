@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import inputs
 from .references import ChecksError, Reference
 
 
@@ -124,22 +125,16 @@ def parse_report(report: Any) -> RunResult:
     return RunResult(num, cases)
 
 
+REPORT_FIX = "pass the JSON file ReFrame wrote with --report-file"
+
+
 def load_report(path: Path) -> RunResult:
     """Read and parse a ReFrame JSON run report; any problem raises :class:`ChecksError` naming the file."""
+    text = inputs.read_text(path, "ReFrame report", REPORT_FIX)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise ChecksError(
-            f"{path}: file not found; fix: pass the file ReFrame wrote with --report-file"
-        ) from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise ChecksError(
-            f"{path}: cannot read the ReFrame report ({e}); fix: check the path, its permissions and encoding"
-        ) from e
+        data = json.loads(text)
     except ValueError as e:
-        raise ChecksError(
-            f"{path}: not JSON ({e}); fix: pass the JSON file ReFrame wrote with --report-file"
-        ) from e
+        raise ChecksError(f"{path}: not JSON ({e}); {REPORT_FIX}") from e
     try:
         return parse_report(data)
     except ChecksError as e:

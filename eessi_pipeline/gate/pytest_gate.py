@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,6 +74,7 @@ class GateRecorder:
         self.config = config
         self.results: dict[str, str] = {}
         self.artifacts: dict[str, str | None] = {}  # tarball -> ReFrame report
+        self.lines: list[tuple[str, dict[str, bool]]] = []  # for the terminal summary
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         for name, value in report.user_properties:
@@ -92,12 +94,16 @@ class GateRecorder:
         if self.results.get(report.nodeid) not in ("failed", "error"):
             self.results[report.nodeid] = outcome
 
-    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        """The gate's lines, in their own section after the progress output (never glued to it)."""
+        if self.lines:
+            terminalreporter.section("eessi-pipeline gate", sep="-")
+            for line, markup in self.lines:
+                terminalreporter.write_line(line, **markup)
 
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         def say(line: str, **markup: bool) -> None:
-            if reporter is not None:
-                reporter.write_line(line, **markup)
+            self.lines.append((line, markup))
 
         try:
             written = self._write()

@@ -14,6 +14,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import inputs
 from ..arch.cpuinfo import read_host_cpu
 from ..arch.select import select_target
 from ..errors import GateRefused
@@ -37,10 +38,10 @@ class WrittenRecord:
 
 
 def read_reframe_summary(path: Path) -> ReframeSummary:
+    raw = inputs.read_bytes(path, "ReFrame report", "pass the file ReFrame wrote with --report-file")
     try:
-        raw = path.read_bytes()
         return summarise_reframe(json.loads(raw), raw)
-    except (OSError, ValueError) as e:
+    except ValueError as e:
         raise GateRefused(f"{path}: cannot read the ReFrame report ({e}); give ReFrame's report") from e
 
 
