@@ -237,3 +237,18 @@ def test_setup_help_prints_only_the_usage(tmp_path: Path) -> None:
         ["bash", str(PROJECT / "setup.sh"), "--nope"], capture_output=True, text=True, timeout=30
     )
     assert bad.returncode == 2 and "--nope" in bad.stderr
+
+
+@pytest.mark.slow
+def test_tox_publish_runs_in_its_core_environment(tmp_path: Path) -> None:
+    """``tox -e publish`` (what the CI publish job runs) installs no extras and still works."""
+    tox = Path(sys.executable).parent / "tox"
+    if not tox.exists():
+        pytest.skip("tox is installed by `bash setup.sh` (the dev extra)")
+    env = {**os.environ, "EESSI_PIPELINE_STATE_DIR": str(tmp_path / "state")}
+    done = subprocess.run(
+        [str(tox), "-e", "publish", "--workdir", str(tmp_path / "tox"), "--", "--dry-run"],
+        cwd=PROJECT, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "nothing staged" in done.stdout
