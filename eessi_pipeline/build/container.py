@@ -4,7 +4,7 @@ EESSI builds inside a container (``eessi_container.sh``, default image
 ``docker://ghcr.io/eessi/build-node:debian12``) that mounts the repository read-only under ``/cvmfs_ro``
 and a writable ``fuse-overlayfs`` over it at ``/cvmfs/<repo>`` with ``--fusemount``, so that EasyBuild
 installs into ``/cvmfs/<repo>/versions/...`` and the new files land in the overlay's upper dir
-(../shared/spec/eessi-software-layer.md §1.4).  This module does the same:
+(EESSI's build container).  This module does the same:
 
 * :func:`build_definition` writes the image's definition with spython's ``Recipe`` and
   ``SingularityWriter``: bootstrap from the configured base image (EESSI's build node by default) and

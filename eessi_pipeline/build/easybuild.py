@@ -2,7 +2,7 @@
 
 EasyBuild runs as ``<python> -m easybuild.main`` of the interpreter that has it installed (the
 project's ``build`` extra pins ``easybuild==5.4.1``), so no ``eb`` wrapper or ``python`` on PATH is needed.
-The options follow what EESSI-extend sets (../shared/spec/eessi-software-layer.md §5): Lmod with Lua
+The options follow what EESSI-extend sets: Lmod with Lua
 modules, RPATH, filtered dependencies, a hooks file, ``--optarch=GENERIC`` for generic targets, and
 ``--allow-use-as-root-and-accept-consequences`` only when running as root.
 """

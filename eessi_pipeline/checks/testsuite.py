@@ -4,7 +4,7 @@ The test-suite's tests find their software with ``find_modules(<regex>)`` while 
 ReFrame must run where the target's ``/cvmfs`` prefix is visible (the build overlay's namespace, or a
 host with a client mount) with the target's ``modules/all`` on ``MODULEPATH`` and Lmod as its
 modules system.  The configuration (:func:`suite_config`, pure) is what the suite's hooks need
-(../shared/spec/testing-stack.md §1.2-1.5): one local partition with feature ``cpu`` and the
+(as its own documentation describes): one local partition with feature ``cpu`` and the
 single-node scale names as features, ``extras.mem_per_node`` in MiB, and the processor described
 explicitly (``num_cpus`` and friends).  The suite's ``set_common_required_config`` is not used: it
 adds environments that load an ``EESSI/<version>`` module this pipeline does not build.

@@ -1,4 +1,4 @@
-"""CernVM-FS repositories in the real on-disk/HTTP format (see ../shared/spec/cvmfs-format.md).
+"""CernVM-FS repositories in the real on-disk/HTTP format.
 
 Modules: ``common`` (constants, path hashing, object paths), ``manifest`` and
 ``whitelist`` (text formats), ``objects`` (content-addressed storage),

@@ -1,4 +1,4 @@
-"""Signature checks of the manifest and the whitelist (see shared/spec/cvmfs-format.md §1, §2).
+"""Signature checks of the manifest (.cvmfspublished) and the whitelist (.cvmfswhitelist).
 
 * ``.cvmfspublished`` is signed with the repository key: a standard RSA PKCS#1 v1.5
   signature with a SHA-1 digest over the ASCII hex hash line; the public key is the one

@@ -5,7 +5,7 @@ Pure functions: nothing here runs a program or touches the disk (``stack`` does)
 start, stop and fail independently.  The URL ``/cvmfs/<repo>/<path>`` maps to
 ``<web_root>/cvmfs/<repo>/<path>``.
 
-HTTP headers (shared/spec/cvmfs-format.md §7, the Apache configuration ``cvmfs_server`` writes):
+HTTP headers (those of the Apache configuration ``cvmfs_server`` writes):
 
 - ``.cvmfs*`` files (manifest, whitelist, reflog, status) and ``*.json``: ``Cache-Control:
   max-age=61`` plus ``Expires``; 61 because squid does not cache anything that expires within 60 s;

@@ -3,7 +3,7 @@ vectors, and a parser for its access log.
 
 Pure functions: nothing here runs a program or touches the disk (``stack`` does).
 
-The settings are those of CVMFS's site-proxy guide (shared/spec/cvmfs-format.md §7):
+The settings are those of CVMFS's site-proxy guide:
 ``collapsed_forwarding on``, ``minimum_expiry_time 0``, ``maximum_object_size 1024 MB``,
 ``cache_mem 128 MB``, ``maximum_object_size_in_memory 128 KB`` and a ``ufs`` cache directory.
 squid listens on one loopback port, serves clients on loopback only, forwards to servers on
