@@ -144,11 +144,11 @@ def _connection(url: str, proxy: str | None, timeout: float) -> tuple[http.clien
         if not p.hostname:
             raise HttpFetchError(f"{proxy}: not a proxy URL (http://host:port)")
         if parts.scheme == "https":
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(p.hostname, p.port or 3128,
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(p.hostname, p.port or 80,
                                                                             timeout=timeout)  # fmt: skip
             conn.set_tunnel(parts.hostname, parts.port or 443)
             return conn, target
-        return http.client.HTTPConnection(p.hostname, p.port or 3128, timeout=timeout), url
+        return http.client.HTTPConnection(p.hostname, p.port or 80, timeout=timeout), url
     cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     return cls(parts.hostname, parts.port, timeout=timeout), target
 
