@@ -14,13 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .fileio import atomic_write
 
 NO_CACHE_ENV = "EESSI_PIPELINE_NO_CACHE"
 MAX_CACHED_BYTES = 4 * 1024 * 1024  # larger files are checked every time, never cached
@@ -78,9 +78,6 @@ def _store(entry: Path, data: dict[str, Any]) -> None:
     try:
         text = json.dumps(data, sort_keys=True)
         entry.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=".tmp-")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, entry)
+        atomic_write(entry, text, 0o600, durable=False)  # a lost entry is only a miss
     except (OSError, TypeError, ValueError):
         pass  # not JSON-able or not writable: the next load checks the file again

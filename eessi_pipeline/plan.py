@@ -13,6 +13,7 @@ from typing import Any
 from .arch.cpuinfo import HostCpu
 from .arch.select import Verdict, article, check_build_node
 from .matrix import Matrix, Target
+from .tarnames import EPOCH_PLACEHOLDER, software_tarball
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +63,7 @@ class Plan:
 
 def tarball_pattern(version: str, subdir: str) -> str:
     """EESSI's tarball name: ``eessi-<ver>-software-linux-<subdir with / as ->-<epoch>.tar.gz``."""
-    return f"eessi-{version}-software-linux-{subdir.replace('/', '-')}-<epoch seconds>.tar.gz"
+    return software_tarball(version, subdir, EPOCH_PLACEHOLDER)
 
 
 def make_plan(

@@ -32,6 +32,7 @@ from typing import Any
 
 from ..compat.layout import LayerSpec
 from ..errors import BuildError, CompatError
+from ..fileio import file_sha256
 from ..matrix import Matrix, Target
 from ..proc import CommandFailed, run
 from . import compatlink, lmodfiles
@@ -53,7 +54,7 @@ from .easybuild import (
 from .overlay import OverlayView
 from .runtime import DEFAULT_IMAGE, BuildView, Runtime, RuntimeChoice, require_binary
 from .sources import Provisioner, plan_sources
-from .stacks import Stack, StackConfig, file_sha256
+from .stacks import Stack, StackConfig
 from .tarball import pack
 
 log = logging.getLogger(__name__)

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BuildError
+from ..fileio import file_sha256
 from ..proc import CommandFailed, run
 from .easyconfig import EasyConfig
-from .stacks import DebianArchive, ProviderSpec, StackConfig, file_sha256
+from .stacks import DebianArchive, ProviderSpec, StackConfig
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ loader and C library.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -280,11 +279,3 @@ def load_stacks(path: Path | None = None) -> StackConfig:
         providers=tuple(providers),
         debian=DebianArchive(deb["mirror"], deb["suite"], tuple(deb["components"])),
     )
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

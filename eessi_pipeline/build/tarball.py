@@ -22,15 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BuildError
-from ..plan import tarball_pattern
-from .stacks import file_sha256
+from ..fileio import file_sha256
+from ..tarnames import software_tarball
 
 SKIPPED_DIRS = ("software/.locks",)
 
 
 def tarball_name(version: str, subdir: str, epoch: int) -> str:
     """``eessi-<version>-software-linux-<subdir with / as ->-<epoch>.tar.gz`` (pure)."""
-    return tarball_pattern(version, subdir).replace("<epoch seconds>", str(epoch))
+    return software_tarball(version, subdir, epoch)
 
 
 def _skip(rel: str, st: os.stat_result) -> bool:

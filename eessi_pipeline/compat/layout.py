@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CompatError
+from ..tarnames import compat_tarball
 
 OS = "linux"
 _VERSION = re.compile(r"^20[0-9]{2}\.(0[1-9]|1[0-2])$")
@@ -106,7 +107,7 @@ class LayerSpec:
         return self.prefix == str(self.staging)
 
     def tarball_name(self, epoch: int) -> str:
-        return f"eessi-{self.version}-compat-{OS}-{self.family}-{epoch}.tar.gz"
+        return compat_tarball(self.version, self.family, epoch)
 
     def prefix_problem(self) -> str | None:
         """Why this prefix cannot work, or None."""

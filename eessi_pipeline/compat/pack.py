@@ -12,7 +12,6 @@ and ``uploader`` (username, ip, hostname).
 from __future__ import annotations
 
 import getpass
-import hashlib
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from typing import Any
 
 from ..cvmfs.tarcheck import check_tarball
 from ..errors import CompatError, TarballRejected
+from ..fileio import file_sha256
 from .layout import LayerSpec
 
 log = logging.getLogger(__name__)
@@ -85,14 +85,6 @@ def _member(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def pack_layer(
     spec: LayerSpec,
     *,
@@ -127,7 +119,7 @@ def pack_layer(
             "fix the layer's build (the package set or the relocation) and build again"
         ) from e
     size = tarball.stat().st_size
-    digest = _sha256(tarball)
+    digest = file_sha256(tarball)
     url = f"{url_base.rstrip('/')}/{tarball.name}" if url_base else tarball.resolve().as_uri()
     meta = meta_json(
         tarball.name, size, int(tarball.stat().st_ctime), digest, url, uploader or Uploader.from_host()

@@ -45,6 +45,7 @@ from pathlib import Path
 
 from .. import proc
 from ..errors import ServiceError
+from ..fileio import atomic_write
 from . import nginx, sockets, squid, stratum1
 
 log = logging.getLogger(__name__)
@@ -331,13 +332,6 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def _http_answers(port: int, path: str) -> bool:
     conn = http.client.HTTPConnection(LOOPBACK, port, timeout=2.0)
     try:
@@ -559,7 +553,7 @@ class Stack:
     def _prepare_runtime(self, plan: ServicePlan) -> None:
         for directory in plan.make_dirs:
             directory.mkdir(parents=True, exist_ok=True)
-        _write_atomic(plan.config_path, plan.config_text)
+        atomic_write(plan.config_path, plan.config_text)
         if plan.owner is not None:
             uid, gid = plan.owner
             st = plan.runtime_dir.stat()
@@ -601,7 +595,7 @@ class Stack:
             "config_sha256": hashlib.sha256(plan.config_text.encode()).hexdigest(),
             "started_at": dt.datetime.fromtimestamp(started_at, dt.UTC).isoformat(),
         }
-        _write_atomic(plan.runtime_dir / RECORD_NAME, json.dumps(record, indent=2) + "\n")
+        atomic_write(plan.runtime_dir / RECORD_NAME, json.dumps(record, indent=2) + "\n")
         log.info("%s is up: %s (pid %d)", plan.name, plan.url, pid)
 
     def _wait_ready(self, plan: ServicePlan) -> int:
@@ -673,7 +667,7 @@ class Stack:
         record = self._record(plan.runtime_dir)
         if record.get("pid") is not None:
             record["pid"] = None
-            _write_atomic(plan.runtime_dir / RECORD_NAME, json.dumps(record, indent=2) + "\n")
+            atomic_write(plan.runtime_dir / RECORD_NAME, json.dumps(record, indent=2) + "\n")
 
 
 def _signal(pid: int, sig: int) -> None:

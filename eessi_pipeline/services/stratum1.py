@@ -18,10 +18,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +92,6 @@ def repositories_document(replicas: list[str], os_release: dict[str, str]) -> di
     }
 
 
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    tmp.write_bytes(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def write_info(state_dir: Path) -> list[str]:
     """Create the Stratum 1 web root and (re)write ``info/v1/repositories.json`` from the replicas
     present; write ``meta.json`` unless an administrator already did.  Returns the replica names."""
@@ -105,7 +99,7 @@ def write_info(state_dir: Path) -> list[str]:
     paths.info_dir.mkdir(parents=True, exist_ok=True)
     names = replica_names(paths)
     doc = repositories_document(names, _os_release())
-    _write(paths.repositories_json, (json.dumps(doc, indent=2) + "\n").encode())
+    atomic_write(paths.repositories_json, (json.dumps(doc, indent=2) + "\n").encode())
     if not paths.meta_json.exists():
         meta = {
             "administrator": "eessi-pipeline",
@@ -113,6 +107,6 @@ def write_info(state_dir: Path) -> list[str]:
             "organisation": "eessi-pipeline embedded Stratum 1",
             "custom": {"_comment": "edit this file to describe your service"},
         }
-        _write(paths.meta_json, (json.dumps(meta, indent=2) + "\n").encode())
+        atomic_write(paths.meta_json, (json.dumps(meta, indent=2) + "\n").encode())
     log.info("%s lists %d replica(s): %s", paths.repositories_json, len(names), ", ".join(names) or "none")
     return names
