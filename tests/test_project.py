@@ -61,3 +61,28 @@ def test_top_level_layout_is_complete() -> None:
         ".github/workflows/pipeline.yml",
     ):
         assert (PROJECT_ROOT / name).exists(), name
+
+
+def test_nothing_reads_outside_the_checkout() -> None:
+    """No tracked file names a folder beside the checkout (the reference material of the team's
+    workplace) or the variable that used to point at it: a clone alone is complete."""
+    import subprocess
+
+    listed = subprocess.run(["git", "ls-files"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+    offenders = []
+    pattern = re.compile(r"\.\./shared\b|EESSI_PIPELINE_SHARED|parent\.parent\s*/\s*\"shared\"")
+    for rel in listed.stdout.splitlines():
+        path = PROJECT_ROOT / rel
+        if rel.startswith("tests/data/") or rel == "tests/test_project.py" or not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+        offenders += [f"{rel}: {m.group(0)}" for m in pattern.finditer(text)]
+    assert offenders == []
+
+
+def test_ci_run_works_in_a_bare_clone() -> None:
+    text = (PROJECT_ROOT / ".ci" / "run").read_text()
+    assert "git clone" in text and "mktemp -d" in text  # nothing beside the clone it tests
