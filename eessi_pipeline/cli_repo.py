@@ -17,6 +17,7 @@ from .cvmfs.repository import DEFAULT_LOCK_TIMEOUT, WHITELIST_DAYS, Repository
 from .cvmfs.tarcheck import DEFAULT_MAX_MEMBER_SIZE, check_tarball
 from .errors import RepositoryError, UsageError
 from .settings import resolve_settings
+from .trust import refuse_if_writable
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +114,12 @@ def _open(args: argparse.Namespace) -> RepositoryReader:
                 f"{target or repo.paths.name}: not a URL, a repository directory, or a repository in "
                 f"{repo.paths.state_dir}; run `eessi-pipeline repo init NAME` or pass a path or URL"
             )
-        return open_repository(repo.paths.root, (master or repo.paths.keys.master_public).read_bytes())
+        key = master or repo.paths.keys.master_public
+        refuse_if_writable(key, "the master public key", RepositoryError)  # issue 16
+        return open_repository(repo.paths.root, key.read_bytes())
     if master is None:
         raise UsageError(f"{target}: pass --master-key FILE, the repository's public master key (<name>.pub)")
+    refuse_if_writable(master, "the master public key", RepositoryError)  # issue 16
     return open_repository(target, master.read_bytes())
 
 

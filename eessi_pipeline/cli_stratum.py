@@ -134,6 +134,9 @@ def cmd_snapshot(args: argparse.Namespace, out: TextIO) -> int:
     key_path = (
         Path(args.master_key) if args.master_key else RepoPaths(settings.state_dir, name).keys.master_public
     )
+    from .trust import refuse_if_writable  # issue 16: a master key others can write is no trust anchor
+
+    refuse_if_writable(key_path, "the master public key", ServiceError)
     try:
         key = key_path.read_bytes()
     except OSError as e:

@@ -221,3 +221,20 @@ def test_a_waiter_that_gives_up_leaves_the_holder_named(tmp_path: Path) -> None:
     with wait_lock(lock, 5, "test lock"):
         assert lock.read_text().startswith(f"pid {os.getpid()} ")
     assert lock.read_text() == ""
+
+
+def test_a_master_public_key_others_can_write_is_refused_by_client_and_verify(tmp_path: Path) -> None:
+    from eessi_pipeline.cvmfs.client import ClientConfig, open_client
+    from eessi_pipeline.cvmfs.repository import Repository
+
+    repo = Repository(tmp_path / "state", "software.eessi.local")
+    repo.init()
+    key = repo.paths.keys.master_public
+    key.chmod(0o666)
+    config = ClientConfig(repo.paths.name, ("http://127.0.0.1:9/cvmfs",), tmp_path / "cache", key)
+    with pytest.raises(PipelineError, match="master public key is writable by other users"):
+        open_client(config)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.main(["repo", "verify", str(repo.paths.root), "--master-key", str(key)], out=io.StringIO())
+    assert code == 1 and "chmod o-w" in err.getvalue(), err.getvalue()

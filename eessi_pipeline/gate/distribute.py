@@ -13,10 +13,12 @@ from typing import Any
 
 from .. import proc
 from ..cvmfs.replica import snapshot
+from ..errors import PublishError
 from ..extras import has_module, install_hint
 from ..matrix import PROJECT_ROOT
 from ..services import stratum1
 from ..services.stack import Stack
+from ..trust import refuse_if_writable
 
 
 def distribute(state_dir: Path, repository: str, checks: str) -> None:
@@ -31,6 +33,7 @@ def distribute(state_dir: Path, repository: str, checks: str) -> None:
     key_file = state_dir / "keys" / f"{repository}.pub"
     s0 = f"{statuses['stratum0'].url}/{repository}"
     replica = stratum1.Stratum1Paths(state_dir).replica(repository)
+    refuse_if_writable(key_file, "the master public key", PublishError)
     result = snapshot(s0, replica, key_file.read_bytes())
     stratum1.write_info(state_dir)
     sys.stderr.write(f"[publish] Stratum 1 at revision {result.revision}\n")
