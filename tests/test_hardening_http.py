@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -174,3 +175,29 @@ def test_the_command_line_flags_bound_verify_and_client_cat(
         code = cli.main(argv, out=io.StringIO())
     assert time.monotonic() - start < BOUND_S
     assert code == 1 and "deadline of 2 s" in err.getvalue() and url in err.getvalue(), err.getvalue()
+
+
+@pytest.mark.skipif(not Path("/dev/fuse").exists() or os.geteuid() != 0, reason="needs /dev/fuse and root")
+def test_the_fuse_mount_keeps_to_the_limits(
+    repo: Repository, tmp_path: Path, hostile_server: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mount runs in its own process: the limits reach it through the environment."""
+    from eessi_pipeline.cvmfs.mount import is_mounted, mount, umount
+
+    monkeypatch.setenv("EESSI_PIPELINE_HTTP_DEADLINE", "2")
+    monkeypatch.setenv("EESSI_PIPELINE_HTTP_READ_TIMEOUT", "1")
+    slow, good = hostile_server("slow", _srv(repo)), hostile_server("ok", _srv(repo))
+    mountpoint = tmp_path / "cvmfs" / NAME
+    config = ClientConfig(
+        NAME, (f"{slow}/cvmfs", f"{good}/cvmfs"), tmp_path / "cache", repo.paths.keys.master_public
+    )
+    state = tmp_path / "state"
+    state.mkdir()
+    mount(config, mountpoint, state)
+    try:
+        start = time.monotonic()
+        assert (mountpoint / TOOL.lstrip("/")).read_bytes() == CONTENT  # after failing over from the slow one
+        assert time.monotonic() - start < BOUND_S
+    finally:
+        if is_mounted(mountpoint):
+            umount(mountpoint, state)
