@@ -66,7 +66,3 @@ class BuildError(PipelineError):
 
 class TrustError(PipelineError):
     """A trust file or directory (signers, keys, staging) can be changed by other local users."""
-
-
-class InputTooLarge(PipelineError):
-    """An input file or document is larger, or nests deeper, than its limit allows."""
