@@ -364,3 +364,16 @@ def test_every_nested_catalog_has_its_marker_and_verify_insists(repo: Repository
         RepositoryError, match="nested catalog without marker: no regular file /versions/extra/"
     ):
         verify_repository(repo.paths.root, master)
+
+
+def test_publish_target_ingests_only_the_bytes_the_gate_record_names(repo: Repository, tmp_path: Path) -> None:
+    from eessi_pipeline.gate.publish import EmbeddedTarget
+
+    path = software_tarball(tmp_path, "2023.06", "x86_64/generic", {"bin/tool": b"v1\n"})
+    recorded = hashlib.sha256(path.read_bytes()).hexdigest()
+    (tmp_path / "x").mkdir()
+    swapped = software_tarball(tmp_path / "x", "2023.06", "x86_64/generic", {"bin/tool": b"evil\n"})
+    os.replace(swapped, path)  # replaced after the gate judged it
+    with pytest.raises(TarballRejected, match="as its gate record says"):
+        EmbeddedTarget(repo).ingest(path, recorded)
+    assert repo.manifest().revision == 1

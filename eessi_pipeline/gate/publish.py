@@ -175,8 +175,9 @@ class IngestTarget(Protocol):
         """Whether the published repository has ``path`` (``/versions/…``); None: cannot tell."""
         ...
 
-    def ingest(self, tarball: Path) -> int | None:
-        """Ingest at ``versions``; return the revision after (None when it cannot be read)."""
+    def ingest(self, tarball: Path, sha256: str | None = None) -> int | None:
+        """Ingest at ``versions`` (refusing bytes whose SHA-256 is not ``sha256``, the gate record's, where
+        the target can tell); return the revision after (None when it cannot be read)."""
         ...
 
 
@@ -193,8 +194,9 @@ class EmbeddedTarget:
         with open_repository(self.repo.paths.web_root / self.repo.paths.name) as reader:
             return reader.lookup(path) is not None
 
-    def ingest(self, tarball: Path) -> int | None:
-        return self.repo.ingest(tarball, "versions").revision
+    def ingest(self, tarball: Path, sha256: str | None = None) -> int | None:
+        # one pass: the bytes checked (every tarcheck rule) and hashed are the bytes published
+        return self.repo.ingest(tarball, "versions", check=True, expected_sha256=sha256).revision
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +227,7 @@ class CvmfsServerTarget:
             log.warning("cannot look up %s in %s: %s", path, self.manifest_source, e)
             return None
 
-    def ingest(self, tarball: Path) -> int | None:
+    def ingest(self, tarball: Path, sha256: str | None = None) -> int | None:
         self.backend.ingest(tarball, "versions")
         return self.revision()
 
@@ -283,7 +285,7 @@ def _publish_one(
         outcome = Outcome(item.name, False, (why,), before, before)  # stays staged: nothing is wrong with it
     else:
         try:
-            after = into.ingest(item.path)
+            after = into.ingest(item.path, judgement.record.sha256 if judgement.record else None)
         except PipelineError as e:
             outcome = Outcome(item.name, False, (f"ingest failed: {str(e).splitlines()[0]}",), before,
                               into.revision())  # fmt: skip
