@@ -91,30 +91,37 @@ def chunk_boundaries_pure(
     return cuts
 
 
-_XOR32_BLOCK = 8 * 1024 * 1024  # bytes per vectorised block (as uint32: 32 MiB of memory)
+_XOR32_BLOCK = 64 * 1024  # bytes per vectorised block: its uint32 arrays stay in the CPU's cache
 
 
-def _xor32_candidates(data: bytes | memoryview, threshold: int, begin: int = 0) -> list[int]:
-    """Every index ``i`` where the full 32-byte xor32 value ends a chunk, ascending.
+def _xor32_candidates(data: bytes | bytearray | memoryview, threshold: int, begin: int = 0) -> list[int]:
+    """Every index ``i >= begin`` where the full 32-byte xor32 value ends a chunk, ascending.
 
     The value at ``i`` is ``XOR over k < 32 of (data[i-k] << k)`` (32 bits), built by doubling:
     the span-``2m`` value is the span-``m`` value XOR the span-``m`` value ``m`` bytes earlier
     shifted by ``m``.  The cut test ``|int32(x) - 0x7FFFFFFF| < threshold`` is, for 32-bit
-    ``x``, ``0x7FFFFFFF - threshold < x <= 0x7FFFFFFF`` read unsigned.
+    ``x``, ``0x7FFFFFFF - threshold < x <= 0x7FFFFFFF`` read unsigned.  Blocks are small and
+    worked in place so that the arrays stay in cache.
     """
     lo = max(0, 0x7FFFFFFF - threshold) + 1  # x - lo (wrapping) < width  <=>  lo <= x <= 0x7FFFFFFF
     offset, width = np.uint32(lo), np.uint32(0x7FFFFFFF - lo + 1)
     buf = np.frombuffer(data, dtype=np.uint8)
+    x = np.empty(_XOR32_BLOCK + 31, dtype=np.uint32)
+    shifted = np.empty(_XOR32_BLOCK + 31, dtype=np.uint32)
     found: list[int] = []
     for block_start in range(begin, len(buf), _XOR32_BLOCK):
         first = max(0, block_start - 31)  # 31 bytes of history before the block
-        x = buf[first : block_start + _XOR32_BLOCK].astype(np.uint32)
+        segment = buf[first : block_start + _XOR32_BLOCK]
+        n = len(segment)
+        xv = x[:n]
+        xv[:] = segment
         span = 1
         while span < 32:
-            x[span:] ^= x[:-span] << np.uint32(span)  # the right side is a new array: no aliasing
+            np.left_shift(xv[: n - span], span, out=shifted[: n - span])
+            np.bitwise_xor(xv[span:], shifted[: n - span], out=xv[span:])  # shifted is a copy: no aliasing
             span *= 2
-        x -= offset
-        hits = np.flatnonzero(x < width) + first
+        np.subtract(xv, offset, out=xv)
+        hits = np.flatnonzero(xv < width) + first
         found.extend(hits[hits >= block_start].tolist())
     return found
 
@@ -192,7 +199,16 @@ def first_cut(data: bytes | bytearray, minimum: int, average: int, maximum: int,
     return limit
 
 
-_CUT_BLOCK = 1 << 20
+_CUT_BLOCK = 256 * 1024
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux); 0o777 when it cannot be read."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o777
 
 
 class ObjectStore:
@@ -203,6 +219,7 @@ class ObjectStore:
         self.workers = workers or usable_cores()
         self._root = str(root)
         self._created: list[str] | None = None
+        self._fix_mode = _umask() & 0o644 != 0
         self.chunk_sizes = (CHUNK_MIN, CHUNK_AVG, CHUNK_MAX)  # min, average, max
         self.new_objects = 0  # objects this store instance added (not already present)
         self._count_lock = threading.Lock()
@@ -236,7 +253,8 @@ class ObjectStore:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             try:
-                os.fchmod(fd, 0o644)  # whatever the umask: objects are world-readable
+                if self._fix_mode:
+                    os.fchmod(fd, 0o644)  # objects are world-readable whatever the umask
                 view = memoryview(compressed)
                 while view:
                     view = view[os.write(fd, view) :]

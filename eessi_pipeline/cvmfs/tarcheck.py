@@ -1,7 +1,7 @@
 """Validate an EESSI-style tarball before anything is written to a repository.
 
 What is checked mirrors EESSI's ``ingest-tarball.sh`` (version, content type, os
-and arch, see ../shared/spec/cvmfs-format.md §6 and eessi-software-layer.md §3)
+and arch, as EESSI names its tarballs)
 and adds the member checks that ``cvmfs_server ingest`` and ``tar -x`` need to be
 safe: no absolute or ``..`` paths, no links out of the version tree, no device
 files, fifos or setuid/setgid/sticky bits, no duplicates, valid UTF-8 names, a
@@ -138,6 +138,7 @@ _VERSION_SUFFIX = re.compile(r"[0-9A-Za-z._]+")
 _REST_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.]*")
 _EPOCH = re.compile(r"[0-9]+")
 _REPO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 _SPECIAL_BITS = ((stat.S_ISUID, "setuid"), (stat.S_ISGID, "setgid"), (stat.S_ISVTX, "sticky"))
 
 
@@ -341,7 +342,7 @@ def _text_problems(what: str, text: str) -> list[str]:
     problems = []
     if not _is_utf8(text):
         problems.append(f"{what} is not valid UTF-8")
-    if any(_is_control(c) for c in text):
+    if _CONTROL.search(text):
         problems.append(f"{what} contains a control character")
     return problems
 
