@@ -437,8 +437,8 @@ def test_cli_report_dry_run_writes_nothing(tmp_path: Path) -> None:
             {"session_info": {}, "runs": [{"testcases": [{"perfvalues": {"s:p:Triad": ["fast"]}}]}]},
             r"not a ReFrame run report \(ValueError",
         ),
-        (b"\xff\xfe\x00", "cannot read the ReFrame report"),
-        (None, "file not found"),
+        (b"\xff\xfe\x00", "not UTF-8 text"),
+        (None, "no such file"),
         (
             _report(_smoke_case("numpy/2.2.6"), _smoke_case("zlib/1.2.13", partition="zen3")),
             r"cannot tell which target the report is of \(.*fix: name it, --from TARGET=",
