@@ -33,7 +33,8 @@ done
 
 # Debian packages the pipeline needs.  Later parts of the pipeline add theirs here.
 PACKAGES=(python3 python3-venv python3-pip git ca-certificates openssh-client
-          fuse3 fuse-overlayfs lmod patchelf nginx squid build-essential bzip2)
+          fuse3 fuse-overlayfs lmod patchelf nginx squid build-essential bzip2
+          slurmctld slurmd slurm-client iproute2)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -45,7 +46,7 @@ if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
     echo "[setup] installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    # nginx and squid would start system-wide instances on all interfaces when installed;
+    # nginx, squid and Slurm would start system-wide instances on all interfaces when installed;
     # the pipeline runs its own on loopback, so keep the packages' services from starting.
     added_policy=0
     if [[ ! -e /usr/sbin/policy-rc.d ]]; then
@@ -55,7 +56,7 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     if ((added_policy)); then rm -f /usr/sbin/policy-rc.d; fi
     if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
-      systemctl disable --now nginx squid >/dev/null 2>&1 || true
+      systemctl disable --now nginx squid slurmctld slurmd >/dev/null 2>&1 || true
     fi
   else
     echo "[setup] missing Debian packages: ${missing[*]}" >&2

@@ -49,6 +49,9 @@ COMMANDS: tuple[CommandGroup, ...] = (
     CommandGroup("cli_stratum", "add_stratum_parser", (
         ("stratum", "the embedded Stratum 0/1 web servers and squid proxy on loopback"),
     )),
+    CommandGroup("cli_cluster", "add_cluster_parser", (
+        ("cluster", "the embedded Slurm cluster (slurmctld + slurmd nodes) on this machine"),
+    )),
     CommandGroup("cli_client", "add_client_parser", (
         ("client", "read or mount a repository through its mirrors, like a CVMFS client"),
         ("init", "the init scripts users source (versions/<version>/init/)"),

@@ -66,3 +66,7 @@ class BuildError(PipelineError):
 
 class TrustError(PipelineError):
     """A trust file or directory (signers, keys, staging) can be changed by other local users."""
+
+
+class ClusterError(PipelineError):
+    """The embedded Slurm cluster could not be planned, started, checked or stopped, or a job failed."""

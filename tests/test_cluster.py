@@ -1,0 +1,179 @@
+"""The embedded Slurm cluster: its configuration (pure) and real slurmctld/slurmd runs (root)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from cluster_helpers import needs_slurm, running_cluster
+from helpers import free_ports
+
+from eessi_pipeline.cli import main
+from eessi_pipeline.cluster.config import (
+    ClusterPorts,
+    plan_cluster,
+    render_slurm_conf,
+    resolve_network,
+    resolve_ports,
+)
+from eessi_pipeline.cluster.manager import Cluster, ViewMounts
+from eessi_pipeline.errors import ClusterError
+from eessi_pipeline.services import sockets
+
+NET = ipaddress.IPv4Network("10.213.7.0/24")
+
+
+def _plan(nodes: int, address: str = "127.0.0.1"):  # type: ignore[no-untyped-def]
+    return plan_cluster(Path("/s/cluster"), nodes=nodes, ports=ClusterPorts(20001, 20002), cpus=2,
+                        memory_mib=1000, hostname="vm", host_address=address, network=NET)  # fmt: skip
+
+
+def test_one_node_binds_loopback_and_names_its_paths() -> None:
+    text = render_slurm_conf(_plan(1))
+    assert "SlurmctldHost=vm(127.0.0.1)" in text
+    assert "CommunicationParameters=NoInAddrAny,NoCtldInAddrAny" in text
+    assert "SlurmctldPort=20001" in text and "SlurmdPort=20002" in text
+    assert "NodeName=n1 NodeAddr=127.0.0.1 CPUs=2 RealMemory=1000 State=UNKNOWN" in text
+    assert "PartitionName=eessi Nodes=n1 Default=YES" in text
+    assert "StateSaveLocation=/s/cluster/ctld-state" in text
+    assert "AuthType=auth/none" in text and "ProctrackType=proctrack/linuxproc" in text
+
+
+def test_two_nodes_get_private_addresses_and_host_names() -> None:
+    plan = _plan(2)
+    text = render_slurm_conf(plan)
+    assert plan.namespaced and plan.control_address == "10.213.7.1"
+    assert "NodeName=n1 NodeAddr=10.213.7.2 NodeHostname=n1" in text
+    assert "NodeName=n2 NodeAddr=10.213.7.3 NodeHostname=n2" in text
+    assert "SlurmctldHost=vm(10.213.7.1)" in text
+    assert "CommunicationParameters" not in text  # each daemon is alone in its namespace
+
+
+def test_one_node_refuses_a_host_name_that_is_not_loopback() -> None:
+    with pytest.raises(
+        ClusterError, match=r"resolves to 192\.0\.2\.5, not to a loopback address.*127\.0\.1\.1"
+    ):
+        _plan(1, "192.0.2.5")
+
+
+@pytest.mark.parametrize("nodes", [0, 9])
+def test_node_count_is_bounded(nodes: int) -> None:
+    with pytest.raises(ClusterError, match="give 1 to 8 nodes"):
+        _plan(nodes)
+
+
+def test_ports_command_line_then_environment_then_default() -> None:
+    assert resolve_ports(environ={}) == ClusterPorts(16817, 16818)
+    env = {"EESSI_PIPELINE_SLURMCTLD_PORT": "30001"}
+    assert resolve_ports(environ=env) == ClusterPorts(30001, 16818)
+    assert resolve_ports(slurmctld=30005, environ=env) == ClusterPorts(30005, 16818)
+    with pytest.raises(ClusterError, match="EESSI_PIPELINE_SLURMD_PORT='x' is not a port number"):
+        resolve_ports(environ={"EESSI_PIPELINE_SLURMD_PORT": "x"})
+    with pytest.raises(ClusterError, match="would both use port 16818"):
+        resolve_ports(slurmctld=16818, environ={})
+
+
+@pytest.mark.parametrize("text", ["8.8.8.0/24", "127.0.0.0/8", "10.0.0.0/30", "nonsense"])
+def test_network_must_be_a_private_range(text: str) -> None:
+    with pytest.raises(ClusterError, match="--network"):
+        resolve_network(text, {})
+
+
+def test_view_mounts_are_read_only() -> None:
+    view = ViewMounts("/cvmfs", "/cvmfs/r", ("/s/upper", "/s/lower"), (("/s/compat", "/cvmfs/r/compat"),))
+    argvs = view.mount_argvs()
+    assert argvs[0][:4] == ["mount", "-t", "tmpfs", "-o"] and argvs[0][-1] == "/cvmfs"
+    assert [
+        "mount",
+        "-t",
+        "overlay",
+        "-o",
+        "ro,lowerdir=/s/upper:/s/lower",
+        "eessi-view",
+        "/cvmfs/r",
+    ] in argvs
+    assert argvs[-1] == ["mount", "--bind", "-o", "ro", "/s/compat", "/cvmfs/r/compat"]
+    assert view.unmount_argvs() == [["umount", "-R", "-l", "/cvmfs"]]
+
+
+# --- real Slurm ---------------------------------------------------------------------------------------
+
+
+def _ours_running(cluster: Cluster) -> list[str]:
+    markers = [str(cluster.conf), f"{cluster.root}/ns/"]
+    return [p.command for p in sockets.all_processes() if p.alive and any(m in p.command for m in markers)]
+
+
+@needs_slurm
+def test_one_node_cluster_runs_jobs_on_loopback_and_goes_away(tmp_path: Path) -> None:
+    with running_cluster(tmp_path / "state") as cluster:
+        status = cluster.status()
+        assert status.healthy, status.to_json()
+        assert [n.state for n in status.nodes] == ["idle"]
+        ports = {cluster.plan.ports.slurmctld, cluster.plan.ports.slurmd}
+        mine = [s for s in sockets.listeners(("tcp", "tcp6")) if s.port in ports]
+        assert mine and all(s.is_loopback for s in mine), mine
+        assert cluster.up().action == "already running"
+        done = cluster.client_run(["srun", "-n", "2", "sh", "-c", "echo task $SLURM_PROCID"])
+        assert sorted(done.stdout.split("\n")[:2]) == ["task 0", "task 1"]
+        script = tmp_path / "job.sh"
+        script.write_text("#!/bin/sh\necho job $SLURM_JOB_ID on $SLURMD_NODENAME\n", encoding="utf-8")
+        out = tmp_path / "job.out"
+        cluster.client_run(["sbatch", "--wait", "-o", str(out), str(script)], timeout=120)
+        assert out.read_text().startswith("job ") and out.read_text().strip().endswith("on n1")
+    assert _ours_running(cluster) == []
+    assert not cluster.status().healthy
+
+
+@needs_slurm
+def test_a_taken_port_is_refused_naming_it(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        cluster = Cluster(tmp_path / "state", ports=ClusterPorts(port, free_ports(1)[0]), environ={})
+        with pytest.raises(
+            ClusterError, match=rf"slurmctld: port {port} on 127\.0\.0\.1 is already in use by pid"
+        ):
+            cluster.up()
+    assert _ours_running(cluster) == []
+
+
+@needs_slurm
+def test_cli_up_status_down(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = str(tmp_path / "state")
+    ctld, slurmd = map(str, free_ports(2))
+    try:
+        assert (
+            main(["--state-dir", state, "cluster", "up", "--slurmctld-port", ctld, "--slurmd-port", slurmd])
+            == 0
+        )
+        assert main(["--state-dir", state, "cluster", "status", "--json"]) == 0
+        out = capsys.readouterr().out
+        status = json.loads(out[out.index('{\n  "action": "running"') :])
+        assert status["healthy"] and status["nodes"][0]["state"] == "idle"
+        assert main(["--state-dir", state, "cluster", "exec", "--", "sinfo", "-h", "-o", "%P %D %T"]) == 0
+        assert "eessi* 1 idle" in capsys.readouterr().out
+    finally:
+        assert main(["--state-dir", state, "cluster", "down"]) == 0
+    assert main(["--state-dir", state, "cluster", "status"]) == 1
+    assert "cluster up" in capsys.readouterr().err
+
+
+@needs_slurm
+@pytest.mark.slow
+def test_two_nodes_are_two_hosts_to_slurm_and_srun(tmp_path: Path) -> None:
+    with running_cluster(tmp_path / "state", nodes=2) as cluster:
+        status = cluster.status()
+        assert status.healthy and [n.address for n in status.nodes] == ["10.213.7.2", "10.213.7.3"]
+        done = cluster.client_run(["srun", "-N", "2", "-n", "2", "--ntasks-per-node=1", "sh", "-c",
+                                   "echo $(hostname) $SLURMD_NODENAME"])  # fmt: skip
+        assert sorted(done.stdout.splitlines()) == ["n1 n1", "n2 n2"]
+        # nothing of this cluster listens in the host's network namespace
+        assert not sockets.tcp_port_listening("127.0.0.1", cluster.plan.ports.slurmctld) or all(
+            p.pid != status.ctld_pid for p in sockets.tcp_port_owners(cluster.plan.ports.slurmctld)
+        )
+    assert _ours_running(cluster) == []
