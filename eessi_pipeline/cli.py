@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -162,6 +163,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     handler: Handler = args.handler
+    # Nothing this program creates (state, keys, staging, repository) may be writable by group or others,
+    # whatever umask it was started with; explicit modes elsewhere only ever remove bits from this.
+    os.umask(os.umask(0o022) | 0o022)
     try:
         if args.command not in _NO_STATE:
             from .settings import check_state_dir, resolve_settings

@@ -252,3 +252,15 @@ def test_tox_publish_runs_in_its_core_environment(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "nothing staged" in done.stdout
+
+
+def test_permissive_umask_never_makes_state_writable_by_others(tmp_path: Path) -> None:
+    """Started with ``umask 000``, the repository the program creates is still not writable by others."""
+    state = tmp_path / "state"
+    done = subprocess.run(
+        ["sh", "-c", f'umask 000 && "{sys.executable}" -m eessi_pipeline.cli --state-dir {state} repo init test.eessi.local'],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    loose = [str(p) for p in [state, *state.rglob("*")] if not p.is_symlink() and p.stat().st_mode & 0o022]
+    assert loose == []

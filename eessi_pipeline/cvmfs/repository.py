@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import fcntl
 import fnmatch
 import hashlib
 import json
@@ -28,12 +27,12 @@ import os
 import re
 import shutil
 import stat
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import RepositoryError
+from ..locks import wait_lock
 from .catalog import DIR_SIZE, CatalogDoc, Node, add_subtree, read_catalog, self_statistics, write_catalog
 from .common import (
     SUFFIX_CATALOG,
@@ -164,28 +163,8 @@ def publisher_lock(paths: RepoPaths, timeout: float = DEFAULT_LOCK_TIMEOUT) -> I
     """One publisher at a time.  ``flock`` dies with its process, so a lock is never stale;
     the file records who holds it so a waiting publisher can say so."""
     paths.spool.mkdir(parents=True, exist_ok=True)
-    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = Path(paths.lock).read_text(errors="replace").strip() or "unknown"
-                    raise RepositoryError(
-                        f"repository {paths.name} is locked by another publisher ({holder}); "
-                        f"waited {timeout:.0f} s. Retry when it has finished, or raise --lock-timeout"
-                    ) from None
-                time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} since {_now().isoformat()}\n".encode())
+    with wait_lock(paths.lock, timeout, f"repository {paths.name} (another publisher)", RepositoryError):
         yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-        os.close(fd)  # closing releases the flock
 
 
 class Repository:
