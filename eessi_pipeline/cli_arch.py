@@ -55,10 +55,39 @@ def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _accel_json(args: argparse.Namespace, sel: Any, env: dict[str, str]) -> dict[str, Any]:
+    """The accelerator part of ``detect --json``; a failing nvidia-smi is an error only with --accel."""
+    from .arch.accel import AccelError, query_nvidia_smi
+
+    try:
+        acc = query_nvidia_smi(args.nvidia_smi, env)
+    except AccelError as e:
+        if args.accel:
+            raise
+        return {"subdir": None, "error": str(e)}
+    data = acc.to_json()
+    built = sel.target is not None and any(a.subdir == acc.subdir for a in sel.target.accelerators)
+    data["software_subdir"] = f"{sel.subdir}/{acc.subdir}" if acc.subdir and built else None
+    if acc.subdir and not built:
+        data["notes"].append(
+            f"the matrix builds no {acc.subdir} for {sel.subdir}: GPU software is not available here"
+        )
+    return data
+
+
 def cmd_detect(args: argparse.Namespace, out: TextIO) -> int:
     m = _matrix(args)
     settings = _settings(args)
     env = dict(os.environ)
+    if args.accel and not args.json:  # EESSI's `accelpath`: the accelerator subdirectory, or nothing
+        from .arch.accel import query_nvidia_smi
+
+        acc = query_nvidia_smi(args.nvidia_smi, env)
+        for note in acc.notes:
+            log.info("%s", note)
+        if acc.subdir:
+            out.write(acc.subdir + "\n")
+        return 0
     if args.machine:
         env[MACHINE_ENV] = args.machine
     host = read_host_cpu(args.cpuinfo, env)
@@ -70,6 +99,7 @@ def cmd_detect(args: argparse.Namespace, out: TextIO) -> int:
         data = sel.to_json()
         if explanation is not None:
             data["why_not"] = {"target": args.why_not, "explanation": explanation}
+        data["accel"] = _accel_json(args, sel, env)
         _emit_json(data, out)
     elif explanation is not None:
         out.write(explanation + "\n")
@@ -178,7 +208,20 @@ def add_arch_parsers(sub: Any) -> None:
     p.add_argument(
         "--why-not", metavar="TARGET", help="explain whether and why this host does not get TARGET"
     )
-    p.epilog = f"{OVERRIDE_ENV}=SUBDIR forces the answer (it must be a target of the stack version)."
+    p.add_argument(
+        "--accel",
+        action="store_true",
+        help="print the accelerator subdirectory (accel/nvidia/ccXY) from nvidia-smi; nothing without a GPU",
+    )
+    p.add_argument(
+        "--nvidia-smi",
+        metavar="PROGRAM",
+        help="the nvidia-smi to ask (default: $EESSI_PIPELINE_NVIDIA_SMI or nvidia-smi on PATH)",
+    )
+    p.epilog = (
+        f"{OVERRIDE_ENV}=SUBDIR forces the answer (it must be a target of the stack version); "
+        "EESSI_ACCELERATOR_TARGET_OVERRIDE=accel/nvidia/ccXY forces the accelerator answer."
+    )
     p.set_defaults(handler=cmd_detect)
 
     p = sub.add_parser("targets", help="list the matrix's targets")

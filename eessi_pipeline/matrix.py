@@ -53,6 +53,32 @@ class Version:
 
 
 @dataclass(frozen=True, slots=True)
+class Accelerator:
+    """One accelerator a CPU target is also built for, e.g. NVIDIA compute capability 9.0 (``cc90``)."""
+
+    vendor: str
+    cc: str  # "cc90": EESSI's spelling, compute capability without the dot
+    runner: tuple[str, ...] = ()
+    description: str = ""
+
+    @property
+    def subdir(self) -> str:
+        """The part EESSI appends to the CPU subdirectory: ``accel/nvidia/cc90``."""
+        return f"accel/{self.vendor}/{self.cc}"
+
+    @property
+    def compute_capability(self) -> str:
+        """``cc90`` -> ``9.0`` (what nvidia-smi and the CUDA runtime report)."""
+        digits = self.cc[2:]
+        return f"{digits[:-1]}.{digits[-1]}"
+
+    @property
+    def sm(self) -> str:
+        """The CUDA architecture to compile for: ``cc90`` -> ``sm_90``."""
+        return f"sm_{self.cc[2:]}"
+
+
+@dataclass(frozen=True, slots=True)
 class Target:
     """One CPU target of the stack, e.g. ``zen3`` at ``x86_64/amd/zen3``."""
 
@@ -63,6 +89,7 @@ class Target:
     versions: tuple[str, ...]
     runner: tuple[str, ...]
     description: str = ""
+    accelerators: tuple[Accelerator, ...] = ()
 
     @property
     def marker(self) -> str:
@@ -72,6 +99,38 @@ class Target:
     @property
     def is_generic(self) -> bool:
         return self.subdir == f"{self.family}/generic"
+
+
+@dataclass(frozen=True, slots=True)
+class AccelTarget:
+    """A CPU target with one of its accelerators: ``zen4_cc90`` at ``x86_64/amd/zen4/accel/nvidia/cc90``.
+
+    EESSI installs GPU software in the accelerator subdirectory of the CPU target's prefix; its
+    tarball names that whole subdirectory (``tarnames.software_tarball``)."""
+
+    cpu: Target
+    accel: Accelerator
+
+    @property
+    def name(self) -> str:
+        return f"{self.cpu.name}_{self.accel.cc}"
+
+    @property
+    def subdir(self) -> str:
+        return f"{self.cpu.subdir}/{self.accel.subdir}"
+
+    @property
+    def marker(self) -> str:
+        return f"arch_{self.name}"
+
+    @property
+    def versions(self) -> tuple[str, ...]:
+        return self.cpu.versions
+
+    def tarball(self, version: str, epoch: int | str) -> str:
+        from .tarnames import software_tarball
+
+        return software_tarball(version, self.subdir, epoch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +175,24 @@ class Matrix:
     def targets_for(self, version: str | None = None) -> tuple[Target, ...]:
         v = self.version(version).name
         return tuple(t for t in self.targets if v in t.versions)
+
+    def accel_targets(self, version: str | None = None) -> tuple[AccelTarget, ...]:
+        """Every (CPU target, accelerator) pair of the stack version, in matrix order."""
+        return tuple(AccelTarget(t, a) for t in self.targets_for(version) for a in t.accelerators)
+
+    def accel_target(self, name: str) -> AccelTarget:
+        """Find an accelerator target by name (``zen4_cc90``) or subdir (``…/zen4/accel/nvidia/cc90``)."""
+        every = [AccelTarget(t, a) for t in self.targets for a in t.accelerators]
+        for at in every:
+            if name in (at.name, at.subdir):
+                return at
+        raise MatrixError(
+            f"unknown accelerator target {name!r}; known: {', '.join(at.name for at in every) or 'none'}"
+            f" (the `accel` entries of targets in {self.path})"
+        )
+
+    def accel_runner_for(self, at: AccelTarget) -> tuple[str, ...]:
+        return at.accel.runner or self.runner_for(at.cpu)
 
     def runner_for(self, target: Target) -> tuple[str, ...]:
         if target.runner:
@@ -169,6 +246,9 @@ def _build(path: Path, data: dict[str, Any], content: bytes | None = None) -> Ma
             versions=tuple(t["versions"]),
             runner=tuple(t["runner"]),
             description=t["description"],
+            accelerators=tuple(
+                Accelerator(a["vendor"], a["cc"], tuple(a["runner"]), a["description"]) for a in t["accel"]
+            ),
         )
         for t in data["targets"]
     )
@@ -227,6 +307,16 @@ def check_consistency(m: Matrix) -> list[str]:
             out.append(
                 f"{where}.archspec: a generic target must use the family root {t.family!r}, "
                 f"not {t.archspec!r}; fix: set archspec: {t.family}"
+            )
+        seen_cc: set[str] = set()
+        for j, a in enumerate(t.accelerators):
+            if a.subdir in seen_cc:
+                out.append(f"{where}.accel[{j}]: {a.subdir!r} is listed twice; fix: remove one")
+            seen_cc.add(a.subdir)
+        if t.accelerators and t.is_generic:
+            out.append(
+                f"{where}.accel: a generic target has no accelerator builds (EESSI builds GPU software "
+                "for specific CPU targets); fix: move the entry to a microarchitecture target"
             )
         for v in t.versions:
             if v not in version_names:

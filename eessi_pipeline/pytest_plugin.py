@@ -71,6 +71,10 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line(
             "markers", f"{t.marker}: acceptance tests of {t.subdir} (stack versions {', '.join(t.versions)})"
         )
+        for a in t.accelerators:  # GPU targets: arch_<target>_ccXY (issue 19)
+            config.addinivalue_line(
+                "markers", f"{t.marker}_{a.cc}: GPU acceptance tests of {t.subdir}/{a.subdir}"
+            )
 
 
 def session_version(config: pytest.Config) -> str:

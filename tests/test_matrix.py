@@ -112,7 +112,7 @@ def test_target_is_generic_only_family_generic_subdir(shipped: Matrix, subdir: s
 def test_family_shipped_ignore_features_loaded_sorted(shipped: Matrix) -> None:
     x86 = shipped.family("x86_64")
     assert x86 is not None
-    assert x86.ignored == frozenset({"pku", "flush_l1d", "tsc_adjust"})
+    assert x86.ignored == frozenset({"pku", "flush_l1d", "tsc_adjust", "waitpkg"})  # waitpkg: issue 19
     assert [f.name for f in x86.ignore_features] == sorted(x86.ignored)
     assert all(isinstance(f, IgnoredFeature) and len(f.reason) >= 10 for f in x86.ignore_features)
     assert x86.generic_subdir == "x86_64/generic"
