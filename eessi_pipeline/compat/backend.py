@@ -8,6 +8,7 @@ into place, records the inputs and packs the tarball, the same for every backend
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -84,25 +85,19 @@ class Backend(Protocol):
         ...
 
 
-def _debian() -> Backend:
-    from .debian import DebianBackend
-
-    return DebianBackend()
-
-
-def _gentoo() -> Backend:
-    from .gentoo_prefix import GentooPrefixBackend
-
-    return GentooPrefixBackend()
-
-
-BACKENDS: Mapping[str, Callable[[], Backend]] = {"debian": _debian, "gentoo-prefix": _gentoo}
+# The registry names each backend's class as "module:Class" and imports it only when chosen, so this
+# module (which the backends import for the Protocol and the request types) imports none of them.
+BACKENDS: Mapping[str, str] = {
+    "debian": "eessi_pipeline.compat.debian:DebianBackend",
+    "gentoo-prefix": "eessi_pipeline.compat.gentoo_prefix:GentooPrefixBackend",
+}
 DEFAULT_BACKEND = "debian"
 
 
 def get_backend(name: str) -> Backend:
     try:
-        factory = BACKENDS[name]
+        module, cls = BACKENDS[name].split(":")
     except KeyError:
         raise CompatError(f"unknown compat backend {name!r}; use one of {', '.join(BACKENDS)}") from None
+    factory: Callable[[], Backend] = getattr(importlib.import_module(module), cls)
     return factory()
