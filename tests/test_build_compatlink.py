@@ -155,35 +155,37 @@ def test_plan_runpath_keeps_existing_entries_first(runpath, rpath, expected, tag
 
 
 @pytest.mark.parametrize(
-    ("elf", "wheels", "reason"),
+    ("elf", "reason"),
     [
-        (NUMPY_SO, [NUMPY_WHEEL], "manylinux/musllinux wheel"),
-        (_elf(f"{SW}/s/1/bin/static", interp=None, needed=(), dynamic=False), [], "statically linked"),
-        (_elf(f"{SW}/g/1/lib/libc.so.6", exe=False, soname="libc.so.6"), [], "loader or C library"),
-        (_elf(f"{SW}/g/1/lib/ld-linux-x86-64.so.2", exe=False, needed=()), [], "loader or C library"),
-        (_elf(f"{SW}/d/1/lib/libdata.so", exe=False, needed=()), [], "needs no library"),
+        (_elf(f"{SW}/s/1/bin/static", interp=None, needed=(), dynamic=False), "statically linked"),
+        (_elf(f"{SW}/g/1/lib/libc.so.6", exe=False, soname="libc.so.6"), "loader or C library"),
+        (_elf(f"{SW}/g/1/lib/ld-linux-x86-64.so.2", exe=False, needed=()), "loader or C library"),
+        (_elf(f"{SW}/d/1/lib/libdata.so", exe=False, needed=()), "needs no library"),
     ],
-    ids=["manylinux-wheel", "static", "libc-copy", "loader-copy", "no-needed"],
+    ids=["static", "libc-copy", "loader-copy", "no-needed"],
 )
-def test_plan_leaves_files_alone_with_the_reason(elf, wheels, reason):
-    plan = plan_links([elf], REPO, LAYER, wheels)
+def test_plan_leaves_files_alone_with_the_reason(elf, reason):
+    plan = plan_links([elf], REPO, LAYER)
     assert not plan.edits and len(plan.skipped) == 1 and reason in plan.skipped[0][1]
 
 
-def test_plan_links_a_locally_built_wheel():
-    local = WheelInstall("x.dist-info", ("cp311-cp311-linux_x86_64",), frozenset({NUMPY_SO.rel}))
-    assert not local.platform_wheel and len(plan_links([NUMPY_SO], REPO, LAYER, [local]).edits) == 1
+def test_plan_links_files_of_a_manylinux_wheel_too():
+    """They are imported by the layer's python3: their own needs must not fall to the host's ld.so.cache."""
+    (edit,) = plan_links([NUMPY_SO], REPO, LAYER).edits
+    assert edit.interpreter is None and edit.runpath is not None
+    assert edit.runpath.endswith(":".join(LAYER.library_dirs))
     assert NUMPY_WHEEL.platform_wheel
     musl = WheelInstall("y.dist-info", ("cp311-cp311-musllinux_1_1_x86_64",), frozenset())
     assert musl.platform_wheel
 
 
 def test_plan_is_idempotent_on_linked_files():
-    first = plan_links([STREAM, LIBZ, NUMPY_SO], REPO, LAYER, [NUMPY_WHEEL])
-    assert len(first.edits) == 2
-    linked = [_linked(e, edit) for e, edit in zip([STREAM, LIBZ], first.edits, strict=True)]
-    second = plan_links([*linked, NUMPY_SO], REPO, LAYER, [NUMPY_WHEEL])
-    assert not second.edits and second.linked == (STREAM.rel, LIBZ.rel)
+    first = plan_links([STREAM, LIBZ, NUMPY_SO], REPO, LAYER)
+    assert len(first.edits) == 3
+    by_rel = {e.rel: e for e in first.edits}
+    linked = [_linked(e, by_rel[e.rel]) for e in (STREAM, LIBZ, NUMPY_SO)]
+    second = plan_links(linked, REPO, LAYER)
+    assert not second.edits and set(second.linked) == {STREAM.rel, LIBZ.rel, NUMPY_SO.rel}
     assert second.files == first.files and second.skipped == first.skipped
 
 
@@ -447,3 +449,21 @@ def test_overlay_bind_is_read_only_at_its_prefix_and_leaves_upper_clean(tmp_path
         "versions/2023.06/software/f",
     ]
     assert not os.path.exists(repo)
+
+
+def test_plan_gives_a_library_without_search_path_its_siblings_first():
+    """numpy.libs/libopenblas needs libgfortran beside it and has no RPATH of its own (the importing module's
+    DT_RPATH finds it); linked, it gets $ORIGIN before the layer, so its sibling still wins."""
+    libs = f"{SW}/SciPy-bundle/2023.07/lib/python3.11/site-packages/numpy.libs"
+    blas = _elf(f"{libs}/libopenblas.so", exe=False, needed=("libgfortran-1.so.5", "libpthread.so.0"))
+    index = {
+        f"{REPO}/{libs}": frozenset({"libgfortran-1.so.5"}),
+        LAYER.library_dirs[0]: frozenset({"libpthread.so.0"}),
+    }
+    plan = plan_links([blas], REPO, LAYER, index=index)
+    (edit,) = plan.edits
+    assert edit.runpath == ":".join(["$ORIGIN", *LAYER.library_dirs]) and not edit.rpath_tag
+    assert plan.problems == ()
+    missing = plan_links([blas], REPO, LAYER, index={LAYER.library_dirs[0]: frozenset({"libpthread.so.0"})})
+    assert len(missing.problems) == 1 and "libgfortran-1.so.5" in missing.problems[0]
+    assert not plan_links([_linked(blas, edit)], REPO, LAYER).edits  # idempotent

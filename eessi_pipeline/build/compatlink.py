@@ -15,13 +15,15 @@ it, in the build's mount namespace, where the layer is visible read-only at its 
   ``--disable-new-dtags`` on purpose, so that ``$LD_LIBRARY_PATH`` cannot redirect a library; other files
   get ``DT_RUNPATH``;
 * files installed from a **manylinux/musllinux wheel** (NumPy's extension modules and the libraries in
-  ``numpy.libs``) are left as they are.  They are loaded into the Python process that imports them, which
-  brings its own loader and libc; the wheel already carries every other library it needs (policy of the
-  manylinux tags).  Relinking them does not break them with patchelf 0.14, but it makes that process load
-  the compatibility layer's ``libpthread.so.0``, ``libstdc++`` and ``libgcc_s`` beside the C library it
-  already has (seen with ``LD_DEBUG=libs`` when the host's python3 imports the relinked NumPy): two C
-  libraries' pieces in one process, which fails as soon as the two glibc versions differ.  It would also
-  invalidate the hashes in the wheel's ``RECORD``;
+  ``numpy.libs``) get the layer's library directories after their own ``$ORIGIN`` entries too.  They are
+  loaded into the Python process that imports them, which is the layer's ``python3`` (first on ``PATH``
+  after ``init/bash``): left alone, the libraries they need beyond the wheel's own (``libpthread.so.0``,
+  ``libstdc++``, ``libgcc_s``) were resolved by the layer's loader through the host's
+  ``/etc/ld.so.cache`` and ``/usr/lib`` (seen in ``/proc/<pid>/maps`` of ``python3 -c 'import numpy'``),
+  because a ``RUNPATH`` only serves its own object's needs.  The price: the hashes in the wheel's
+  ``RECORD`` no longer match those files (``pip check`` does not read them; ``pip install --force`` would).
+  The host's python3 must not import such a stack (it would mix two C libraries): the ``ci-hostlinked``
+  stack is the one for that;
 * statically linked programs, and copies of a loader or ``libc.so.6``, are left alone.
 
 Before anything is changed, :func:`plan_links` checks that every library a linked file needs is found
@@ -176,22 +178,28 @@ def expand_origin(entry: str, origin: str) -> str:
     return posixpath.normpath(text) if text.startswith("/") else text
 
 
+def own_search_path(info: ElfInfo) -> tuple[str, ...]:
+    """The entries a linked file keeps before the layer's directories (pure): its own RUNPATH or RPATH;
+    a shared library without either gets ``$ORIGIN``, its siblings (the libraries a wheel bundles in
+    ``numpy.libs`` find each other through the *importing* module's DT_RPATH, which a RUNPATH of their
+    own would switch off)."""
+    own = tuple(info.runpath or info.rpath)
+    return own if own or info.interpreter else ("$ORIGIN",)
+
+
 def search_dirs(at: str, info: ElfInfo, layer: LayerLink) -> tuple[str, ...]:
     """Where the layer's loader looks for the libraries of the file at ``at`` once it is linked: its own
     entries (``$ORIGIN`` expanded), then the layer's directories (pure)."""
-    own = [expand_origin(e, posixpath.dirname(at)) for e in (info.runpath or info.rpath)]
+    own = [expand_origin(e, posixpath.dirname(at)) for e in own_search_path(info)]
     return tuple(dict.fromkeys([*own, *layer.library_dirs]))
 
 
-def _skip_reason(rel: str, info: ElfInfo, wheel_of: Mapping[str, WheelInstall]) -> str | None:
+def _skip_reason(rel: str, info: ElfInfo) -> str | None:
     name = posixpath.basename(rel)
     if (info.soname and NEVER_PATCH.match(info.soname)) or NEVER_PATCH.match(name):
         return "a copy of a loader or C library"
     if not info.dynamic:
         return "statically linked"
-    wheel = wheel_of.get(rel)
-    if wheel is not None and wheel.platform_wheel:
-        return "installed from a manylinux/musllinux wheel (self-contained; loaded by its Python)"
     if not info.interpreter and not info.needed:
         return "needs no library"
     return None
@@ -201,7 +209,6 @@ def plan_links(
     elves: Sequence[ElfFile],
     repository_root: str,
     layer: LayerLink,
-    wheels: Sequence[WheelInstall] = (),
     index: Mapping[str, frozenset[str]] | None = None,
 ) -> LinkPlan:
     """Decide the patchelf edits that link ``elves`` (paths relative to the repository's root, which
@@ -211,24 +218,24 @@ def plan_links(
     that none of its search directories holds is a problem (it would come from the host).  Without an
     index nothing is resolved.
     """
-    wheel_of = {f: w for w in wheels for f in w.files}
     edits: list[LinkEdit] = []
     linked: list[str] = []
     skipped: list[tuple[str, str]] = []
     problems: list[str] = []
     for elf in sorted(elves, key=lambda e: e.rel):
         info = elf.info
-        why = _skip_reason(elf.rel, info, wheel_of)
+        why = _skip_reason(elf.rel, info)
         if why is not None:
             skipped.append((elf.rel, why))
             continue
         interp = layer.loader if info.interpreter and info.interpreter != layer.loader else None
-        own = list(info.runpath or info.rpath)
+        current = list(info.runpath or info.rpath)
+        own = list(own_search_path(info))
         rpath_tag = not info.runpath and bool(info.rpath)
         runpath = None
         if info.needed:
             wanted = [*own, *(d for d in layer.library_dirs if d not in own)]
-            if wanted != own:
+            if wanted != current:
                 runpath = ":".join(wanted)
         if interp is None and runpath is None:
             linked.append(elf.rel)
@@ -414,10 +421,9 @@ def directory_index(
 def plan_for_upper(view: OverlayView, below: str, family: str, layer: LayerLink) -> LinkPlan:
     """Scan what the build added under ``below`` (relative to the repository) and plan the links."""
     elves = scan_installations(view.upper, below, family)
-    wheels = scan_wheels(view.upper, below) if (view.upper / below).is_dir() else []
     dirs = [d for e in elves for d in search_dirs(f"{view.mount}/{e.rel}", e.info, layer)]
     index = directory_index(dirs, view.mount, [view.upper, view.lower], layer)
-    return plan_links(elves, view.mount, layer, wheels, index)
+    return plan_links(elves, view.mount, layer, index=index)
 
 
 def apply_links(view: OverlayView, plan: LinkPlan, layer: LayerLink) -> None:
