@@ -27,6 +27,7 @@ from typing import Any
 from ..errors import RepositoryError
 from .client import ClientConfig, MirrorSource, open_client
 from .reader import Entry, RepositoryReader
+from .variant import expand
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class CvmfsFs(fuse.Operations if fuse is not None else object):  # type: ignore[
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
         e = self._entry(path)
         ns = e.mtime * 1_000_000_000
-        size = len(e.symlink.encode()) if e.is_symlink else e.size
+        size = len(expand(e.symlink, os.environ).encode()) if e.is_symlink else e.size
         return {
             "st_mode": e.mode,
             "st_nlink": max(e.linkcount, 1),
@@ -105,7 +106,7 @@ class CvmfsFs(fuse.Operations if fuse is not None else object):  # type: ignore[
         e = self._entry(path)
         if not e.is_symlink:
             raise fuse.FuseOSError(errno.EINVAL)
-        return e.symlink
+        return expand(e.symlink, os.environ)  # variant symlinks: $(VAR:-default) from this client
 
     def open(self, path: str, flags: int) -> int:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC | os.O_CREAT):
