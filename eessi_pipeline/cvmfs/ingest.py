@@ -22,11 +22,13 @@ a member, a symlink, a SHA-256 other than the gate's — raises before the trans
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import stat
+import sys
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +61,7 @@ BATCH_BYTES = 1 << 20  # a batch is handed over at this many bytes...
 BATCH_FILES = 128  # ...or this many files
 IN_FLIGHT_BYTES = 64 << 20  # member bytes handed to workers and not stored yet
 WHOLE_MAX = 32 << 20  # unchunked files up to this size are one worker job; larger ones are streamed
+GIL_SWITCH_INTERVAL = 0.0005  # seconds; see _quick_gil_handover
 MAX_SYMLINK_HOPS = 40  # as Linux's ELOOP limit
 XATTR_PREFIX = "SCHILY.xattr."
 
@@ -284,8 +287,25 @@ def _read_all(stream: TarballStream, size: int) -> bytes:
 # -- the reading side -------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _quick_gil_handover() -> Iterator[None]:
+    """A shorter GIL switch interval while the pool works: a worker back from zlib waits at most this
+    long for the reading thread to hand over the GIL (the default, 5 ms, idles a core each time)."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, GIL_SWITCH_INTERVAL))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
 def overlay_stream(txn: Transaction, tarball: Path, opts: IngestOptions) -> StreamResult:
     """Overlay the members of ``tarball`` at ``opts.base`` in ``txn`` in one pass (see the module doc)."""
+    with _quick_gil_handover():
+        return _overlay(txn, tarball, opts)
+
+
+def _overlay(txn: Transaction, tarball: Path, opts: IngestOptions) -> StreamResult:
     shown = tarball.name
     scanner = _Scanner(opts.check) if opts.check is not None else None
     problems: list[Problem] = []
@@ -375,9 +395,13 @@ def _host_link_allowed(target: str, rel: list[str], check: CheckContext | None) 
     return len(rel) >= 5 and rel[-5] == "compat"
 
 
-def resolve_link(txn: Transaction, link_path: str, target: str) -> str:
+def resolve_link(txn: Transaction, link_path: str, target: str, check: CheckContext | None = None) -> str:
     """Where the symlink at ``link_path`` leads inside the repository, following every link on the
-    way (this transaction's view: the tarball over the published tree).  Raises _Escape."""
+    way (this transaction's view: the tarball over the published tree).  Raises _Escape.
+
+    A chain that ends at a compatibility layer's allowed host link (Debian's
+    ``usr/share/zoneinfo/localtime -> ../../../etc/localtime``, where ``etc/localtime`` is the layer's
+    link to the host's file) ends at that link: it is as safe as the host link itself."""
     prefix = f"/cvmfs/{txn.repo.paths.name}"
     parts = link_path.split("/")[1:-1]
     todo: list[str] = []
@@ -403,6 +427,10 @@ def resolve_link(txn: Transaction, link_path: str, target: str) -> str:
         parts.append(c)
         node = txn.get("/" + "/".join(parts))
         if node is not None and node.is_symlink:
+            if parts[:1] == ["versions"] and _host_link_allowed(node.symlink, parts[1:], check):
+                if todo:
+                    raise _Escape(f"passes through the host link {'/'.join(parts)}")
+                return "/" + "/".join(parts)
             hops += 1
             if hops > MAX_SYMLINK_HOPS:
                 raise _Escape(f"passes more than {MAX_SYMLINK_HOPS} symlinks (a loop?)")
@@ -422,7 +450,7 @@ def symlink_problems(
             continue
         member = "/".join(rel)
         try:
-            resolved = resolve_link(txn, path, target)
+            resolved = resolve_link(txn, path, target, check)
         except _Escape as e:
             problems.append(Problem(member, f"symlink target {printable(target)!r} {e}"))
             continue
