@@ -3,15 +3,22 @@
 What the README's main job (``bash setup.sh``) runs, and what the end-to-end test runs:
 
 1. the embedded repository exists (``repo init`` once) and the Stratum services run (``stratum up``);
-2. the init scripts: ``init build``, their tests (``tests/test_initscript.py``) with the gate;
-3. the target's software: ``eessi-pipeline test --target`` — build (reused when unchanged), tarball
-   checks, ReFrame smoke and performance checks — with the gate;
-4. ``publish``: only what the gate accepts is ingested (init before software), then the Stratum 1
-   snapshot and the post-publish infra checks;
-5. use: in a private mount namespace the client mounts ``/cvmfs/<repo>`` through squid and the
-   Stratum 1, sources the published init script, loads every module of the stack and runs each
-   module's smoke command (``matrices/smoke.yaml``), whose expected output must appear;
-6. the services stop again unless ``--keep-running``.
+2. the compatibility layer of the target's family: built or reused, and unless the repository holds it,
+   gated by its own tests (``tests/test_compat_layer.py`` with its ReFrame checks), see
+   :mod:`eessi_pipeline.layers`;
+3. the init scripts: ``init build``, their tests (``tests/test_initscript.py``) with the gate;
+4. the target's software: ``eessi-pipeline test --target`` — build on the compatibility layer (reused
+   when unchanged), tarball checks, ReFrame smoke and performance checks — with the gate;
+5. ``publish``: only what the gate accepts is ingested (compat, init, then software), the repository
+   root gets EESSI's ``host_injections`` variant symlink once, then the Stratum 1 snapshot and the
+   post-publish infra checks;
+6. use: in a private mount namespace the client mounts ``/cvmfs/<repo>`` through squid and the
+   Stratum 1; for each init entry point (``init/bash``, ``init/lmod/bash``) the layer's bash sources it,
+   lists and loads every module of the stack, and runs each module's smoke command
+   (``matrices/smoke.yaml``), whose expected output must appear; every process of it is sampled
+   (``/proc/<pid>/maps``, :mod:`eessi_pipeline.checks.procmaps`) and may map files of ``/cvmfs/<repo>``
+   only;
+7. the services stop again unless ``--keep-running``.
 
 Each step prints ``[run] …`` progress on stderr; a failed step stops the run with its reason.
 """
@@ -23,7 +30,6 @@ import datetime as dt
 import json
 import os
 import re
-import shlex
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -31,6 +37,7 @@ from typing import Any, TextIO
 from .arch.cpuinfo import read_host_cpu
 from .arch.select import require_build_node, select_from_environ
 from .build.stacks import load_stacks
+from .checks.procmaps import session_problems
 from .checks.smoke import SmokeTable, load_smoke
 from .cli_test import TestRunFailed, failure_line, pipeline_env, run_acceptance
 from .cvmfs.client import ClientConfig
@@ -43,6 +50,7 @@ from .gate.policy import load_policy
 from .gate.publish import publish
 from .initscript import build_init_tarball
 from .initscript import render as render_init
+from .layers import ENTRY_POINTS, ensure_host_injections, gate_compat, use_spec
 from .matrix import PROJECT_ROOT, Matrix, Target, load_matrix
 from .proc import run_echoed
 from .services.stack import Stack, resolve_ports
@@ -54,23 +62,6 @@ INIT_TESTS = "tests/test_initscript.py"
 def _say(msg: str) -> None:
     sys.stderr.write(f"[run] {msg}\n")
     sys.stderr.flush()
-
-
-def use_script(repository: str, version: str, modules: tuple[str, ...], smoke: SmokeTable) -> str:
-    """What a user does with the published stack: source the init script, load every module, and run
-    each module's smoke command (``matrices/smoke.yaml``) with it loaded (pure)."""
-    lines = [
-        "set -e",
-        f"source /cvmfs/{repository}/versions/{version}/init/bash",
-        'echo "MODULEPATH=$MODULEPATH"',
-    ]
-    for module in modules:
-        lines.append(f"module load {shlex.quote(module)}")
-    lines.append("module list 2>&1")
-    for module in modules:
-        command = smoke.check_for(module.split("/")[0]).command
-        lines += [f"echo {shlex.quote('$ ' + command)}", command]
-    return "\n".join(lines) + "\n"
 
 
 def unmet_expectations(output: str, modules: tuple[str, ...], smoke: SmokeTable) -> list[str]:
@@ -154,8 +145,13 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         "run_dir": str(run_dir),
     }
     try:
+        compat = gate_compat(settings.state_dir, settings.repository, version, target.family, run_dir,
+                             pipeline_env(settings), _say)  # fmt: skip
+        summary["compat"] = compat.to_json()
         _gate_init(settings, matrix, version, run_dir)
-        _say(f"software for {target.subdir}: build, tarball checks, ReFrame checks, gate record")
+        _say(
+            f"software for {target.subdir} on {compat.prefix}: build, tarball and ReFrame checks, gate record"
+        )
         tested = run_acceptance(settings, target, run_dir, stage=True)
         summary["test"] = tested
         if tested["returncode"] != 0:
@@ -170,8 +166,18 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         refused = [o for o in outcomes if not o.accepted]
         if refused:
             raise GateRefused("; ".join(o.line() for o in refused))
+        ingested = {o.tarball.split("-")[2] for o in outcomes}
+        for layer in ("compat", "init", "software"):
+            if layer not in ingested:
+                _say(f"{layer}: nothing new to publish (the repository already has it)")
+        revision = ensure_host_injections(settings.state_dir, settings.repository)
+        summary["host_injections_revision"] = revision
+        if revision is not None:
+            _say(
+                f"host_injections: published the variant symlink at the repository root (revision {revision})"
+            )
         distribute(settings.state_dir, settings.repository, policy.post_publish_checks)
-        summary["use"] = _use(settings, stack, target, version)
+        summary["use"] = _use(settings, stack, target, version, run_dir)
     finally:
         if started and not args.keep_running:
             stack.down()
@@ -183,25 +189,64 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _use(settings: Settings, stack: Stack, target: Target, version: str) -> dict[str, Any]:
+def _use(settings: Settings, stack: Stack, target: Target, version: str, run_dir: Path) -> dict[str, Any]:
+    """Each init entry point as a user meets it, from the client mount; every process sampled."""
     modules = load_stacks().stack_for(version, target).modules
     smoke = load_smoke()
-    script = use_script(settings.repository, version, modules, smoke)
-    _say(f"use: /cvmfs/{settings.repository} mounted by the client in a private namespace; init, load, run")
     config = _client_config(settings, stack)
-    done = run_mounted(config, settings.state_dir, ["bash", "-c", script], capture=True, timeout=600)
-    if done.returncode != 0:
-        raise PipelineError(
-            f"the published stack did not work from the client mount (exit {done.returncode}): "
-            f"{(done.stdout + done.stderr).strip().splitlines()[-3:]}"
-        )
-    unmet = unmet_expectations(done.stdout, modules, smoke)
-    if unmet:
-        raise PipelineError(
-            f"from the client mount, {', '.join(unmet)} did not print what matrices/smoke.yaml expects: "
-            f"{done.stdout.strip().splitlines()[-3:]}"
-        )
-    return {"script": script, "output": done.stdout, "modules": list(modules)}
+    allowed = [f"/cvmfs/{settings.repository}"]
+    entries: dict[str, Any] = {}
+    for entry in ENTRY_POINTS:
+        _say(f"use: /cvmfs/{settings.repository} mounted by the client in a private namespace; "
+             f"init/{entry}, module avail, load, smoke commands, /proc/<pid>/maps of each")  # fmt: skip
+        spec = use_spec(settings.repository, version, target.family, entry, modules, smoke)
+        name = entry.replace("/", "-")
+        spec_file, out_file = run_dir / f"use-{name}.spec.json", run_dir / f"use-{name}.json"
+        spec_file.write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+        out_file.unlink(missing_ok=True)
+        argv = [sys.executable, "-m", "eessi_pipeline.checks.procmaps", str(spec_file), str(out_file)]
+        done = run_mounted(config, settings.state_dir, argv, capture=True, timeout=900)
+        if done.returncode != 0 or not out_file.exists():
+            raise PipelineError(
+                f"init/{entry}: the session from the client mount did not run (exit {done.returncode}): "
+                f"{(done.stdout + done.stderr).strip().splitlines()[-3:]}"
+            )
+        result = json.loads(out_file.read_text(encoding="utf-8"))
+        output = session_output(result)
+        problems = session_problems(result, allowed, setup_data_dirs(target.family))
+        problems += [f"init/{entry}: {line}" for line in error_lines(result["setup"]["output"])]
+        unmet = unmet_expectations(output, modules, smoke)
+        if unmet:
+            problems.append(f"{', '.join(unmet)} did not print what matrices/smoke.yaml expects")
+        if problems:
+            raise PipelineError(
+                f"init/{entry} from the client mount: {'; '.join(problems[:5])} (see {out_file})"
+            )
+        entries[entry] = {"output": output, "result": str(out_file)}
+    return {"output": entries["bash"]["output"], "modules": list(modules), "entries": entries}
+
+
+def setup_data_dirs(family: str) -> tuple[str, ...]:
+    """Host data the setup shell may have mapped before sourcing the init script (pure): the layer's
+    Debian glibc has the host's locale and gconv directories compiled in; once the init script has
+    set ``LOCPATH`` and ``GCONV_PATH``, every command it starts uses the layer's (checked)."""
+    return ("/usr/lib/locale", f"/usr/lib/{family}-linux-gnu/gconv")
+
+
+def session_output(result: dict[str, Any]) -> str:
+    """What the user saw: the setup's output, then each smoke command and its output (pure)."""
+    parts = [result["setup"]["output"]]
+    for c in result["commands"]:
+        parts += [f"$ {c['command']}\n", c["run"]["output"]]
+    return "".join(parts)
+
+
+_ERROR = re.compile(r"(?i)\b(error|warning)\b|not found|no such file")
+
+
+def error_lines(output: str) -> list[str]:
+    """Lines of an init's output that report a problem (pure)."""
+    return [line.strip() for line in output.splitlines() if _ERROR.search(line)]
 
 
 def add_run_parser(sub: Any) -> None:

@@ -156,6 +156,15 @@ _eessi_archdetect "$@"
 """
 
 
+# A layer of relocated Debian packages keeps glibc's compiled-in /usr/lib/locale and gconv paths: the
+# programs started after init take the layer's locales and converters (what startprefix does too).
+_LOCALES = r"""if [[ -d "$EESSI_EPREFIX/usr/lib/locale" ]]; then export LOCPATH="$EESSI_EPREFIX/usr/lib/locale"; fi
+for _eessi_g in "$EESSI_EPREFIX"/usr/lib/*-linux-gnu/gconv; do
+  if [[ -d "$_eessi_g" ]]; then export GCONV_PATH="$_eessi_g"; fi
+done
+unset _eessi_g
+"""
+
 # The part of every entry point that finds the repository and the compatibility layer, as EESSI's
 # eessi_defaults + minimal_eessi_env do; EESSI_COMPAT_LAYER_DIR overrides the layer, as there.
 _ENV = r"""export EESSI_VERSION="{version}"
@@ -215,7 +224,9 @@ export LMOD_RC="$EESSI_SOFTWARE_PATH/.lmod/lmodrc.lua"
 export LMOD_PACKAGE_PATH="$EESSI_SOFTWARE_PATH/.lmod"
 # the compatibility layer's programs (bash, python3, ...) before the host's, and its Lmod
 export PATH="$EESSI_EPREFIX/usr/bin:$EESSI_EPREFIX/bin:$PATH"
-source "$EESSI_EPREFIX/usr/share/Lmod/init/bash"
+"""
+    + _LOCALES
+    + r"""source "$EESSI_EPREFIX/usr/share/Lmod/init/bash"
 export MODULEPATH="$EESSI_MODULEPATH"
 if [[ -d "$EESSI_SITE_MODULEPATH" ]]; then export MODULEPATH="$EESSI_SITE_MODULEPATH:$MODULEPATH"; fi
 [[ -z "$EESSI_SILENT" ]] && echo "Environment set up to use {repo} $EESSI_VERSION ($EESSI_SOFTWARE_SUBDIR)."
@@ -286,6 +297,12 @@ setenv("EESSI_SITE_SOFTWARE_PATH", site)
 setenv("EESSI_SITE_MODULEPATH", pathJoin(site, "modules", "all"))
 prepend_path("PATH", pathJoin(eprefix, "bin"))
 prepend_path("PATH", pathJoin(eprefix, "usr", "bin"))
+if isDir(pathJoin(eprefix, "usr", "lib", "locale")) then
+  setenv("LOCPATH", pathJoin(eprefix, "usr", "lib", "locale"))
+end
+if isDir(pathJoin(eprefix, "usr", "lib", family .. "-linux-gnu", "gconv")) then
+  setenv("GCONV_PATH", pathJoin(eprefix, "usr", "lib", family .. "-linux-gnu", "gconv"))
+end
 prepend_path("LMOD_RC", pathJoin(software, ".lmod", "lmodrc.lua"))
 pushenv("LMOD_PACKAGE_PATH", pathJoin(software, ".lmod"))
 prepend_path("MODULEPATH", pathJoin(software, "modules", "all"))

@@ -3,19 +3,9 @@
 from __future__ import annotations
 
 from eessi_pipeline.checks.smoke import load_smoke
-from eessi_pipeline.cli_run import unmet_expectations, use_script
+from eessi_pipeline.cli_run import unmet_expectations
 
 MODULES = ("zlib/1.2.13", "STREAM/5.10-hpcc-1.5.0", "SciPy-bundle/2023.07")
-
-
-def test_use_script_sources_init_loads_every_module_then_runs_each_smoke_command() -> None:
-    script = use_script("software.eessi.local", "2023.06", MODULES, load_smoke())
-    lines = script.splitlines()
-    assert lines[:2] == ["set -e", "source /cvmfs/software.eessi.local/versions/2023.06/init/bash"]
-    loads = [i for i, line in enumerate(lines) if line.startswith("module load ")]
-    assert [lines[i].split()[-1] for i in loads] == list(MODULES)
-    assert "stream 8" in lines and lines.index("stream 8") > max(loads)
-    assert any("EBROOTSCIPYMINBUNDLE" in line for line in lines)  # the bundle's own numpy is checked
 
 
 def test_unmet_expectations_names_the_modules_whose_output_is_missing() -> None:

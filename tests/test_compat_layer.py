@@ -23,8 +23,11 @@ from eessi_pipeline.compat.rfm_runner import run_checks
 from eessi_pipeline.compat.runner import LayerView
 from eessi_pipeline.compat.state import ensure_layer
 from eessi_pipeline.cvmfs.tarcheck import check_tarball
+from eessi_pipeline.matrix import load_matrix
 
 pytestmark = [
+    # the layer is part of every x86_64 target's stack: `pytest -m arch_<target>` runs these tests too
+    *(getattr(pytest.mark, t.marker) for t in load_matrix().targets if t.family == "x86_64"),
     pytest.mark.slow,
     pytest.mark.skipif(platform.machine() != "x86_64", reason="the x86_64 layer is built on x86_64 hosts"),
     pytest.mark.skipif(shutil.which("apt-get") is None, reason="the debian backend needs a Debian host"),
@@ -42,8 +45,9 @@ def acceptance(layer: CompatLayer) -> Acceptance:
 
 
 def test_layer_build_layout(layer: CompatLayer) -> None:
-    assert layer.staging.as_posix().endswith("compat/versions/2023.06/compat/linux/x86_64")
-    assert layer.prefix == "/cvmfs/software.eessi.local/versions/2023.06/compat/linux/x86_64"
+    v = layer.spec.version
+    assert layer.staging.as_posix().endswith(f"compat/versions/{v}/compat/linux/x86_64")
+    assert layer.prefix.startswith("/cvmfs/") and layer.prefix.endswith(f"/versions/{v}/compat/linux/x86_64")
     assert (layer.staging / "startprefix").is_file()
     assert {"libc6", "bash", "coreutils", "python3.11", "lmod", "pypi:archspec"} <= set(layer.record.packages)
 
@@ -140,13 +144,14 @@ def test_layer_is_reused_while_inputs_are_unchanged(layer: CompatLayer) -> None:
 
 def test_layer_packs_into_an_ingestible_tarball_with_meta(layer: CompatLayer, tmp_path: Path) -> None:
     packed = pack_layer(layer.spec, epoch=1700000000, into=tmp_path)
-    assert packed.tarball.name == "eessi-2023.06-compat-linux-x86_64-1700000000.tar.gz"
-    report = check_tarball(packed.tarball, expected_version="2023.06")
-    assert report.content_roots == ("2023.06/compat/linux/x86_64",)
+    v = layer.spec.version
+    assert packed.tarball.name == f"eessi-{v}-compat-linux-x86_64-1700000000.tar.gz"
+    report = check_tarball(packed.tarball, expected_version=v)
+    assert report.content_roots == (f"{v}/compat/linux/x86_64",)
     with tarfile.open(packed.tarball) as tar:
-        passwd = tar.getmember("2023.06/compat/linux/x86_64/etc/passwd")
+        passwd = tar.getmember(f"{v}/compat/linux/x86_64/etc/passwd")
         assert passwd.issym() and passwd.linkname == "/etc/passwd"
-        assert tar.getmember("2023.06/compat/linux/x86_64/startprefix").isfile()
+        assert tar.getmember(f"{v}/compat/linux/x86_64/startprefix").isfile()
     meta = read_meta(packed.meta)
     assert (
         meta["payload"]["filename"] == packed.tarball.name and meta["payload"]["sha256sum"] == packed.sha256
@@ -158,9 +163,11 @@ def test_layer_packs_into_an_ingestible_tarball_with_meta(layer: CompatLayer, tm
     }
 
 
-def test_layer_reframe_checks_all_pass(layer: CompatLayer, tmp_path: Path) -> None:
-    verdict = run_checks(layer.view, tmp_path)
-    report = json.loads((tmp_path / "report.json").read_text())
+def test_layer_reframe_checks_all_pass(layer: CompatLayer, eessi_run_dir: Path) -> None:
+    """Its report stays in the run dir: ``eessi-pipeline run`` hands it to the layer's gate record."""
+    out = eessi_run_dir / "reframe-compat"
+    verdict = run_checks(layer.view, out)
+    report = json.loads((out / "report.json").read_text())
     assert report["session_info"]["num_cases"] > 0
     assert verdict.ok, verdict.detail
     names = {c.name.split()[0] for c in verdict.cases}

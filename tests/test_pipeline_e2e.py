@@ -1,11 +1,15 @@
 """The whole flow on the embedded defaults, as the README's main job runs it (slow: a real build).
 
-``eessi-pipeline run`` on this host's target: init scripts and the target's software are built,
-tested (pytest + ReFrame), recorded and signed by the gate, published into the embedded Stratum 0,
-replicated to the Stratum 1, checked by the post-publish infra tests, and finally used: a client
-mounts ``/cvmfs/<repo>`` (in a private namespace) through squid, sources the published init
-script, loads every module and runs STREAM.  Afterwards the services are down and the host's
-``/cvmfs`` carries no mount.  A second run changes nothing in the repository.
+``eessi-pipeline run`` on this host's target publishes EESSI's three layers: the family's compatibility
+layer, the init scripts and the target's software (built on the layer) are built, tested (pytest +
+ReFrame), recorded and signed by the gate, published into the embedded Stratum 0 in that order, the
+``host_injections`` variant symlink is added, the Stratum 1 replicates, the post-publish infra tests
+run, and finally the stack is used: a client mounts ``/cvmfs/<repo>`` (in a private namespace) through
+squid, and for ``init/bash`` and ``init/lmod/bash`` the layer's bash sources it, lists and loads every
+module and runs each smoke command; the maps of every process (``/proc/<pid>/maps``, sampled while it
+runs) name only files of ``/cvmfs/<repo>``, the layer's loader and libc among them.  Afterwards the
+services are down and the host's ``/cvmfs`` carries no mount.  A second run changes nothing in the
+repository and says so for each layer.
 """
 
 from __future__ import annotations
@@ -59,11 +63,19 @@ def test_run_builds_tests_gates_publishes_and_serves_the_host_target(tmp_path: P
     summary = json.loads(done.stdout)
     assert summary["target"] == target.name
     published = {p["tarball"].split("-")[2]: p for p in summary["published"]}
-    assert set(published) == {"init", "software"} and all(p["accepted"] for p in published.values())
-    assert published["software"]["revision"] == published["init"]["revision"] + 1  # init first
+    assert set(published) == {"compat", "init", "software"} and all(p["accepted"] for p in published.values())
+    # EESSI's order: the compatibility layer, then init, then the software that runs on them
+    assert published["compat"]["revision"] + 1 == published["init"]["revision"]
+    assert published["init"]["revision"] + 1 == published["software"]["revision"]
+    assert summary["host_injections_revision"] == published["software"]["revision"] + 1
+    for layer in ("compat layer", "init scripts", "software for"):
+        assert f"[run] {layer}" in done.stderr  # progress for each layer
     output = summary["use"]["output"]
     assert f"Environment set up to use {REPO} 2023.06 ({target.subdir})" in output
     assert "Solution Validates" in output
+    assert "host_injections -> /opt/eessi" in output  # the variant symlink, expanded by the client
+    compat = f"/cvmfs/{REPO}/versions/2023.06/compat/linux/{target.family}"
+    _assert_ran_on_the_layer(summary, compat, target.subdir)
     assert summary["test"]["failed"] == 0 and summary["test"]["tests"] > 0
     assert Path(summary["test"]["reframe_report"]).is_file()
     assert Path(summary["test"]["html_report"]).is_file()
@@ -75,8 +87,17 @@ def test_run_builds_tests_gates_publishes_and_serves_the_host_target(tmp_path: P
         assert {e.name for e in reader.listdir(modules)} >= {
             m.split("/")[0] for m in summary["use"]["modules"]
         }
+        assert reader.lookup("/host_injections").symlink == "$(EESSI_HOST_INJECTIONS:-/opt/eessi)"
+        init = "/versions/2023.06/init"
+        assert {"bash", "lmod", "modules"} <= {e.name for e in reader.listdir(init)}
+        assert reader.lookup(f"{init}/lmod/bash") and reader.lookup(f"{init}/modules/EESSI/2023.06.lua")
+        software = f"/versions/2023.06/software/linux/{target.subdir}"
+        assert {"lmodrc.lua", "SitePackage.lua", "cache"} <= {
+            e.name for e in reader.listdir(f"{software}/.lmod")
+        }
+        assert reader.lookup(f"{compat[len('/cvmfs/' + REPO) :]}/usr/share/Lmod/init/bash") is not None
     audit = [json.loads(line) for line in (state / "audit.jsonl").read_text().splitlines()]
-    assert [a["outcome"] for a in audit if "tarball" in a] == ["ingested", "ingested"]
+    assert [a["outcome"] for a in audit if "tarball" in a] == ["ingested", "ingested", "ingested"]
     assert audit[-1]["outcome"] == "passed"  # the post-publish infra checks
     # nothing is left behind: services down, no mount on the host
     status = subprocess.run([sys.executable, "-m", "eessi_pipeline.cli", "stratum", "status", "--json"],
@@ -90,6 +111,38 @@ def test_run_builds_tests_gates_publishes_and_serves_the_host_target(tmp_path: P
     assert again.returncode == 0, again.stderr[-4000:]
     second = json.loads(again.stdout)
     assert second["published"] == [] and "already published" in again.stderr
+    assert second["compat"]["tarball"] is None and second["host_injections_revision"] is None
+    for layer in ("compat", "init", "software"):
+        assert f"[run] {layer}: nothing new to publish" in again.stderr
+    assert "the repository already has this layer" in again.stderr
     assert "Solution Validates" in second["use"]["output"]
+    _assert_ran_on_the_layer(second, compat, target.subdir)
     with open_repository(str(state / "srv" / "cvmfs" / REPO)) as reader:
-        assert reader.manifest.revision == published["software"]["revision"]
+        assert reader.manifest.revision == summary["host_injections_revision"]
+
+
+def _assert_ran_on_the_layer(summary: dict, compat: str, subdir: str) -> None:
+    """Read the maps sampled from every process of the use step (both entry points): each smoke
+    command's process maps the layer's loader and libc, and no process maps a file outside /cvmfs."""
+    repo = f"/cvmfs/{REPO}/"
+    for entry in ("bash", "lmod/bash"):
+        result = json.loads(Path(summary["use"]["entries"][entry]["result"]).read_text())
+        runs = [result["setup"], *(c["run"] for c in result["commands"])]
+        assert len(runs) == 1 + len(summary["use"]["modules"])
+        for run in runs:
+            assert run["returncode"] == 0 and run["held"] and run["processes"], run["output"]
+        assert result["setup"]["processes"][0]["exe"] == f"{compat}/bin/bash"
+        for command in result["commands"]:
+            for proc in command["run"]["processes"]:
+                files = proc["files"]
+                assert proc["exe"].startswith(repo) and all(f.startswith(repo) for f in files), proc
+                assert f"{compat}/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" in files, proc["exe"]
+                assert f"{compat}/lib/x86_64-linux-gnu/libc.so.6" in files, proc["exe"]
+        stream = next(c for c in result["commands"] if c["module"].startswith("STREAM/"))
+        assert stream["run"]["processes"][0]["exe"].endswith(
+            f"{subdir}/software/STREAM/5.10-hpcc-1.5.0/bin/stream"
+        )
+        numpy = next(c for c in result["commands"] if c["module"].startswith("SciPy-bundle/"))
+        (python,) = numpy["run"]["processes"]
+        assert python["exe"].startswith(f"{compat}/usr/bin/python3")  # the layer's Python
+        assert any("_multiarray_umath" in f for f in python["files"])

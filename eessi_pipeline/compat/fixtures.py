@@ -7,7 +7,9 @@ the state directory when its inputs digest is unchanged; :func:`ensure_layer` ho
 layer's file lock meanwhile, so xdist workers asking at the same time wait for one build
 and then reuse it.  The state directory is ``--eessi-compat-state DIR``, else
 ``$EESSI_PIPELINE_COMPAT_TEST_STATE``, else ``<rootdir>/.state/test`` (kept between runs, so
-an unchanged layer is never rebuilt).
+an unchanged layer is never rebuilt).  The layer is the one of the session's stack version
+(``--eessi-version``) in the repository ``$EESSI_PIPELINE_REPOSITORY`` (default
+``software.eessi.local``), so ``eessi-pipeline run`` tests exactly the layer it publishes.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from .runner import LayerView
 from .state import BuildRecord, ensure_layer
 
 STATE_ENV = "EESSI_PIPELINE_COMPAT_TEST_STATE"
-TEST_VERSION = "2023.06"
+TEST_VERSION = "2023.06"  # the matrix default; the fixture follows the session's version
 TEST_REPOSITORY = "software.eessi.local"
 
 
@@ -64,10 +66,15 @@ def compat_layer(pytestconfig: pytest.Config) -> Callable[[str], CompatLayer]:
     """Factory: the built (or reused) compatibility layer of a CPU family, built with the debian backend."""
     cache: dict[str, CompatLayer] = {}
     state = compat_state_dir(pytestconfig)
+    from ..pytest_plugin import session_version
+    from ..settings import REPOSITORY_ENV
+
+    version = session_version(pytestconfig)
+    repository = os.environ.get(REPOSITORY_ENV) or TEST_REPOSITORY
 
     def get(family: str) -> CompatLayer:
         if family not in cache:
-            spec = LayerSpec.create(TEST_VERSION, family, state, repository=TEST_REPOSITORY)
+            spec = LayerSpec.create(version, family, state, repository=repository)
             result = ensure_layer(get_backend("debian"), BuildRequest(spec, load_package_set(family)))
             cache[family] = CompatLayer(
                 spec, result.record, result.reused, LayerView.for_host(spec.staging, spec.prefix)
