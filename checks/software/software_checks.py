@@ -111,7 +111,12 @@ class module_smoke_check(eessi_check):
 
     @sanity_function
     def assert_runs(self):
-        return sn.all([sn.assert_found(self.expect, self.stdout), sn.assert_eq(self.job.exitcode, 0)])
+        checks = [sn.assert_found(self.expect, self.stdout)]
+        if self.job.exitcode is not None:
+            checks.append(sn.assert_eq(self.job.exitcode, 0))
+        else:  # ReFrame's squeue scheduler learns no exit code; srun reports a failed task on stderr
+            checks.append(sn.assert_not_found(r"srun: error: .*[Ee]xit", self.stderr))
+        return sn.all(checks)
 
 
 def _sh_quote(text: str) -> str:
@@ -141,6 +146,11 @@ class stream_check(eessi_check):
         nodes, cores = SCALES[self.scale]
         available = self.current_partition.processor.num_cpus or 1
         self.skip_if(cores > available, f"{self.scale} needs {cores} cores; the partition has {available}")
+        if nodes > 1:  # a partition that says how many nodes it has (extras.num_nodes) may have too few
+            have = self.current_partition.extras.get("num_nodes") or nodes
+            self.skip_if(nodes > have, f"{self.scale} needs {nodes} nodes; the partition has {have}")
+            # one line per task's host, so the output shows where the tasks ran
+            self.prerun_cmds = ["srun hostname | sort | sed 's/^/task host: /'"]
         threads = cores or available
         self.num_tasks = nodes
         self.num_tasks_per_node = 1
@@ -151,7 +161,12 @@ class stream_check(eessi_check):
 
     @sanity_function
     def assert_validates(self):
-        return sn.assert_found(r"Solution Validates", self.stdout)
+        nodes, _ = SCALES[self.scale]
+        checks = [sn.assert_found(r"Solution Validates", self.stdout)]
+        if nodes > 1:  # every task on a host of its own
+            hosts = sorted(set(sn.extractall(r"^task host: (\S+)$", self.stdout, 1).evaluate()))
+            checks.append(sn.assert_eq(len(hosts), nodes, msg=f"tasks ran on {hosts}, not on {nodes} hosts"))
+        return sn.all(checks)
 
     def rate(self, kernel):
         return sn.extractsingle(rf"^{kernel}: (\S+) GB/s$", self.stdout, 1, float)

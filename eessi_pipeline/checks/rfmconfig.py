@@ -49,6 +49,7 @@ class SlurmPartition:
     launcher: str = "srun"
     scheduler: str = "slurm"
     descr: str = ""
+    num_nodes: int = 0  # 0: not known (multi-node scales are not limited)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +74,18 @@ def processor_info(target: Target, num_cpus: int) -> dict[str, Any]:
 
 def partition_name(target: Target) -> str:
     return target.name
+
+
+def site_partition(site: Site, target: Target) -> SlurmPartition:
+    """The first partition of ``site`` that tests ``target``; refused naming the partitions there are."""
+    for sp in site.partitions:
+        if sp.target == target.name:
+            return sp
+    tested = ", ".join(f"{sp.name!r} tests {sp.target!r}" for sp in site.partitions)
+    raise ChecksError(
+        f"no partition of site {site.system!r} tests {target.name} ({tested}); fix: add a partition with "
+        f"target: {target.name} to the site file, or run the checks on the local partition"
+    )
 
 
 def config(
@@ -130,27 +143,34 @@ def site_system(site: Site, targets: Sequence[TargetPrefix]) -> dict[str, Any]:
     partitions = []
     for sp in chosen:
         tp = by_name[sp.target]
-        partitions.append(
-            {
-                "name": sp.name,
-                "descr": sp.descr or f"Slurm partition {sp.name}, software of {tp.target.subdir}",
-                "scheduler": sp.scheduler,
-                "launcher": sp.launcher,
-                "access": list(sp.access),
-                "environs": [ENVIRON],
-                "max_jobs": sp.max_jobs,
-                "features": ["cpu", tp.target.marker, "slurm"],
-                "env_vars": [["MODULEPATH", tp.modulepath]],
-                "processor": processor_info(tp.target, sp.num_cpus),
-            }
-        )
-    return {
+        partition: dict[str, Any] = {
+            "name": sp.name,
+            "descr": sp.descr or f"Slurm partition {sp.name}, software of {tp.target.subdir}",
+            "scheduler": sp.scheduler,
+            "launcher": sp.launcher,
+            "access": list(sp.access),
+            "environs": [ENVIRON],
+            "max_jobs": sp.max_jobs,
+            "features": ["cpu", tp.target.marker, "slurm"],
+            "env_vars": [["MODULEPATH", tp.modulepath]],
+            "processor": processor_info(tp.target, sp.num_cpus),
+        }
+        if sp.scheduler == "squeue":
+            # ReFrame 4.10.0's squeue scheduler passes a list where a string is expected when it looks for
+            # reasons to cancel a pending job (AttributeError: 'list' object has no attribute 'split'),
+            # which stops the whole run; with no reason to cancel for it skips that step.
+            partition["sched_options"] = {"ignore_reqnodenotavail": True}
+        if sp.num_nodes:  # the checks skip multi-node scales that need more (software_checks.py)
+            partition["extras"] = {"num_nodes": sp.num_nodes}
+        partitions.append(partition)
+    system: dict[str, Any] = {
         "name": site.system,
         "descr": site.descr,
         "hostnames": list(site.hostnames),
         "modules_system": site.modules_system,
         "partitions": partitions,
     }
+    return system
 
 
 def parse_site(data: Any, path: Path, targets: Iterable[str] | None = None) -> Site:
@@ -186,6 +206,7 @@ def parse_site(data: Any, path: Path, targets: Iterable[str] | None = None) -> S
                 p["launcher"],
                 p["scheduler"],
                 p.get("descr", ""),
+                p.get("num_nodes", 0),
             )
         )
     if problems:
@@ -210,5 +231,6 @@ __all__ = [
     "load_site",
     "parse_site",
     "processor_info",
+    "site_partition",
     "site_system",
 ]

@@ -112,8 +112,10 @@ def run_checks(
     checks: Path = CHECKS_DIR,
     environ: Mapping[str, str] | None = None,
     smoke: Path = SMOKE_FILE,
+    system: str | None = None,
 ) -> ChecksOutcome:
-    """Run the checks for one target on its local partition; the report lands in ``workdir``.
+    """Run the checks for one target on its local partition (or on ``system``, ``<system>:<partition>``
+    of the site: Slurm jobs); the report lands in ``workdir``.
 
     The smoke table is validated first, so that a broken ``smoke.yaml`` is refused with its file and
     key instead of failing inside ReFrame's loader."""
@@ -127,7 +129,7 @@ def run_checks(
     paths.config.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     for stale in (paths.report, paths.junit):
         stale.unlink(missing_ok=True)
-    system = f"{LOCAL_SYSTEM}:{partition_name(tp.target)}"
+    system = system or f"{LOCAL_SYSTEM}:{partition_name(tp.target)}"
     env = reframe_env(tp, references.resolve(), os.environ if environ is None else environ, smoke.resolve())
     done = runner.run(reframe_argv(program, paths, checks, system), timeout=TIMEOUT, env=env, check=False)
     return outcome_of(tp, paths, done)

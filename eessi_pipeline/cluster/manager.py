@@ -741,10 +741,11 @@ def view_of_overlay(view: object) -> ViewMounts:
             f"the build's lower layer {view.lower} lies under {view.cover}, which the nodes' view covers; "
             "unmount the CernVM-FS client there while checks run on the embedded cluster"
         )
-    layers = [str(view.upper), str(view.lower)]
+    layers = [str(view.upper.resolve()), str(view.lower.resolve())]
     if view.binds:
-        layers.append(str(view.skeleton))
-    return ViewMounts(view.cover, view.mount, tuple(layers), tuple(view.binds))
+        layers.append(str(view.skeleton.resolve()))
+    binds = tuple((str(Path(d).resolve()), at) for d, at in view.binds)
+    return ViewMounts(view.cover, view.mount, tuple(layers), binds)
 
 
 def _tail(path: Path | None, n: int = 15) -> str:
