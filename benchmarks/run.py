@@ -456,6 +456,16 @@ def bench_startup(work: Path) -> dict[str, Any]:
     mod = repo / "versions" / VERSION / "software" / "linux" / SUBDIR / "modules" / "all" / "hello"
     mod.mkdir(parents=True)  # an installed candidate for the script to select
     (mod / "1.0.lua").write_text('whatis("hello")\n')
+    from eessi_pipeline.build.lmodfiles import write_lmod_files
+
+    software = repo / "versions" / VERSION / "software" / "linux" / SUBDIR
+    write_lmod_files(software / ".lmod", str(software))
+    # a stand-in compatibility layer: the host's bash and Lmod
+    layer = repo / "versions" / VERSION / "compat" / "linux" / SUBDIR.split("/")[0]
+    (layer / "bin").mkdir(parents=True)
+    (layer / "bin" / "bash").symlink_to("/bin/bash")
+    (layer / "usr" / "share").mkdir(parents=True)
+    (layer / "usr" / "share" / "Lmod").symlink_to("/usr/share/lmod/lmod")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "EESSI_CVMFS_REPO_OVERRIDE": str(repo)}
     script = f"source {repo}/versions/{VERSION}/init/bash >/dev/null"
 

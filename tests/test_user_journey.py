@@ -2,7 +2,9 @@
 
 repo init → repo ingest (a program + its module) → init build --publish → stratum up →
 stratum snapshot → client mount (through squid and the Stratum 1) → source init/bash →
-module load → the program runs from the mount.
+module load → the program runs from the mount.  The compatibility layer is a stand-in on the client
+(``EESSI_COMPAT_LAYER_DIR``, as EESSI's init honours it: bash and Lmod of the host); the real layer
+is published and used by ``eessi-pipeline run`` (tests/test_pipeline_e2e.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from cvmfs_helpers import software_tarball
 from helpers import free_ports
 
 from eessi_pipeline import cli
+from eessi_pipeline.build.lmodfiles import lmod_files
 
 NAME = "journey.eessi.local"
 SUBDIR = "x86_64/generic"
@@ -53,7 +56,13 @@ def test_user_journey_published_software_runs_from_the_mount(
     tarball = software_tarball(tmp_path, "2023.06", SUBDIR, {
         "software/hello/1.0/bin/hello": b"#!/bin/sh\necho hello from the stack\n",
         "modules/all/hello/1.0.lua": lua.encode(),
+        **{f".lmod/{name}": text.encode() for name, text in lmod_files(prefix).items()},
     })  # fmt: skip
+    layer = tmp_path / "compat-stand-in"
+    (layer / "bin").mkdir(parents=True)
+    (layer / "bin" / "bash").symlink_to("/bin/bash")
+    (layer / "usr" / "share").mkdir(parents=True)
+    (layer / "usr" / "share" / "Lmod").symlink_to("/usr/share/lmod/lmod")
     run("repo", "init", NAME)
     run("repo", "ingest", "--tarball", str(tarball))
     run("init", "build", "--publish")
@@ -64,7 +73,7 @@ def test_user_journey_published_software_runs_from_the_mount(
         run("client", "mount", str(mountpoint))
         try:
             env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "EESSI_CVMFS_REPO_OVERRIDE": str(mountpoint),
-                   "EESSI_SOFTWARE_SUBDIR_OVERRIDE": SUBDIR}  # fmt: skip
+                   "EESSI_SOFTWARE_SUBDIR_OVERRIDE": SUBDIR, "EESSI_COMPAT_LAYER_DIR": str(layer)}  # fmt: skip
             script = (f"source {mountpoint}/versions/2023.06/init/bash >/dev/null && module load hello && hello "
                       "&& echo $EESSI_SOFTWARE_SUBDIR")  # fmt: skip
             done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60,
