@@ -74,6 +74,9 @@ COMMANDS: tuple[CommandGroup, ...] = (
     CommandGroup("cli_run", "add_run_parser", (
         ("run", "the whole flow for a target: build, test, gate, publish, distribute, use"),
     )),
+    CommandGroup("cli_gpu", "add_gpu_parser", (
+        ("gpu", "NVIDIA GPUs: link the host's driver into host_injections, build the CUDA stack"),
+    )),
     CommandGroup("cli_checks", "add_checks_parser", (
         ("references", "performance references of the ReFrame checks"),
         ("checks", "the ReFrame checks of the software layer"),

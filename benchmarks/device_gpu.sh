@@ -1,0 +1,157 @@
+#!/bin/bash
+# One run on a machine with an NVIDIA GPU (issue 19): what the GPU target's checks need to see there.
+#
+#   bash benchmarks/device_gpu.sh [OUT_DIR]        (default: $OUT, else ./device-gpu-out)
+#
+# Needs, under the repository root (carried there by the caller, see docs/gpu.md "Device run"):
+#   .device/bin/gpu_bandwidth   our STREAM-like CUDA program (matrices/sources/g/GPUBandwidth), built here
+#                               with nvcc from NVIDIA's PyPI wheels for sm_90, CUDA runtime linked statically
+#   .device/pylib/archspec      archspec (pure Python), so `eessi-pipeline detect --accel` runs from the
+#                               checkout with whatever python3 >= 3.11 the machine has (no venv is carried:
+#                               a venv made elsewhere points at that machine's interpreter)
+#
+# Writes into OUT_DIR, one JSON file per step and summary.json listing every step's status:
+#   nvidia-smi.txt, nvidia-smi-query.csv, detect-accel.json, device-query.json,
+#   bandwidth-<elements>.json, link-drivers.json
+# Exit status: 0 every step passed; 2 no usable GPU (the steps say why; nothing is an error then);
+# 1 a step failed.  Never needs the network.
+set -u
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT_DIR=${1:-${OUT:-$PWD/device-gpu-out}}
+BIN=${GPU_BANDWIDTH:-$ROOT/.device/bin/gpu_bandwidth}
+PYLIB=$ROOT/.device/pylib
+EXPECTED_CC=${EXPECTED_CC:-cc90}
+STEP_TIMEOUT=${STEP_TIMEOUT:-120}
+mkdir -p "$OUT_DIR"
+
+steps=()     # "name status detail" entries for summary.json
+no_gpu=0
+failed=0
+
+json_string() {  # a JSON string literal of $1 (backslashes, quotes, control characters escaped)
+  local s=$1
+  s=${s//\\/\\\\}
+  s=${s//\"/\\\"}
+  s=${s//$'\n'/\\n}
+  s=${s//$'\t'/\\t}
+  s=${s//$'\r'/}
+  printf '"%s"' "$s"
+}
+
+record() {  # record NAME STATUS DETAIL
+  steps+=("$(printf '{"step": %s, "status": %s, "detail": %s}' "$(json_string "$1")" "$(json_string "$2")" "$(json_string "$3")")")
+  printf '%-22s %-8s %s\n' "$1" "$2" "$3"
+  case $2 in failed) failed=1 ;; esac
+}
+
+field() {  # field KEY FILE: a top-level string or number value from our one-line JSON (no jq needed)
+  sed -n "s/.*\"$1\": \"\{0,1\}\([^\",}]*\)\"\{0,1\}[,}].*/\1/p" "$2" | head -n 1
+}
+
+# 1. nvidia-smi as it is
+if command -v nvidia-smi >/dev/null 2>&1; then
+  if timeout "$STEP_TIMEOUT" nvidia-smi >"$OUT_DIR/nvidia-smi.txt" 2>&1; then
+    timeout "$STEP_TIMEOUT" nvidia-smi --query-gpu=gpu_name,count,driver_version,compute_cap \
+      --format=csv,noheader >"$OUT_DIR/nvidia-smi-query.csv" 2>&1
+    record nvidia-smi ok "$(head -n 1 "$OUT_DIR/nvidia-smi-query.csv")"
+  else
+    record nvidia-smi no-gpu "$(head -n 1 "$OUT_DIR/nvidia-smi.txt")"
+    no_gpu=1
+  fi
+else
+  record nvidia-smi no-gpu "no nvidia-smi on PATH"
+  no_gpu=1
+fi
+
+# 2. our detection with the real nvidia-smi
+PY=""
+for cand in python3 python3.13 python3.12 python3.11; do
+  if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    PY=$(command -v "$cand"); break
+  fi
+done
+if [ -z "$PY" ]; then
+  record detect-accel skipped "no python3 >= 3.11 on this machine"
+elif [ ! -d "$PYLIB/archspec" ]; then
+  record detect-accel skipped "archspec not carried ($PYLIB/archspec)"
+else
+  answer=$(cd "$ROOT" && PYTHONPATH="$ROOT:$PYLIB" timeout "$STEP_TIMEOUT" "$PY" -m eessi_pipeline.cli \
+    --state-dir "$OUT_DIR/state" detect --accel 2>"$OUT_DIR/detect-accel.err")
+  rc=$?
+  printf '{"python": %s, "exit_status": %d, "answer": %s, "stderr": %s}\n' "$(json_string "$PY")" "$rc" \
+    "$(json_string "$answer")" "$(json_string "$(head -c 2000 "$OUT_DIR/detect-accel.err")")" >"$OUT_DIR/detect-accel.json"
+  if [ $rc -ne 0 ]; then
+    record detect-accel failed "exit $rc: $(head -n 1 "$OUT_DIR/detect-accel.err")"
+  elif [ $no_gpu -eq 1 ] && [ -z "$answer" ]; then
+    record detect-accel ok "no GPU: empty answer"
+  elif [ "$answer" = "accel/nvidia/$EXPECTED_CC" ]; then
+    record detect-accel ok "$answer"
+  else
+    record detect-accel failed "answered '$answer', expected accel/nvidia/$EXPECTED_CC"
+  fi
+fi
+
+# 3. device query through our CUDA program: the compute capability must be the target's
+if [ ! -x "$BIN" ]; then
+  record device-query failed "$BIN is missing: build it (docs/gpu.md) and carry .device/bin"
+else
+  timeout "$STEP_TIMEOUT" "$BIN" --query >"$OUT_DIR/device-query.json" 2>"$OUT_DIR/device-query.err"
+  rc=$?
+  cc=$(field cc "$OUT_DIR/device-query.json")
+  if [ $rc -eq 2 ]; then
+    record device-query no-gpu "$(field message "$OUT_DIR/device-query.json")"
+    no_gpu=1
+  elif [ $rc -ne 0 ]; then
+    record device-query failed "exit $rc: $(head -c 300 "$OUT_DIR/device-query.json" "$OUT_DIR/device-query.err")"
+  elif [ "$cc" != "$EXPECTED_CC" ]; then
+    record device-query failed "compute capability $cc, expected $EXPECTED_CC"
+  else
+    record device-query ok "$(field name "$OUT_DIR/device-query.json") $cc runtime $(field runtime_version "$OUT_DIR/device-query.json") driver $(field driver_version "$OUT_DIR/device-query.json")"
+  fi
+
+  # 4. bandwidth, two sizes (2^25 and 2^27 doubles per array: 256 MiB and 1 GiB)
+  if [ $no_gpu -eq 0 ]; then
+    for n in 33554432 134217728; do
+      f="$OUT_DIR/bandwidth-$n.json"
+      timeout "$STEP_TIMEOUT" "$BIN" --elements "$n" --reps 20 >"$f" 2>"${f%.json}.err"
+      rc=$?
+      if [ $rc -eq 0 ]; then
+        record "bandwidth-$n" ok "copy $(field copy_GBps "$f") GB/s, triad $(field triad_GBps "$f") GB/s"
+      else
+        record "bandwidth-$n" failed "exit $rc: $(head -c 300 "$f")"
+      fi
+    done
+  else
+    record bandwidth skipped "no usable GPU"
+  fi
+fi
+
+# 5. driver injection from the real ldconfig (a dry run: prints what it would link, writes nothing)
+if [ -n "$PY" ] && [ -d "$PYLIB/archspec" ] && [ $no_gpu -eq 0 ]; then
+  (cd "$ROOT" && PYTHONPATH="$ROOT:$PYLIB" timeout "$STEP_TIMEOUT" "$PY" -m eessi_pipeline.cli \
+    --state-dir "$OUT_DIR/state" gpu link-drivers --dry-run --json) >"$OUT_DIR/link-drivers.json" 2>"$OUT_DIR/link-drivers.err"
+  rc=$?
+  if [ $rc -eq 0 ]; then
+    record link-drivers ok "$(grep -c '"lib' "$OUT_DIR/link-drivers.json") driver libraries found for $(field driver_version "$OUT_DIR/link-drivers.json")"
+  else
+    record link-drivers failed "exit $rc: $(head -n 1 "$OUT_DIR/link-drivers.err")"
+  fi
+else
+  record link-drivers skipped "needs python3 >= 3.11, archspec and a GPU"
+fi
+rm -rf "$OUT_DIR/state"
+find "$OUT_DIR" -maxdepth 1 -name '*.err' -empty -delete  # keep only stderr that says something
+
+status=0
+[ $no_gpu -eq 1 ] && status=2
+[ $failed -eq 1 ] && status=1
+{
+  printf '{"host": %s, "exit_status": %d, "no_gpu": %s, "steps": [' "$(json_string "$(uname -nm)")" "$status" \
+    "$([ $no_gpu -eq 1 ] && echo true || echo false)"
+  sep=""
+  for s in "${steps[@]}"; do printf '%s\n  %s' "$sep" "$s"; sep=","; done
+  printf '\n]}\n'
+} >"$OUT_DIR/summary.json"
+echo "summary: $OUT_DIR/summary.json (exit $status)"
+exit $status

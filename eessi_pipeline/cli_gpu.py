@@ -1,0 +1,131 @@
+"""``eessi-pipeline gpu``: the host's NVIDIA driver in host_injections, and the GPU stack.
+
+* ``gpu link-drivers`` links the driver's libraries from ``ldconfig -p`` into
+  ``<root>/nvidia/<family>/<version>`` and moves ``latest`` there (:mod:`eessi_pipeline.gpu.drivers`);
+* ``gpu build`` builds an accelerator target's CUDA stack with EasyBuild (:mod:`eessi_pipeline.gpu.stack`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any, TextIO
+
+from .gpu.drivers import (
+    DriverLinkError,
+    driver_versions_in,
+    install_links,
+    parse_ldconfig,
+    plan_links,
+    resolve_present,
+)
+
+HOST_INJECTIONS_ENV = "EESSI_HOST_INJECTIONS"
+DEFAULT_ROOT = "/opt/eessi"  # EESSI's default target of the host_injections variant symlink
+LDCONFIG_TIMEOUT = 60.0
+MAX_LDCONFIG_BYTES = 16 << 20
+
+
+def _ldconfig_text(path: str | None) -> tuple[str, str]:
+    if path:
+        from .inputs import read_text
+
+        text = read_text(
+            Path(path), "`ldconfig -p` listing", "save `ldconfig -p` output to a file and pass it",
+            MAX_LDCONFIG_BYTES,
+        )  # fmt: skip
+        return text, path
+    from .proc import run
+
+    program = next((p for p in ("/sbin/ldconfig", "/usr/sbin/ldconfig") if os.access(p, os.X_OK)), None)
+    program = program or shutil.which("ldconfig")
+    if program is None:
+        raise DriverLinkError("no ldconfig on this host; pass --ldconfig FILE with `ldconfig -p` output")
+    res = run([program, "-p"], timeout=LDCONFIG_TIMEOUT)
+    if len(res.stdout) > MAX_LDCONFIG_BYTES:
+        raise DriverLinkError(
+            f"{program} -p printed more than {MAX_LDCONFIG_BYTES} bytes; pass --ldconfig FILE"
+        )
+    return res.stdout, f"{program} -p"
+
+
+def _driver_version(args: argparse.Namespace, versions_in_names: tuple[str, ...]) -> tuple[str, str]:
+    if args.driver_version:
+        return args.driver_version, "--driver-version"
+    if not args.ldconfig or args.nvidia_smi:  # a live host: ask its driver, as EESSI's script does
+        from .arch.accel import query_nvidia_smi
+
+        acc = query_nvidia_smi(args.nvidia_smi, os.environ)
+        if acc.gpus:
+            return acc.gpus[0].driver_version, acc.source
+    if len(versions_in_names) == 1:
+        return versions_in_names[0], "the versioned library names ldconfig lists"
+    seen = ", ".join(versions_in_names)
+    why = f"several in the library names: {seen}" if versions_in_names else "no GPU answers"
+    raise DriverLinkError(
+        f"cannot tell the driver version ({why}); "
+        "pass --driver-version as nvidia-smi prints it (e.g. 580.159.04)"
+    )
+
+
+def cmd_link_drivers(args: argparse.Namespace, out: TextIO) -> int:
+    family = args.family or platform.machine()
+    root = Path(args.root or os.environ.get(HOST_INJECTIONS_ENV) or DEFAULT_ROOT)
+    text, source = _ldconfig_text(args.ldconfig)
+    entries = parse_ldconfig(text, source)
+    version, version_source = _driver_version(args, driver_versions_in(entries))
+    plan = plan_links(entries, family, version)
+    plan = resolve_present(plan, Path(args.sysroot) if args.sysroot else None)
+    where = None if args.dry_run else install_links(plan, root)
+    summary: dict[str, Any] = {
+        **plan.to_json(),
+        "driver_version_from": version_source,
+        "ldconfig": source,
+        "directory": str(where) if where else None,
+        "latest": str(root / "nvidia" / family / "latest") if where else None,
+        "dry_run": bool(args.dry_run),
+    }
+    if args.json:
+        out.write(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    else:
+        verb = "would link" if args.dry_run else "linked"
+        out.write(
+            f"{verb} {len(plan.links)} NVIDIA driver {version} libraries for {family}"
+            f"{' into ' + str(where) if where else ''} ({len(plan.skipped)} left out)\n"
+        )
+        if where:
+            out.write(f"programs find them through {summary['latest']} (the GPU modules add it)\n")
+    return 0
+
+
+def add_gpu_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "gpu", help="NVIDIA GPUs: host driver libraries, the CUDA stack of accelerator targets"
+    )
+    gsub = p.add_subparsers(dest="gpu_command", metavar="ACTION", required=True)
+
+    q = gsub.add_parser(
+        "link-drivers",
+        help="link the host's NVIDIA driver libraries into host_injections/nvidia/<family>/latest",
+    )
+    q.add_argument("--ldconfig", metavar="FILE", help="read `ldconfig -p` output from FILE (default: run it)")
+    q.add_argument(
+        "--root",
+        metavar="DIR",
+        help=f"the host_injections directory (default: ${HOST_INJECTIONS_ENV} or {DEFAULT_ROOT})",
+    )
+    q.add_argument(
+        "--sysroot", metavar="DIR", help="the host's file tree is mounted at DIR (tests, containers)"
+    )
+    q.add_argument(
+        "--driver-version", metavar="V", help="the running driver's version (default: from nvidia-smi)"
+    )
+    q.add_argument("--nvidia-smi", metavar="PROGRAM", help="the nvidia-smi to ask for the driver version")
+    q.add_argument("--family", metavar="FAMILY", help="CPU family (default: this machine's)")
+    q.add_argument("--dry-run", action="store_true", help="show what would be linked, write nothing")
+    q.add_argument("--json", action="store_true", help="print JSON for machines")
+    q.set_defaults(handler=cmd_link_drivers)
