@@ -16,8 +16,10 @@ import pytest
 
 from eessi_pipeline.build.stacks import load_stacks
 from eessi_pipeline.checks.htmlreport import write_report
+from eessi_pipeline.checks.pytest_scheduler import scheduler_of
 from eessi_pipeline.checks.rfmconfig import TargetPrefix
 from eessi_pipeline.checks.runner import ChecksOutcome, run_checks
+from eessi_pipeline.checks.scheduler import run_checks_on_slurm
 from eessi_pipeline.gate.pytest_gate import announce
 from eessi_pipeline.matrix import load_matrix
 from eessi_pipeline.pytest_plugin import report_link, session_version
@@ -27,18 +29,21 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the kernel overlay at /cvmfs needs root"),
 ]
 LOCAL_SCALES = ("1_core", "2_cores", "1_node")
+SLURM_SCALES = (*LOCAL_SCALES, "2_nodes")  # 2_nodes is skipped by ReFrame on a one-node partition
 
 
-def expected_cases(modules: tuple[str, ...]) -> list[str]:
+def expected_cases(modules: tuple[str, ...], scheduler: str = "local") -> list[str]:
+    scales = SLURM_SCALES if scheduler == "slurm" else LOCAL_SCALES
     return [f"module_smoke_check %module={m}" for m in sorted(modules)] + [
-        f"stream_check %scale={s}" for s in LOCAL_SCALES
+        f"stream_check %scale={s}" for s in scales
     ]
 
 
 def _expected_for(config: pytest.Config, target_name: str) -> list[str]:
     matrix = load_matrix()
     return expected_cases(
-        load_stacks().stack_for(session_version(config), matrix.target(target_name)).modules
+        load_stacks().stack_for(session_version(config), matrix.target(target_name)).modules,
+        scheduler_of(config),
     )
 
 
@@ -47,7 +52,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         matrix, stacks = load_matrix(), load_stacks()
         owners: dict[str, list[str]] = {}
         for t in matrix.targets_for(session_version(metafunc.config)):
-            for case in expected_cases(stacks.stack_for(session_version(metafunc.config), t).modules):
+            modules = stacks.stack_for(session_version(metafunc.config), t).modules
+            for case in expected_cases(modules, scheduler_of(metafunc.config)):
                 owners.setdefault(case, []).append(t.name)
         params = [
             pytest.param(c, marks=pytest.mark.eessi_targets(*names)) for c, names in sorted(owners.items())
@@ -56,13 +62,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="session")
-def software_checks(software_target, software_build, eessi_run_dir) -> ChecksOutcome:
+def software_checks(software_target, software_build, eessi_run_dir, checks_slurm) -> ChecksOutcome:
     built = software_build(software_target.name)
-    outcome = run_checks(
-        built.overlay,
-        TargetPrefix(software_target, built.plan.prefix),
-        eessi_run_dir / f"reframe-{software_target.name}",
-    )
+    tp = TargetPrefix(software_target, built.plan.prefix)
+    workdir = eessi_run_dir / f"reframe-{software_target.name}"
+    slurm = checks_slurm(software_target)  # --eessi-scheduler slurm: every case is a Slurm job
+    if slurm is None:
+        outcome = run_checks(built.overlay, tp, workdir)
+    else:
+        outcome = run_checks_on_slurm(built.overlay, tp, workdir, slurm)
     # beside ReFrame's own report.json, so in a directory of its own
     html_dir = outcome.paths.report.parent / "html"
     write_report([(software_target.name, outcome.result)], html_dir, title="ReFrame checks")
@@ -89,6 +97,11 @@ def test_reframe_run_is_complete(
     assert sorted(c.name for c in result.cases) == sorted(_expected_for(request.config, software_target.name))
     assert (software_checks.returncode == 0) == result.ok, result.failures
     assert software_checks.paths.junit.is_file()
+    if scheduler_of(request.config) == "slurm":  # every case that ran was a Slurm job
+        ran = [c for c in result.cases if c.result != "skip"]
+        assert ran and all(c.scheduler in ("slurm", "squeue") and c.job_id for c in ran), [
+            (c.name, c.scheduler, c.job_id) for c in ran
+        ]
 
 
 def test_reframe_impossible_reference_fails_precisely(software_target, software_build, tmp_path) -> None:

@@ -76,6 +76,12 @@ class CaseRow:
     seconds: float
     measures: tuple[Measure, ...]
     reasons: tuple[str, ...]
+    job: str = ""  # "squeue job 12 on n1": the scheduler, job id and nodes of a case run as a job
+
+    @property
+    def where(self) -> str:
+        """The system and partition, and the job when the case was one."""
+        return f"{self.system} ({self.job})" if self.job else self.system
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +170,9 @@ def case_row(case: Case) -> CaseRow:
         reasons = ((case.fail_reason or "").strip()[:400],)
     verdict = "fail" if not case.ok else case.result
     measures = _measure(case)
-    return CaseRow(case.name, case.key, case.system, case.result, verdict, case.seconds, measures, reasons)
+    return CaseRow(
+        case.name, case.key, case.system, case.result, verdict, case.seconds, measures, reasons, case.job
+    )
 
 
 def _check_and_label(row: CaseRow) -> tuple[str, str]:
@@ -250,6 +258,7 @@ def summary_json(summary: Summary, plot_files: Mapping[str, str] | None = None) 
                         "name": c.name,
                         "key": c.key,
                         "system": c.system,
+                        "job": c.job,
                         "result": c.result,
                         "verdict": c.verdict,
                         "seconds": round(c.seconds, 3),
@@ -317,7 +326,7 @@ def render_markdown(summary: Summary, plot_files: Mapping[str, str] | None = Non
                 perf = "<br>".join(_md_cell(m.text()) for m in c.measures) or " "
                 reasons = "<br>".join(_md_cell(r) for r in c.reasons) or " "
                 out.append(
-                    f"| {_md_cell(c.name)} | {_md_cell(c.system)} | {_md_result(c)} | {c.seconds:.1f} s "
+                    f"| {_md_cell(c.name)} | {_md_cell(c.where)} | {_md_result(c)} | {c.seconds:.1f} s "
                     f"| {perf} | {reasons} |"
                 )
         for ch in t.charts:
@@ -365,7 +374,7 @@ def _html_case(c: CaseRow) -> str:
     reasons = "<br>".join(_e(r) for r in c.reasons)
     return (
         f'<tr class="{"fail" if c.verdict == "fail" else "ok"}"><td><code>{_e(c.name)}</code></td>'
-        f'<td>{_e(c.system)}</td><td>{result}</td><td class="num">{c.seconds:.1f} s</td>'
+        f'<td>{_e(c.where)}</td><td>{result}</td><td class="num">{c.seconds:.1f} s</td>'
         f'<td>{perf}</td><td class="reason">{reasons}</td></tr>'
     )
 

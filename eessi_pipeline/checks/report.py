@@ -53,6 +53,16 @@ class Case:
     fail_reason: str | None
     perf: tuple[PerfValue, ...]
     seconds: float
+    scheduler: str = ""  # local, slurm, squeue, ... (the partition's)
+    job_id: str = ""  # the scheduler's job id ("" for local processes ReFrame gives none)
+    nodes: tuple[str, ...] = ()  # the job's nodes, as far as the scheduler reported them
+
+    @property
+    def job(self) -> str:
+        """``squeue job 12 on n1,n2``, or "" when the case ran as no scheduler job."""
+        if not self.job_id or self.scheduler in ("", "local"):
+            return ""
+        return f"{self.scheduler} job {self.job_id}" + (f" on {','.join(self.nodes)}" if self.nodes else "")
 
     @property
     def failures(self) -> tuple[str, ...]:
@@ -111,6 +121,9 @@ def parse_case(tc: Mapping[str, Any]) -> Case:
         tc.get("fail_reason"),
         tuple(perf),
         float(tc.get("time_total") or 0.0),
+        str(tc.get("scheduler") or ""),
+        str(tc.get("jobid") or ""),
+        tuple(str(n) for n in (tc.get("job_nodelist") or []) if n and n != "None"),
     )
 
 
