@@ -9,8 +9,9 @@ writes release the GIL, so the pool uses every core while this thread parses the
 Small files travel in batches; large files are cut into chunks while they are read
 (:func:`.objects.first_cut`).  Finished results become catalog entries in archive order.
 
-Memory is bounded by constants, not by the tarball: :data:`IN_FLIGHT_BYTES` of member data handed
-to workers and not yet stored (plus their compressed output), one chunk being assembled (at most
+Memory is bounded by constants, not by the tarball: :data:`IN_FLIGHT_BYTES` (or
+:data:`IN_FLIGHT_PER_WORKER` per worker, if more) of member data handed to workers and not yet
+stored (plus their compressed output), one chunk being assembled (at most
 the chunk maximum plus one :data:`.tarstream.BLOCK`), and the stream's queue
 (``QUEUE_BLOCKS * BLOCK``).  What grows with the tarball is one catalog entry per member.
 
@@ -59,7 +60,8 @@ if TYPE_CHECKING:
 SMALL_FILE = 64 * 1024  # files up to this size travel to the workers in batches
 BATCH_BYTES = 1 << 20  # a batch is handed over at this many bytes...
 BATCH_FILES = 128  # ...or this many files
-IN_FLIGHT_BYTES = 64 << 20  # member bytes handed to workers and not stored yet
+IN_FLIGHT_BYTES = 64 << 20  # member bytes handed to workers and not stored yet...
+IN_FLIGHT_PER_WORKER = 8 << 20  # ...or this much per worker where that is more (9 or more cores)
 WHOLE_MAX = 32 << 20  # unchunked files up to this size are one worker job; larger ones are streamed
 GIL_SWITCH_INTERVAL = 0.0005  # seconds; see _quick_gil_handover
 MAX_SYMLINK_HOPS = 40  # as Linux's ELOOP limit
@@ -180,7 +182,8 @@ class _Pipeline:
         self.store: ObjectStore = txn.repo.store
         self.chunking = chunking
         self.pool = ThreadPoolExecutor(self.store.workers, thread_name_prefix="ingest-object")
-        self.budget = _Budget(max(IN_FLIGHT_BYTES, self.store.chunk_sizes[2]))
+        per_worker = IN_FLIGHT_PER_WORKER * self.store.workers  # keep every worker fed on many cores
+        self.budget = _Budget(max(IN_FLIGHT_BYTES, per_worker, self.store.chunk_sizes[2]))
         self.waiting: deque[_File] = deque()
         self.batch: list[tuple[_File, bytes]] = []
         self.batch_bytes = 0
