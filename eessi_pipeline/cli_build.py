@@ -141,6 +141,8 @@ def cmd_build(args: argparse.Namespace, out: TextIO) -> int:
         return _dry_run(plan, args, out)
     if args.resolve:
         return _resolve(plan, args, out)
+    if args.scheduler == "slurm":  # issue 20: the same build, as a batch job
+        return _build_as_job(args, settings.state_dir, plan, out)
     require_binary(runtime)
     sys.stderr.write(f"[build] {target.name}: stack {plan.stack.name} into {plan.prefix}\n")
     result = ensure_build(plan, stacks)
@@ -150,6 +152,45 @@ def cmd_build(args: argparse.Namespace, out: TextIO) -> int:
         how = "reused (inputs unchanged)" if result.reused else f"built in {result.seconds:.0f} s"
         sys.stderr.write(f"[build] {how}\n")
         out.write(f"{result.tarball}\n")
+    return 0
+
+
+def _build_as_job(args: argparse.Namespace, state_dir: Path, plan: BuildPlan, out: TextIO) -> int:
+    """Submit this build as a batch job (embedded cluster, or ``--site``'s partition) and wait for it."""
+    from .cluster.jobs import BuildJob, job_script, submit_build
+    from .cluster.manager import Cluster
+    from .matrix import PROJECT_ROOT
+
+    state = state_dir.resolve()
+    build_argv = ["--state-dir", str(state), "build", "--target", plan.target.name, "--stack-version",
+                  plan.version, "--repo", plan.repository, "--stack", plan.stack.name,
+                  "--runtime", plan.runtime.runtime.value, "--scheduler", "local", "--json"]  # fmt: skip
+    if args.stacks:
+        build_argv += ["--stacks", str(Path(args.stacks).resolve())]
+    if args.site:
+        from .checks.rfmconfig import load_site, site_partition
+
+        sp = site_partition(load_site(Path(args.site)), plan.target)
+        access, cpus, prefix, env = sp.access, sp.num_cpus, [], dict(os.environ)
+    else:
+        cluster = Cluster(state)
+        cluster.require_running()
+        access, cpus = ("--partition=eessi",), cluster.plan.cpus
+        prefix, env = cluster.client_prefix(), cluster.client_env()
+    jobs = state / "build" / "jobs"
+    name = f"eessi-build-{plan.target.name}"
+    job = BuildJob(name, jobs / f"{name}.sh", jobs / f"{name}.json", jobs / f"{name}.log", PROJECT_ROOT,
+                   tuple(access), cpus)  # fmt: skip
+    sys.stderr.write(f"[build] {plan.target.name}: submitting it as a batch job ({shlex.join(access)})\n")
+    script = job_script(sys.executable, PROJECT_ROOT, build_argv)
+    done = submit_build(job, script, client_prefix=prefix, env=env)
+    summary = {**done.summary, "job_id": done.job_id, "job_log": str(done.log)}
+    if args.json:
+        _emit(summary, out)
+    else:
+        how = "reused (inputs unchanged)" if summary.get("reused") else f"built in {summary.get('seconds')} s"
+        sys.stderr.write(f"[build] job {done.job_id}: {how}; log {done.log}\n")
+        out.write(f"{summary['tarball']}\n")
     return 0
 
 
@@ -186,6 +227,10 @@ def add_build_parser(sub: Any) -> None:
         help="ask EasyBuild for the stack's dependency graph (eb --robot --dry-run); build nothing",
     )
     p.add_argument("--cpuinfo", help="describe the build host from FILE (default: /proc/cpuinfo)")
+    p.add_argument("--scheduler", choices=("local", "slurm"), default="local",
+                   help="build here (default) or as a Slurm batch job: on the embedded cluster "
+                   "(`eessi-pipeline cluster up`) or on --site's partition for the target")  # fmt: skip
+    p.add_argument("--site", help="with --scheduler slurm: a real cluster's site file")
     p.add_argument("--dry-run", action="store_true", help="show what would run, change nothing")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_build)

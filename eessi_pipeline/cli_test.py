@@ -63,18 +63,38 @@ class TestRunPaths:
         )
 
 
-def pytest_argv(python: str, target: Target, paths: TestRunPaths, state_dir: Path, stage: bool) -> list[str]:
-    """The pytest command line of a target's gated acceptance run (pure)."""
+def pytest_argv(
+    python: str,
+    target: Target,
+    paths: TestRunPaths,
+    state_dir: Path,
+    stage: bool,
+    scheduler: str = "local",
+    site: Path | None = None,
+) -> list[str]:
+    """The pytest command line of a target's gated acceptance run (pure).  ``scheduler`` slurm: the
+    ReFrame checks run as Slurm jobs, on ``site``'s partition or on the embedded cluster of the state dir."""
     argv = [
         python, "-m", "pytest", *ACCEPTANCE_PATHS, "-m", target.marker, "-p", "no:cacheprovider",
         "-o", "addopts=", "-rfEs", f"--junitxml={paths.junit}", f"--eessi-run-dir={paths.run_dir}",
         f"--eessi-build-state={state_dir}", "--eessi-gate",
     ]  # fmt: skip
+    if scheduler != "local":  # issue 20: the checks through Slurm
+        argv.append(f"--eessi-scheduler={scheduler}")
+        if site is not None:
+            argv.append(f"--eessi-site={site}")
     return [*argv, "--eessi-gate-stage"] if stage else argv
 
 
 def run_acceptance(
-    settings: Settings, target: Target, run_dir: Path, *, stage: bool = True, timeout: float = TIMEOUT
+    settings: Settings,
+    target: Target,
+    run_dir: Path,
+    *,
+    stage: bool = True,
+    timeout: float = TIMEOUT,
+    scheduler: str = "local",
+    site: Path | None = None,
 ) -> dict[str, Any]:
     """Run a target's gated acceptance tests (pytest output echoed on stderr); return the summary."""
     missing = [p for p in ACCEPTANCE_PATHS if not (PROJECT_ROOT / p).exists()]
@@ -87,7 +107,7 @@ def run_acceptance(
     require("reframe", "the ReFrame checks of `eessi-pipeline test`")
     run_dir.mkdir(parents=True, exist_ok=True)
     paths = TestRunPaths.under(run_dir, target)
-    argv = pytest_argv(sys.executable, target, paths, settings.state_dir, stage=stage)
+    argv = pytest_argv(sys.executable, target, paths, settings.state_dir, stage, scheduler, site)
     sys.stderr.write(f"[test] {target.name}: {' '.join(argv[3:])}\n")
     done = run_echoed(argv, timeout=timeout, echo=sys.stderr, cwd=PROJECT_ROOT, env=pipeline_env(settings))
     listing = run_dir / RECORDS_FILE
@@ -113,7 +133,9 @@ def cmd_test(args: argparse.Namespace, out: TextIO) -> int:
     require_build_node(read_host_cpu(None), target, matrix, settings.version)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = Path(args.run_dir) if args.run_dir else settings.state_dir / "runs" / f"{target.name}-{stamp}"
-    summary = run_acceptance(settings, target, run_dir, stage=not args.no_stage, timeout=args.timeout)
+    site = Path(args.site).resolve() if args.site else None
+    summary = run_acceptance(settings, target, run_dir, stage=not args.no_stage, timeout=args.timeout,
+                             scheduler=args.scheduler, site=site)  # fmt: skip
     if args.json:
         out.write(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     else:
@@ -163,5 +185,9 @@ def add_test_parser(sub: Any) -> None:
     )
     p.add_argument("--no-stage", action="store_true", help="write and sign the gate record, but do not stage")
     p.add_argument("--timeout", type=float, default=TIMEOUT, metavar="S", help="for the whole run")
+    p.add_argument("--scheduler", choices=("local", "slurm"), default="local",
+                   help="ReFrame checks as local processes (default) or as Slurm jobs on the embedded "
+                   "cluster (`eessi-pipeline cluster up`) or --site's partition")  # fmt: skip
+    p.add_argument("--site", metavar="FILE", help="with --scheduler slurm: a real cluster's site file")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(handler=cmd_test)

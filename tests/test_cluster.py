@@ -177,3 +177,51 @@ def test_two_nodes_are_two_hosts_to_slurm_and_srun(tmp_path: Path) -> None:
             p.pid != status.ctld_pid for p in sockets.tcp_port_owners(cluster.plan.ports.slurmctld)
         )
     assert _ours_running(cluster) == []
+
+
+# --- builds as jobs, and the checks' Slurm configuration (pure) ------------------------------------------
+
+
+def test_build_job_script_runs_the_local_build_on_the_node(tmp_path: Path) -> None:
+    from eessi_pipeline.cluster.jobs import BuildJob, job_script, sbatch_argv
+
+    text = job_script("/v/bin/python", Path("/src"), ["--state-dir", "/s", "build", "--target", "zen4"])
+    assert text.startswith("#!/bin/bash\n") and "set -euo pipefail" in text
+    assert text.rstrip().endswith(
+        "exec /v/bin/python -m eessi_pipeline.cli --state-dir /s build --target zen4"
+    )
+    job = BuildJob(
+        "b", tmp_path / "b.sh", tmp_path / "b.json", tmp_path / "b.log", Path("/src"), ("-p", "x"), 4
+    )
+    argv = sbatch_argv(job)
+    assert argv[:3] == ["sbatch", "--parsable", "--wait"] and argv[-1] == str(tmp_path / "b.sh")
+    assert (
+        "--cpus-per-task=4" in argv and f"--error={tmp_path / 'b.log'}" in argv and argv[-3:-1] == ["-p", "x"]
+    )
+
+
+def test_pytest_argv_selects_the_scheduler(tmp_path: Path) -> None:
+    from eessi_pipeline.cli_test import TestRunPaths, pytest_argv
+    from eessi_pipeline.matrix import load_matrix
+
+    target = load_matrix().target("zen4")
+    paths = TestRunPaths.under(tmp_path, target)
+    assert not [a for a in pytest_argv("py", target, paths, tmp_path, True) if "scheduler" in a]
+    argv = pytest_argv("py", target, paths, tmp_path, True, "slurm", Path("/site.yaml"))
+    assert "--eessi-scheduler=slurm" in argv and "--eessi-site=/site.yaml" in argv
+
+
+def test_embedded_site_is_a_site_like_any_other(tmp_path: Path) -> None:
+    from eessi_pipeline.checks.rfmconfig import TargetPrefix, config
+    from eessi_pipeline.checks.scheduler import embedded_site
+    from eessi_pipeline.matrix import load_matrix
+
+    target = load_matrix().target("zen4")
+    cluster = Cluster(tmp_path, nodes=2, ports=ClusterPorts(20001, 20002), environ={})
+    site = embedded_site(cluster, [target])
+    cfg = config([TargetPrefix(target, "/cvmfs/r/z")], 2, site)
+    (part,) = cfg["systems"][0]["partitions"]
+    assert cfg["systems"][0]["name"] == "eessi_cluster" and part["name"] == "eessi_zen4"
+    assert part["scheduler"] == "squeue" and part["launcher"] == "srun"
+    assert part["access"] == ["--partition=eessi"] and part["extras"] == {"num_nodes": 2}
+    assert "slurm" in part["features"] and part["sched_options"] == {"ignore_reqnodenotavail": True}

@@ -39,11 +39,23 @@ class PerfVerdict:
 
 
 @dataclass(frozen=True, slots=True)
+class CaseJob:
+    """Where a ReFrame case ran as a scheduler job (issue 20: checks submitted through Slurm)."""
+
+    case: str
+    system: str  # system:partition of the ReFrame configuration
+    scheduler: str  # slurm, squeue, ...
+    job_id: str
+    nodes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ReframeSummary:
     sha256: str
     cases: int
     failures: int
     performance: tuple[PerfVerdict, ...] = ()
+    jobs: tuple[CaseJob, ...] = ()  # the cases that ran as batch jobs (none for the local partition)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +141,12 @@ def record_from_json(data: object, where: str) -> GateRecord:
         rf = data.get("reframe")
         reframe = None
         if rf is not None:
-            reframe = ReframeSummary(rf["sha256"], int(rf["cases"]), int(rf["failures"]),
-                                     tuple(PerfVerdict(**p) for p in rf.get("performance", [])))  # fmt: skip
+            jobs = tuple(
+                CaseJob(j["case"], j["system"], j["scheduler"], j["job_id"], tuple(j.get("nodes", ())))
+                for j in rf.get("jobs", [])
+            )
+            perf = tuple(PerfVerdict(**p) for p in rf.get("performance", []))
+            reframe = ReframeSummary(rf["sha256"], int(rf["cases"]), int(rf["failures"]), perf, jobs)
         return GateRecord(
             tarball=data["tarball"], sha256=data["sha256"], size=int(data["size"]),
             content_type=data["content_type"], target=data.get("target", ""),
@@ -212,7 +228,8 @@ def summarise_reframe(report: dict[str, Any], raw: bytes) -> ReframeSummary:
         for p in c.perf
     )  # fmt: skip
     failures = sum(1 for c in cases if c.result not in ("pass", "xfail"))
-    return ReframeSummary(hashlib.sha256(raw).hexdigest(), len(cases), failures, verdicts)
+    jobs = tuple(CaseJob(c.name, c.system, c.scheduler, c.job_id, c.nodes) for c in cases if c.job)
+    return ReframeSummary(hashlib.sha256(raw).hexdigest(), len(cases), failures, verdicts, jobs)
 
 
 # The distributions whose versions decide what a test run proved (absent ones are left out).

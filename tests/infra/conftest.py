@@ -46,6 +46,7 @@ class Network:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--infra-config", metavar="FILE", help="YAML naming real Stratum 0/1, proxy, key, mount")
+    parser.addoption("--infra-slurm-conf", metavar="FILE", help="check a real Slurm cluster (its slurm.conf)")
 
 
 def _from_config(path: Path) -> Network:
