@@ -35,12 +35,14 @@ from .cvmfs.catalog import Node
 from .cvmfs.reader import open_repository
 from .cvmfs.repository import Repository, publisher_lock
 from .errors import PipelineError
+from .gate.staging import Staging
 from .matrix import PROJECT_ROOT
 from .proc import run_echoed
 
 COMPAT_TESTS = "tests/test_compat_layer.py"
 COMPAT_BACKEND = "debian"
 IDENTITY = "etc/eessi-compat/identity.json"
+IDENTITY_SUFFIX = ".identity"  # beside a gated tarball in <state>/compat/tarballs: the layer it holds
 HOST_INJECTIONS = "/host_injections"
 HOST_INJECTIONS_TARGET = "$(EESSI_HOST_INJECTIONS:-/opt/eessi)"
 ENTRY_POINTS = ("bash", "lmod/bash")
@@ -115,6 +117,10 @@ def gate_compat(
     if published_identity(state_dir, repository, spec) == identity:
         say(f"compat layer {spec.prefix}: {how}; the repository already has this layer, nothing to publish")
         return CompatStep(spec.prefix, identity, result.reused, None)
+    waiting = staged_with_identity(state_dir, spec, identity)
+    if waiting is not None:  # a run that stopped after the gate: that record still stands
+        say(f"compat layer {spec.prefix}: {how}; {waiting.name} is already tested and staged for publish")
+        return CompatStep(spec.prefix, identity, result.reused, waiting)
     marker = spec.staging / IDENTITY
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_bytes(identity_json(identity, spec))
@@ -129,7 +135,20 @@ def gate_compat(
             f"the compatibility layer's acceptance tests failed (pytest exit {done.returncode}): "
             f"see {tests_dir / 'junit.xml'}"
         )
+    Path(f"{packed.tarball}{IDENTITY_SUFFIX}").write_text(identity + "\n", encoding="utf-8")
     return CompatStep(spec.prefix, identity, result.reused, packed.tarball)
+
+
+def staged_with_identity(state_dir: Path, spec: LayerSpec, identity: str) -> Path | None:
+    """A compat tarball of this layer that an earlier run gated and staged, still waiting for publish."""
+    prefix = f"eessi-{spec.version}-compat-linux-{spec.family}-"
+    for item in Staging(state_dir).list(("new", "approved")):
+        if not item.name.startswith(prefix):
+            continue
+        mark = spec.tarball_dir / f"{item.name}{IDENTITY_SUFFIX}"
+        if mark.is_file() and mark.read_text(encoding="utf-8").strip() == identity:
+            return item.path
+    return None
 
 
 def ensure_host_injections(state_dir: Path, repository: str) -> int | None:

@@ -221,3 +221,19 @@ def test_ingest_accepts_a_layer_link_that_ends_at_its_host_link_and_nothing_furt
     with pytest.raises(TarballRejected, match="passes through the host link"):
         repo.ingest(t2)
     assert repo.manifest().revision == revision
+
+
+def test_a_gated_compat_tarball_still_staged_is_found_by_its_layer_identity(tmp_path: Path) -> None:
+    """A run that stopped after gating the layer: the next run publishes that tarball, not a second one."""
+    from eessi_pipeline.layers import IDENTITY_SUFFIX, staged_with_identity
+
+    spec = LayerSpec.create("2023.06", "x86_64", tmp_path, repository=REPO)
+    name = "eessi-2023.06-compat-linux-x86_64-1700000000.tar.gz"
+    staged = tmp_path / "staging" / "new" / name
+    staged.parent.mkdir(parents=True)
+    staged.write_bytes(b"")
+    assert staged_with_identity(tmp_path, spec, "digest-1") is None  # never gated by run
+    spec.tarball_dir.mkdir(parents=True)
+    (spec.tarball_dir / f"{name}{IDENTITY_SUFFIX}").write_text("digest-1\n")
+    assert staged_with_identity(tmp_path, spec, "digest-1") == staged
+    assert staged_with_identity(tmp_path, spec, "digest-2") is None  # another layer: gate it anew
