@@ -2,7 +2,7 @@
 
 * ``gpu link-drivers`` links the driver's libraries from ``ldconfig -p`` into
   ``<root>/nvidia/<family>/<version>`` and moves ``latest`` there (:mod:`eessi_pipeline.gpu.drivers`);
-* ``gpu build`` builds an accelerator target's CUDA stack with EasyBuild (:mod:`eessi_pipeline.gpu.stack`).
+* ``gpu build`` builds an accelerator target's GPU stack with EasyBuild (:mod:`eessi_pipeline.gpu.stack`).
 """
 
 from __future__ import annotations
@@ -102,7 +102,23 @@ def cmd_link_drivers(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_build(args: argparse.Namespace, out: TextIO) -> int:
+    from .gpu.stack import build_gpu_stack
+
+    summary = build_gpu_stack(args.target, args.prefix, getattr(args, "state_dir", None), args.version)
+    if args.json:
+        out.write(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    else:
+        out.write(
+            f"built {', '.join(summary['modules'])} for {summary['subdir']} ({summary['cuda_arch']}); "
+            f"module use {summary['modulepath']}\n"
+        )
+    return 0
+
+
 def add_gpu_parser(sub: Any) -> None:
+    from .cli_options import add_stack_version
+
     p = sub.add_parser(
         "gpu", help="NVIDIA GPUs: host driver libraries, the CUDA stack of accelerator targets"
     )
@@ -129,3 +145,16 @@ def add_gpu_parser(sub: Any) -> None:
     q.add_argument("--dry-run", action="store_true", help="show what would be linked, write nothing")
     q.add_argument("--json", action="store_true", help="print JSON for machines")
     q.set_defaults(handler=cmd_link_drivers)
+
+    b = gsub.add_parser(
+        "build", help="build an accelerator target's GPU stack (CUDA from PyPI wheels, our GPU program)"
+    )
+    b.add_argument(
+        "--target", default="zen4_cc90", metavar="NAME", help="accelerator target (default: zen4_cc90)"
+    )
+    b.add_argument(
+        "--prefix", metavar="DIR", help="install here (default: the accelerator prefix under <state dir>/gpu)"
+    )
+    add_stack_version(b)
+    b.add_argument("--json", action="store_true", help="print JSON for machines")
+    b.set_defaults(handler=cmd_build)
