@@ -88,6 +88,7 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO) -> int:
     result = repo.ingest(
         tarball, args.base_dir, args.delete, args.catalog,
         lock_timeout=args.lock_timeout, chunking=not args.no_chunking, apply_dirtab=not args.no_dirtab,
+        check=True, max_member_size=args.max_member_size,  # the bytes published are checked in the same pass
     )  # fmt: skip
     if args.json:
         _emit({"repository": result.name, "revision": result.revision, "root_catalog": result.root_catalog,
