@@ -248,7 +248,9 @@ def test_symlink_chain_out_of_the_repository_refused_in_a_generic_ingest(
     repo: Repository, tmp_path: Path
 ) -> None:
     path = make_tarball(tmp_path / "tree.tar.gz", {"a": "..", "b": "a/../x", "ok": "a/versions"})
-    with pytest.raises(TarballRejected, match=r"b: symlink target 'a/\.\./x' climbs above the repository root"):
+    with pytest.raises(
+        TarballRejected, match=r"b: symlink target 'a/\.\./x' climbs above the repository root"
+    ):
         repo.ingest(path, "versions")
     assert repo.manifest().revision == 1
 
@@ -366,7 +368,9 @@ def test_every_nested_catalog_has_its_marker_and_verify_insists(repo: Repository
         verify_repository(repo.paths.root, master)
 
 
-def test_publish_target_ingests_only_the_bytes_the_gate_record_names(repo: Repository, tmp_path: Path) -> None:
+def test_publish_target_ingests_only_the_bytes_the_gate_record_names(
+    repo: Repository, tmp_path: Path
+) -> None:
     from eessi_pipeline.gate.publish import EmbeddedTarget
 
     path = software_tarball(tmp_path, "2023.06", "x86_64/generic", {"bin/tool": b"v1\n"})
@@ -377,3 +381,37 @@ def test_publish_target_ingests_only_the_bytes_the_gate_record_names(repo: Repos
     with pytest.raises(TarballRejected, match="as its gate record says"):
         EmbeddedTarget(repo).ingest(path, recorded)
     assert repo.manifest().revision == 1
+
+
+KILLER = """
+import sys
+from pathlib import Path
+from eessi_pipeline.cvmfs.repository import Repository
+Repository(Path(sys.argv[1]), "software.eessi.local").ingest(Path(sys.argv[2]), check=True)
+"""
+
+
+def test_kill_9_at_any_moment_of_a_streaming_ingest_leaves_a_verifiable_revision(
+    repo: Repository, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+    import time
+
+    rnd = random.Random(3)
+    files = {f"lib/f{i:04d}": rnd.randbytes(rnd.randint(0, 40_000)) for i in range(600)}
+    files["lib/big.bin"] = rnd.randbytes(6 * 1024 * 1024)
+    path = software_tarball(tmp_path, "2023.06", "x86_64/generic", files)
+    master = repo.paths.keys.master_public.read_bytes()
+    for delay in (0.05, 0.2, 0.4, 0.7, 1.0, 1.5):
+        before = repo.manifest().revision
+        proc = subprocess.Popen([sys.executable, "-c", KILLER, str(repo.paths.state_dir), str(path)])
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        report = verify_repository(repo.paths.root, master)  # whatever moment it died at
+        assert report.revision in (before, before + 1), delay
+        if report.revision > 1:
+            assert cat(repo, f"/versions/{P}/lib/big.bin") == files["lib/big.bin"]
+    last = repo.manifest().revision
+    assert repo.ingest(path, check=True).revision == last + 1
