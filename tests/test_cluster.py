@@ -225,3 +225,58 @@ def test_embedded_site_is_a_site_like_any_other(tmp_path: Path) -> None:
     assert part["scheduler"] == "squeue" and part["launcher"] == "srun"
     assert part["access"] == ["--partition=eessi"] and part["extras"] == {"num_nodes": 2}
     assert "slurm" in part["features"] and part["sched_options"] == {"ignore_reqnodenotavail": True}
+
+
+@needs_slurm
+def test_a_failed_build_job_is_refused_quoting_its_log(tmp_path: Path) -> None:
+    from eessi_pipeline.cluster.jobs import BuildJob, submit_build
+
+    with running_cluster(tmp_path / "state") as cluster:
+        job = BuildJob("fails", tmp_path / "j.sh", tmp_path / "j.json", tmp_path / "j.log", tmp_path,
+                       ("--partition=eessi",), 1, "0:05:00")  # fmt: skip
+        script = "#!/bin/bash\necho 'eb: the easyconfig is broken' >&2\nexit 3\n"
+        with pytest.raises(ClusterError, match=r"(?s)job \d+ exited 3.*the easyconfig is broken"):
+            submit_build(job, script, client_prefix=cluster.client_prefix(), env=cluster.client_env())
+
+
+def tarball_fingerprint(path: Path) -> dict[str, str]:
+    """Member name -> sha256 (or link target) of a software tarball, leaving out what differs between any
+    two builds of the same inputs: EasyBuild's logs (named by time), .pyc files (they hold the source's
+    mtime), the devel module (EasyBuild's random temporary paths), and pip's RECORD and direct_url.json
+    (the path of the wheel in the state dir)."""
+    import hashlib
+    import re
+    import tarfile
+
+    skip = re.compile(r"(\d{8}\.\d{6}.*\.(log|md)$|\.pyc$|-easybuild-devel$|/RECORD$|/direct_url\.json$)")
+    out: dict[str, str] = {}
+    with tarfile.open(path) as tar:
+        for m in tar.getmembers():
+            if skip.search(m.name):
+                continue
+            f = tar.extractfile(m) if m.isfile() else None
+            out[m.name] = (
+                hashlib.sha256(f.read()).hexdigest() if f is not None else f"{m.type!r}:{m.linkname}"
+            )
+    return out
+
+
+@needs_slurm
+@pytest.mark.slow
+def test_build_as_a_job_makes_the_local_builds_tarball(
+    tmp_path: Path, software_build, eessi_version: str, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    local = software_build("x86_64_generic")
+    state = tmp_path / "state"
+    with running_cluster(state):
+        argv = ["--state-dir", str(state), "build", "--target", "x86_64_generic", "--stack-version",
+                eessi_version, "--scheduler", "slurm", "--json"]  # fmt: skip
+        assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["job_id"].isdigit() and not summary["reused"]
+    job_tarball = Path(summary["tarball"])
+    assert job_tarball.is_relative_to(state) and job_tarball.name != local.tarball.name
+    ours, theirs = tarball_fingerprint(job_tarball), tarball_fingerprint(local.tarball)
+    assert sorted(ours) == sorted(theirs)
+    assert [n for n in ours if ours[n] != theirs[n]] == []
+    assert any(n.endswith("/bin/stream") for n in ours)
