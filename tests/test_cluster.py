@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -280,3 +281,32 @@ def test_build_as_a_job_makes_the_local_builds_tarball(
     assert sorted(ours) == sorted(theirs)
     assert [n for n in ours if ours[n] != theirs[n]] == []
     assert any(n.endswith("/bin/stream") for n in ours)
+
+
+@needs_slurm
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="the build overlay at /cvmfs needs root")
+def test_checks_run_as_jobs_on_two_nodes(tmp_path: Path, software_build) -> None:  # type: ignore[no-untyped-def]
+    from eessi_pipeline.checks.rfmconfig import TargetPrefix
+    from eessi_pipeline.checks.scheduler import run_checks_on_slurm, slurm_run
+    from eessi_pipeline.matrix import load_matrix
+
+    target = load_matrix().target("x86_64_generic")
+    built = software_build(target.name)
+    with running_cluster(tmp_path / "state", nodes=2) as cluster:
+        slurm = slurm_run(cluster.state_dir, [target])
+        outcome = run_checks_on_slurm(
+            built.overlay, TargetPrefix(target, built.plan.prefix), tmp_path / "rfm", slurm
+        )
+    result = outcome.result
+    assert result.ok and outcome.returncode == 0, result.failures
+    assert {c.system for c in result.cases} == {"eessi_cluster:eessi_x86_64_generic"}
+    assert all(c.scheduler == "squeue" and c.job_id.isdigit() for c in result.cases)
+    two = result.case("stream_check %scale=2_nodes")
+    assert two is not None and two.result == "pass"
+    outputs = (tmp_path / "rfm" / "rfm" / "output").rglob("rfm_job.out")
+    (out,) = [p for p in outputs if "task host:" in p.read_text()]  # the 2_nodes case's output
+    assert sorted(line for line in out.read_text().splitlines() if line.startswith("task host:")) == [
+        "task host: n1",
+        "task host: n2",
+    ]
