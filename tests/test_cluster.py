@@ -310,3 +310,33 @@ def test_checks_run_as_jobs_on_two_nodes(tmp_path: Path, software_build) -> None
         "task host: n1",
         "task host: n2",
     ]
+
+
+def test_a_site_file_names_a_real_clusters_partition_and_nothing_embedded(tmp_path: Path) -> None:
+    from eessi_pipeline.checks.rfmconfig import SITE_EXAMPLE
+    from eessi_pipeline.checks.scheduler import slurm_run
+    from eessi_pipeline.matrix import load_matrix
+
+    target = load_matrix().target("zen2")
+    slurm = slurm_run(tmp_path, [target], SITE_EXAMPLE)
+    assert slurm.cluster is None and slurm.client_prefix == () and dict(slurm.env) == {}
+    sp = slurm.partition(target)
+    assert (sp.name, sp.access, sp.scheduler, sp.num_nodes) == (
+        "rome",
+        ("--partition=rome", "--account=proj0001"),
+        "slurm",
+        64,
+    )
+    with pytest.raises(Exception, match="no partition of site 'example_cluster' tests zen3"):
+        slurm.partition(load_matrix().target("zen3"))
+
+
+@needs_slurm
+def test_checks_on_slurm_refuse_a_cluster_that_is_not_up(tmp_path: Path) -> None:
+    from eessi_pipeline.checks.scheduler import slurm_run
+    from eessi_pipeline.matrix import load_matrix
+
+    with pytest.raises(
+        ClusterError, match=r"not ready \(slurmctld is not running\); start it with .*cluster up"
+    ):
+        slurm_run(tmp_path, [load_matrix().target("zen4")])
