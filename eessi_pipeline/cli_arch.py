@@ -76,10 +76,10 @@ def _accel_json(args: argparse.Namespace, sel: Any, env: dict[str, str]) -> dict
 
 
 def cmd_detect(args: argparse.Namespace, out: TextIO) -> int:
-    m = _matrix(args)
-    settings = _settings(args)
     env = dict(os.environ)
-    if args.accel and not args.json:  # EESSI's `accelpath`: the accelerator subdirectory, or nothing
+    if args.accel and not args.json:
+        # EESSI's `accelpath`: the accelerator subdirectory, or nothing.  No matrix is read, so this
+        # also runs from a bare checkout with archspec only (benchmarks/device_gpu.sh).
         from .arch.accel import query_nvidia_smi
 
         acc = query_nvidia_smi(args.nvidia_smi, env)
@@ -88,6 +88,8 @@ def cmd_detect(args: argparse.Namespace, out: TextIO) -> int:
         if acc.subdir:
             out.write(acc.subdir + "\n")
         return 0
+    m = _matrix(args)
+    settings = _settings(args)
     if args.machine:
         env[MACHINE_ENV] = args.machine
     host = read_host_cpu(args.cpuinfo, env)

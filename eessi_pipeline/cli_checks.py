@@ -33,7 +33,8 @@ from .yamlio import load_yaml
 
 def cmd_references_update(args: argparse.Namespace, out: TextIO) -> int:
     matrix = load_matrix()
-    target = matrix.target(args.target).name
+    accel = "/accel/" in args.target or "_cc" in args.target  # a GPU target, e.g. zen4_cc90 (issue 19)
+    target = matrix.accel_target(args.target).name if accel else matrix.target(args.target).name
     path = Path(args.file)
     text = inputs.read_text(Path(args.report), "ReFrame report", REPORT_FIX)
     try:
@@ -42,7 +43,7 @@ def cmd_references_update(args: argparse.Namespace, out: TextIO) -> int:
         raise ChecksError(f"{args.report}: not JSON ({e}); {REPORT_FIX}") from e
     current = load_yaml(path, ChecksError) if path.exists() else {"schema_version": 1, "checks": {}}
     new, changes = update_from_report(current, report, target, args.lower, args.upper)
-    parse_references(new, path, [t.name for t in matrix.targets])  # never write what would not load
+    parse_references(new, path, matrix.target_names())  # never write what would not load
     if not args.dry_run:
         path.write_text(dump_references(new), encoding="utf-8")
     for line in changes:
@@ -52,7 +53,7 @@ def cmd_references_update(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_references_validate(args: argparse.Namespace, out: TextIO) -> int:
-    refs = load_references(Path(args.file), [t.name for t in load_matrix().targets])
+    refs = load_references(Path(args.file), load_matrix().target_names())  # CPU and accelerator targets
     out.write(f"{refs.path}: {len(refs.entries)} references, valid\n")
     return 0
 

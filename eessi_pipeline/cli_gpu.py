@@ -2,7 +2,9 @@
 
 * ``gpu link-drivers`` links the driver's libraries from ``ldconfig -p`` into
   ``<root>/nvidia/<family>/<version>`` and moves ``latest`` there (:mod:`eessi_pipeline.gpu.drivers`);
-* ``gpu build`` builds an accelerator target's GPU stack with EasyBuild (:mod:`eessi_pipeline.gpu.stack`).
+* ``gpu build`` builds an accelerator target's GPU stack with EasyBuild (:mod:`eessi_pipeline.gpu.stack`);
+* ``gpu checks`` runs ReFrame's GPU checks on it (:mod:`eessi_pipeline.gpu.checks`; device checks skip
+  without a GPU, saying why).
 """
 
 from __future__ import annotations
@@ -116,6 +118,40 @@ def cmd_build(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_checks(args: argparse.Namespace, out: TextIO) -> int:
+    from .build.stacks import load_stacks
+    from .gpu.checks import run_gpu_checks
+    from .gpu.stack import plan_gpu_build
+    from .matrix import load_matrix
+    from .settings import resolve_settings
+
+    matrix = load_matrix()
+    at = matrix.accel_target(args.target)
+    settings = resolve_settings(state_dir=getattr(args, "state_dir", None), version=args.version)
+    plan = plan_gpu_build(matrix, load_stacks(), at, settings.version, settings.state_dir,
+                          Path(args.prefix) if args.prefix else None)  # fmt: skip
+    if not plan.modulepath.is_dir():
+        raise DriverLinkError(
+            f"{plan.modulepath}: no GPU modules; run `eessi-pipeline gpu build --target {at.name}` first"
+        )
+    outcome = run_gpu_checks(
+        at, plan.installpath, settings.state_dir / "gpu" / plan.version / at.name / "reframe"
+    )
+    cases: list[dict[str, Any]] = [
+        {"name": c.name, "result": c.result, "perf": {p.metric: p.value for p in c.perf}}
+        for c in outcome.result.cases
+    ]
+    if args.json:
+        out.write(json.dumps({"target": at.name, "report": str(outcome.paths.report), "cases": cases},
+                             indent=2, sort_keys=True) + "\n")  # fmt: skip
+    else:
+        for c in cases:
+            perf = ", ".join(f"{k}={v:g}" for k, v in c["perf"].items())
+            out.write(f"{c['result']:<5} {c['name']}{'  ' + perf if perf else ''}\n")
+        out.write(f"ReFrame report: {outcome.paths.report}\n")
+    return 1 if outcome.result.failures else 0
+
+
 def add_gpu_parser(sub: Any) -> None:
     from .cli_options import add_stack_version
 
@@ -158,3 +194,12 @@ def add_gpu_parser(sub: Any) -> None:
     add_stack_version(b)
     b.add_argument("--json", action="store_true", help="print JSON for machines")
     b.set_defaults(handler=cmd_build)
+
+    c = gsub.add_parser("checks", help="run the ReFrame GPU checks of an accelerator target's GPU stack")
+    c.add_argument(
+        "--target", default="zen4_cc90", metavar="NAME", help="accelerator target (default: zen4_cc90)"
+    )
+    c.add_argument("--prefix", metavar="DIR", help="where `gpu build --prefix` installed it")
+    add_stack_version(c)
+    c.add_argument("--json", action="store_true", help="print JSON for machines")
+    c.set_defaults(handler=cmd_checks)

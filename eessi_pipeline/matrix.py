@@ -182,7 +182,7 @@ class Matrix:
 
     def accel_target(self, name: str) -> AccelTarget:
         """Find an accelerator target by name (``zen4_cc90``) or subdir (``…/zen4/accel/nvidia/cc90``)."""
-        every = [AccelTarget(t, a) for t in self.targets for a in t.accelerators]
+        every = self.every_accel_target()
         for at in every:
             if name in (at.name, at.subdir):
                 return at
@@ -190,6 +190,14 @@ class Matrix:
             f"unknown accelerator target {name!r}; known: {', '.join(at.name for at in every) or 'none'}"
             f" (the `accel` entries of targets in {self.path})"
         )
+
+    def every_accel_target(self) -> tuple[AccelTarget, ...]:
+        """Every (CPU target, accelerator) pair of every stack version, in matrix order."""
+        return tuple(AccelTarget(t, a) for t in self.targets for a in t.accelerators)
+
+    def target_names(self) -> tuple[str, ...]:
+        """Names references and gate records may use: CPU targets, then accelerator targets."""
+        return tuple(t.name for t in self.targets) + tuple(at.name for at in self.every_accel_target())
 
     def accel_runner_for(self, at: AccelTarget) -> tuple[str, ...]:
         return at.accel.runner or self.runner_for(at.cpu)

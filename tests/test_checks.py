@@ -58,8 +58,9 @@ def _report(value, ref=10.0, lower=-0.5, upper=None, result="pass", phase=None, 
 
 
 def test_references_repository_file_loads_for_matrix_targets() -> None:
-    refs = load_references(targets=[t.name for t in load_matrix().targets])
+    refs = load_references(targets=load_matrix().target_names())
     assert refs.for_check("stream_check/1_core", "zen4")["Triad"].unit == "GB/s"
+    assert refs.for_check("gpu_bandwidth_check/1_gpu", "zen4_cc90")["Triad"].unit == "GB/s"  # issue 19
 
 
 def test_references_valid_entry_parses_with_default_upper() -> None:

@@ -70,9 +70,9 @@ def decide(
         reasons.append(
             f"content type: the record says {record.content_type}, the tarball is {facts.content_type}"
         )
-    rule = policy.rule(facts.content_type)
+    rule_name, rule = policy.rule_for(facts.content_type, facts.named_target)  # software-accel: issue 19
     if rule is None:
-        reasons.append(f"the policy has no rule for {facts.content_type} tarballs")
+        reasons.append(f"the policy has no rule for {rule_name} tarballs")
     else:
         if not record.tests:
             reasons.append("the record holds zero test cases")

@@ -11,6 +11,8 @@ from ..matrix import PROJECT_ROOT
 from ..schema import validate
 from ..yamlio import load_yaml
 
+ACCEL_RULE = "software-accel"
+
 
 @dataclass(frozen=True, slots=True)
 class ContentRule:
@@ -32,6 +34,13 @@ class Policy:
 
     def rule(self, content_type: str) -> ContentRule | None:
         return self.content_types.get(content_type)
+
+    def rule_for(self, content_type: str, named_target: str) -> tuple[str, ContentRule | None]:
+        """The rule of a tarball: software of an accelerator subdir (``…/accel/nvidia/cc90``) has its own,
+        ``software-accel`` (the GPU checks); ``(rule name, rule or None)``."""
+        if content_type == "software" and "/accel/" in f"/{named_target}/":
+            return ACCEL_RULE, self.content_types.get(ACCEL_RULE)
+        return content_type, self.content_types.get(content_type)
 
     def allowed_signers_path(self, state_dir: Path) -> Path:
         p = Path(self.allowed_signers)

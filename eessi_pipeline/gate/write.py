@@ -70,6 +70,7 @@ def write_record(
     matrix = load_matrix(None)
     subdir = target or facts.named_target or target_from_roots(facts.content_type, facts.content_roots)
     names = [t.name for t in matrix.targets if t.subdir == subdir]
+    names = names or [at.name for at in matrix.every_accel_target() if at.subdir == subdir]  # GPU targets
     host = select_target(read_host_cpu(None), matrix).subdir
     digests = {"matrix": matrix.sha256, "policy": policy.sha256}
     record = make_record(tarball, facts.content_type, subdir, host, tests, reframe, digests,
