@@ -261,3 +261,32 @@ def test_arch_include_families_cover_x86_64_and_aarch64(workflow: dict[Any, Any]
     for family in ("x86_64", "aarch64"):
         assert family in in_matrix, f"{MATRIX_PATH.name} has no {family} target"
         assert family in in_workflow, f"jobs.arch include list has no {family} entry"
+
+
+# -- GPU jobs (issue 19) -------------------------------------------------------------------------
+
+
+def test_gpu_job_includes_every_accel_target_with_its_runner(
+    workflow: dict[Any, Any], matrix: Matrix
+) -> None:
+    gpu = job(workflow, "gpu")
+    entries = gpu.get("strategy", {}).get("matrix", {}).get("include") or []
+    found = {(e["target"], e["version"]): (e["subdir"], list(e["runner"])) for e in entries}
+    want = {
+        (at.name, v): (at.subdir, list(matrix.accel_runner_for(at)))
+        for at in matrix.every_accel_target()
+        for v in at.versions
+    }
+    assert found == want, "jobs.gpu include list drifted from the `accel` entries of matrices/targets.yaml"
+    assert all(any(label.startswith("gpu-") for label in r) for _, r in found.values())
+    assert gpu.get("runs-on") == "${{ matrix.runner }}"
+
+
+def test_gpu_job_runs_the_gpu_checks_of_its_marker(workflow: dict[Any, Any]) -> None:
+    gpu = job(workflow, "gpu")
+    runs = [r for r in run_steps(gpu) if "pytest" in r]
+    assert len(runs) == 1
+    words = shlex.split(render(runs[0], {"target": "zen4_cc90", "version": "2023.06", "subdir": "x"}))
+    assert words[words.index("-m") + 1] == "arch_zen4_cc90"
+    assert "tests/test_gpu_checks_acceptance.py" in words
+    assert any("gpu link-drivers" in r for r in run_steps(gpu))
