@@ -660,7 +660,8 @@ def markdown(res: dict[str, Any]) -> str:
         "",
         "Ratios: ingest = limit seconds / ingest seconds (higher is better); incremental = seconds / seconds "
         "into an empty repository; snapshot = bytes fetched / bytes of new objects; client and start-up = "
-        "seconds / the baseline's seconds. Times are medians of repeated runs (the cold read runs once).",
+        "seconds / the baseline's seconds. Times are medians of repeated runs (the cold read runs once; "
+        "ingest and its limit: the best of their runs, each in a fresh process pinned with taskset).",
         "Reproduce: `tox -e bench` (or `.venv/bin/python benchmarks/run.py [--quick|--full]`).",
         "",
     ]

@@ -291,11 +291,12 @@ def _read_all(stream: TarballStream, size: int) -> bytes:
 
 
 @contextlib.contextmanager
-def _quick_gil_handover() -> Iterator[None]:
-    """A shorter GIL switch interval while the pool works: a worker back from zlib waits at most this
-    long for the reading thread to hand over the GIL (the default, 5 ms, idles a core each time)."""
+def _quick_gil_handover(workers: int) -> Iterator[None]:
+    """A shorter GIL switch interval while the pool works on several cores: a worker back from zlib
+    waits at most this long for the reading thread to hand over the GIL (the default, 5 ms, idles a
+    core each time).  On one core there is nothing to gain and the extra switches cost a little."""
     before = sys.getswitchinterval()
-    sys.setswitchinterval(min(before, GIL_SWITCH_INTERVAL))
+    sys.setswitchinterval(min(before, GIL_SWITCH_INTERVAL) if workers > 1 else before)
     try:
         yield
     finally:
@@ -304,7 +305,7 @@ def _quick_gil_handover() -> Iterator[None]:
 
 def overlay_stream(txn: Transaction, tarball: Path, opts: IngestOptions) -> StreamResult:
     """Overlay the members of ``tarball`` at ``opts.base`` in ``txn`` in one pass (see the module doc)."""
-    with _quick_gil_handover():
+    with _quick_gil_handover(txn.repo.store.workers):
         return _overlay(txn, tarball, opts)
 
 
