@@ -138,8 +138,9 @@ def _assert_ran_on_the_layer(summary: dict, compat: str, subdir: str) -> None:
             for proc in command["run"]["processes"]:
                 files = [f for f in proc["files"] if not f.startswith(("/dev/", "/memfd:", "/SYSV"))]
                 assert proc["exe"].startswith(repo) and all(f.startswith(repo) for f in files), proc
-                assert f"{compat}/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" in files, proc["exe"]
-                assert f"{compat}/lib/x86_64-linux-gnu/libc.so.6" in files, proc["exe"]
+                libdir = f"{compat}/lib/{compat.rsplit('/', 1)[1]}-linux-gnu"  # the layer's multiarch dir
+                assert any(f.startswith(f"{libdir}/ld-linux") for f in files), proc["exe"]  # its loader
+                assert f"{libdir}/libc.so.6" in files, proc["exe"]
         stream = next(c for c in result["commands"] if c["module"].startswith("STREAM/"))
         assert stream["run"]["processes"][0]["exe"].endswith(
             f"{subdir}/software/STREAM/5.10-hpcc-1.5.0/bin/stream"

@@ -290,3 +290,28 @@ def test_gpu_job_runs_the_gpu_checks_of_its_marker(workflow: dict[Any, Any]) -> 
     assert words[words.index("-m") + 1] == "arch_zen4_cc90"
     assert "tests/test_gpu_checks_acceptance.py" in words
     assert any("gpu link-drivers" in r for r in run_steps(gpu))
+
+
+def test_compat_job_gates_the_layer_of_every_family_and_version_for_publish(
+    workflow: dict[Any, Any], matrix: Matrix
+) -> None:
+    """Software of every target runs on its family's compatibility layer: CI gates each layer and the
+    publish job waits for it (publish holds back software whose loader is not in the repository)."""
+    compat = job(workflow, "compat")
+    pairs = {(e["family"], e["version"]) for e in compat["strategy"]["matrix"]["include"]}
+    wanted = {(t.family, v) for t in matrix.targets for v in t.versions}
+    assert pairs == wanted, f"jobs.compat covers {sorted(pairs)}, the matrix needs {sorted(wanted)}"
+    (gate,) = [r for r in run_steps(compat) if "tests/test_compat_layer.py" in r]
+    for option in (
+        "--eessi-gate-tarball",
+        "--eessi-gate-reframe-report",
+        "--eessi-compat-state",
+        "--eessi-version",
+    ):
+        assert option in gate, f"jobs.compat test step lacks {option}"
+    uploads = [s for s in compat["steps"] if s.get("uses") == "actions/upload-artifact@v4"]
+    gated = [s for s in uploads if str(s["with"]["name"]).startswith("gated-compat-")]
+    assert gated and str(gated[0].get("if", "")).strip() == "success()"
+    assert str(gated[0]["with"]["path"]) == ".state/ci/compat/tarballs/"
+    needs = job(workflow, "publish").get("needs")
+    assert "compat" in ([needs] if isinstance(needs, str) else list(needs or []))
