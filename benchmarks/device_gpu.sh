@@ -13,6 +13,8 @@
 # Writes into OUT_DIR, one JSON file per step and summary.json listing every step's status:
 #   nvidia-smi.txt, nvidia-smi-query.csv, detect-accel.json, device-query.json,
 #   bandwidth-<elements>.json, link-drivers.json
+# DEVICE_PYTHON names the python3 to try first; GPU_BANDWIDTH another gpu_bandwidth; EXPECTED_CC the
+# compute capability the device must have (default cc90).
 # Exit status: 0 every step passed; 2 no usable GPU (the steps say why; nothing is an error then);
 # 1 a step failed.  Never needs the network.
 set -u
@@ -66,15 +68,15 @@ fi
 
 # 2. our detection with the real nvidia-smi
 PY=""
-for cand in python3 python3.13 python3.12 python3.11; do
+for cand in ${DEVICE_PYTHON:-} python3 python3.13 python3.12 python3.11; do
   if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
     PY=$(command -v "$cand"); break
   fi
 done
 if [ -z "$PY" ]; then
   record detect-accel skipped "no python3 >= 3.11 on this machine"
-elif [ ! -d "$PYLIB/archspec" ]; then
-  record detect-accel skipped "archspec not carried ($PYLIB/archspec)"
+elif ! PYTHONPATH="$PYLIB" "$PY" -c 'import archspec' 2>/dev/null; then
+  record detect-accel skipped "archspec neither carried ($PYLIB/archspec) nor importable by $PY"
 else
   answer=$(cd "$ROOT" && PYTHONPATH="$ROOT:$PYLIB" timeout "$STEP_TIMEOUT" "$PY" -m eessi_pipeline.cli \
     --state-dir "$OUT_DIR/state" detect --accel 2>"$OUT_DIR/detect-accel.err")
@@ -128,7 +130,7 @@ else
 fi
 
 # 5. driver injection from the real ldconfig (a dry run: prints what it would link, writes nothing)
-if [ -n "$PY" ] && [ -d "$PYLIB/archspec" ] && [ $no_gpu -eq 0 ]; then
+if [ -n "$PY" ] && PYTHONPATH="$PYLIB" "$PY" -c 'import archspec' 2>/dev/null && [ $no_gpu -eq 0 ]; then
   (cd "$ROOT" && PYTHONPATH="$ROOT:$PYLIB" timeout "$STEP_TIMEOUT" "$PY" -m eessi_pipeline.cli \
     --state-dir "$OUT_DIR/state" gpu link-drivers --dry-run --json) >"$OUT_DIR/link-drivers.json" 2>"$OUT_DIR/link-drivers.err"
   rc=$?

@@ -119,7 +119,7 @@ def cmd_targets(args: argparse.Namespace, out: TextIO) -> int:
     m = _matrix(args)
     settings = _settings(args)
     targets = m.targets_for(settings.version) if settings.version else m.targets
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": t.name,
             "subdir": t.subdir,
@@ -128,6 +128,14 @@ def cmd_targets(args: argparse.Namespace, out: TextIO) -> int:
             "versions": list(t.versions),
             "marker": t.marker,
             "runner": list(m.runner_for(t)),
+            "accel": [  # GPU builds of the target: <subdir>/accel/nvidia/ccXY (issue 19)
+                {
+                    "name": f"{t.name}_{a.cc}",
+                    "subdir": f"{t.subdir}/{a.subdir}",
+                    "marker": f"{t.marker}_{a.cc}",
+                }
+                for a in t.accelerators
+            ],
         }
         for t in targets
     ]

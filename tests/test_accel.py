@@ -223,3 +223,13 @@ def test_generic_target_with_accel_is_refused(tmp_path: Path) -> None:
 def test_accel_markers_are_registered(pytestconfig: pytest.Config) -> None:
     lines = pytestconfig.getini("markers")
     assert any(line.startswith("arch_zen4_cc90:") for line in lines)
+
+
+def test_targets_json_lists_each_targets_accelerators() -> None:
+    rc, out = _cli("targets", "--json")
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rc == 0
+    assert rows["zen4"]["accel"] == [
+        {"name": "zen4_cc90", "subdir": "x86_64/amd/zen4/accel/nvidia/cc90", "marker": "arch_zen4_cc90"}
+    ]
+    assert rows["x86_64_generic"]["accel"] == []

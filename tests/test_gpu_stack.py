@@ -14,6 +14,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +151,59 @@ def test_gpu_program_looks_for_libcuda_in_host_injections_with_fake_driver(
     )
     assert f"LD_LIBRARY_PATH={latest}" in out or f":{latest}" in out
     assert f"trying file={latest}/libcuda.so.1" in out
+
+
+# -- benchmarks/device_gpu.sh without a GPU ------------------------------------------------------
+
+DEVICE_SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "device_gpu.sh"
+
+
+def _device_script(out: Path, env: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    base = {"PATH": "/usr/bin:/bin", "HOME": str(out), "DEVICE_PYTHON": sys.executable}
+    res = subprocess.run(
+        ["bash", str(DEVICE_SCRIPT), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**base, **env},
+    )
+    return res.returncode, json.loads((out / "summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_device_script_without_gpu_says_so_and_exits_2(built: dict[str, Any], tmp_path: Path) -> None:
+    program = next(Path(built["prefix"]).glob("software/GPUBandwidth/*/bin/gpu_bandwidth"))
+    rc, summary = _device_script(tmp_path / "out", {"GPU_BANDWIDTH": str(program)})
+    steps = {s["step"]: s for s in summary["steps"]}
+    assert rc == 2 and summary["no_gpu"] is True
+    assert steps["nvidia-smi"]["status"] == "no-gpu"
+    assert steps["detect-accel"] == {"step": "detect-accel", "status": "ok", "detail": "no GPU: empty answer"}
+    assert steps["device-query"]["status"] == "no-gpu"
+    assert steps["bandwidth"]["status"] == "skipped"
+
+
+@pytest.mark.slow
+def test_device_script_with_fake_nvidia_smi_detects_cc90_and_no_usable_gpu(
+    built: dict[str, Any], tmp_path: Path
+) -> None:
+    """A stand-in nvidia-smi (the recorded H200) makes detection answer cc90; the real CUDA runtime
+    then finds no driver, which the script reports as no usable GPU, not as a failure."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "nvidia-smi").symlink_to(DATA_DIR / "archdetect" / "nvidia-smi" / "1xh200.sh")
+    program = next(Path(built["prefix"]).glob("software/GPUBandwidth/*/bin/gpu_bandwidth"))
+    rc, summary = _device_script(
+        tmp_path / "out", {"GPU_BANDWIDTH": str(program), "PATH": f"{bindir}:/usr/bin:/bin"}
+    )
+    steps = {s["step"]: s for s in summary["steps"]}
+    assert steps["nvidia-smi"]["status"] == "ok"
+    assert steps["detect-accel"]["detail"] == "accel/nvidia/cc90"
+    assert steps["device-query"]["status"] == "no-gpu"
+    assert rc == 2
+
+
+def test_device_script_without_its_program_fails_naming_it(tmp_path: Path) -> None:
+    rc, summary = _device_script(tmp_path / "out", {"GPU_BANDWIDTH": str(tmp_path / "absent")})
+    steps = {s["step"]: s for s in summary["steps"]}
+    assert rc == 1 and steps["device-query"]["status"] == "failed"
+    assert "absent is missing" in steps["device-query"]["detail"]
