@@ -233,3 +233,17 @@ def test_reframe_argv_and_env_select_partition_and_target() -> None:
     env = reframe_env(_tp(), Path("/r.yaml"), {"RFM_CONFIG_FILES": "x", "PATH": "/bin"})
     assert "RFM_CONFIG_FILES" not in env and env["EESSI_PIPELINE_TARGET"] == "zen4"
     assert env["MODULEPATH"].endswith("zen4/modules/all") and env["LMOD_CMD"]
+
+
+def test_config_of_a_stack_on_the_compat_layer_puts_the_layers_programs_first() -> None:
+    """The checks run the modules as a user of the published stack does: python3 is the layer's."""
+    t = load_matrix().target("zen4")
+    layer = "/cvmfs/r/versions/2023.06/compat/linux/x86_64"
+    on_layer = TargetPrefix(t, f"/cvmfs/r/versions/2023.06/software/linux/{t.subdir}", layer)
+    (part,) = config([on_layer], num_cpus=2)["systems"][0]["partitions"]
+    env = dict(part["env_vars"])
+    assert env["PATH"] == f"{layer}/usr/bin:{layer}/bin:$PATH"
+    assert env["LOCPATH"] == f"{layer}/usr/lib/locale"
+    assert env["GCONV_PATH"] == f"{layer}/usr/lib/x86_64-linux-gnu/gconv"
+    (host_linked,) = config([_tp("zen4")], num_cpus=2)["systems"][0]["partitions"]
+    assert [k for k, _ in host_linked["env_vars"]] == ["MODULEPATH"]

@@ -64,7 +64,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="session")
 def software_checks(software_target, software_build, eessi_run_dir, checks_slurm) -> ChecksOutcome:
     built = software_build(software_target.name)
-    tp = TargetPrefix(software_target, built.plan.prefix)
+    tp = TargetPrefix(software_target, built.plan.prefix, built.plan.compat_prefix)
     workdir = eessi_run_dir / f"reframe-{software_target.name}"
     slurm = checks_slurm(software_target)  # --eessi-scheduler slurm: every case is a Slurm job
     if slurm is None:
@@ -113,7 +113,10 @@ def test_reframe_impossible_reference_fails_precisely(software_target, software_
     )
     built = software_build(software_target.name)
     outcome = run_checks(
-        built.overlay, TargetPrefix(software_target, built.plan.prefix), tmp_path / "run", references=refs
+        built.overlay,
+        TargetPrefix(software_target, built.plan.prefix, built.plan.compat_prefix),
+        tmp_path / "run",
+        references=refs,
     )
     assert outcome.returncode != 0
     case = outcome.result.case("stream_check %scale=1_core")

@@ -30,7 +30,9 @@ def test_testsuite_numpy_runs_and_passes_on_the_bundle(software_target, software
     built = software_build(software_target.name)
     (bundle,) = [ec for ec in built.plan.stack.easyconfigs if ec.name == "SciPy-bundle"]
     (numpy,) = [ext for ext in bundle.extensions if ext.name == "numpy"]
-    outcome = run_testsuite(built.overlay, TargetPrefix(software_target, built.plan.prefix), tmp_path)
+    outcome = run_testsuite(
+        built.overlay, TargetPrefix(software_target, built.plan.prefix, built.plan.compat_prefix), tmp_path
+    )
     result = outcome.result
     assert result.num_cases > 0 and result.cases, result.failures
     assert result.ok and outcome.returncode == 0, result.failures

@@ -122,6 +122,12 @@ class BuildPlan:
             raise BuildError(f"stack {self.stack.name} links to the compatibility layer, but {e}") from e
 
     @property
+    def compat_prefix(self) -> str | None:
+        """Where the stack's compatibility layer is at run time (None: the host's loader and libc)."""
+        spec = self.compat_spec
+        return spec.prefix if spec is not None else None
+
+    @property
     def target_dir(self) -> Path:
         return self.state / self.version / self.target.subdir.replace("/", "-")
 

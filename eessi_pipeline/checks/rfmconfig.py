@@ -29,14 +29,31 @@ SITE_EXAMPLE = PROJECT_ROOT / "matrices" / "site.example.yaml"
 
 @dataclass(frozen=True, slots=True)
 class TargetPrefix:
-    """A target and its software prefix, ``/cvmfs/<repo>/versions/<v>/software/linux/<subdir>``."""
+    """A target and its software prefix, ``/cvmfs/<repo>/versions/<v>/software/linux/<subdir>``, and the
+    compatibility layer its software runs on (``None``: a host-linked stack)."""
 
     target: Target
     prefix: str
+    compat: str | None = None
 
     @property
     def modulepath(self) -> str:
         return f"{self.prefix}/modules/all"
+
+    @property
+    def env_vars(self) -> list[list[str]]:
+        """The environment a check runs in: the target's modules and, for a stack on a compatibility
+        layer, the layer's programs first on ``PATH`` with its locales and converters, as ``init/bash``
+        sets them (so a module's ``python3`` is the layer's)."""
+        env = [["MODULEPATH", self.modulepath]]
+        if self.compat is not None:
+            c = self.compat
+            env += [
+                ["PATH", f"{c}/usr/bin:{c}/bin:$PATH"],
+                ["LOCPATH", f"{c}/usr/lib/locale"],
+                ["GCONV_PATH", f"{c}/usr/lib/{self.target.family}-linux-gnu/gconv"],
+            ]
+        return env
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +120,7 @@ def config(
             "environs": [ENVIRON],
             "max_jobs": max_jobs,
             "features": ["cpu", tp.target.marker],
-            "env_vars": [["MODULEPATH", tp.modulepath]],
+            "env_vars": tp.env_vars,
             "processor": processor_info(tp.target, num_cpus),
         }
         for tp in targets
@@ -152,7 +169,7 @@ def site_system(site: Site, targets: Sequence[TargetPrefix]) -> dict[str, Any]:
             "environs": [ENVIRON],
             "max_jobs": sp.max_jobs,
             "features": ["cpu", tp.target.marker, "slurm"],
-            "env_vars": [["MODULEPATH", tp.modulepath]],
+            "env_vars": tp.env_vars,
             "processor": processor_info(tp.target, sp.num_cpus),
         }
         if sp.scheduler == "squeue":

@@ -109,7 +109,7 @@ def suite_config(
         "max_jobs": max_jobs,
         "features": ["cpu", *SINGLE_NODE_SCALES],
         "extras": {"mem_per_node": mem_per_node_mib},
-        "env_vars": [["MODULEPATH", tp.modulepath]],
+        "env_vars": tp.env_vars,
         "processor": processor_info(tp.target, num_cpus),
     }
     return {
