@@ -185,7 +185,6 @@ def _long(n: int) -> str:
         (reg(f"{P}/{_long(256)}", b"x"), "256-byte component"),
         (reg(f"{P}/" + "/".join([_long(200)] * 21), b"x"), "PATH_MAX"),
         (reg(f"{P}/" + "d/" * 300 + "f", b"x"), "levels deep"),
-        (sym(f"{P}/loop1", "loop2"), "more than 40 symlinks"),
         (sym(f"{P}/up", "../../../../../../.."), "climbs above the repository root"),
     ],
     ids=[
@@ -196,15 +195,13 @@ def _long(n: int) -> str:
         "name-max",
         "path-max",
         "depth",
-        "loop",
         "above-root",
     ],
 )
 def test_generic_ingest_refuses_unsafe_members_and_changes_nothing(
     repo: Repository, tmp_path: Path, member: tuple[tarfile.TarInfo, bytes | None], says: str
 ) -> None:
-    extra = [sym(f"{P}/loop2", "loop1")] if member[0].name.endswith("loop1") else []
-    path = write_tar(tmp_path / "any.tar.gz", [reg(f"{P}/big", os.urandom(300_000)), member, *extra])
+    path = write_tar(tmp_path / "any.tar.gz", [reg(f"{P}/big", os.urandom(300_000)), member])
     before = state(repo)
     with pytest.raises(TarballRejected, match=says) as e:
         repo.ingest(path)
@@ -256,7 +253,8 @@ def test_symlink_chain_out_of_the_repository_refused_in_a_generic_ingest(
 
 
 def test_links_resolving_inside_are_published(repo: Repository, tmp_path: Path) -> None:
-    members = [reg(f"{P}/lib/libz.so.1.2", b"z"), sym(f"{P}/lib/libz.so.1", "libz.so.1.2"),
+    # a loop leads nowhere (the kernel gives up after 40 links), so it cannot escape and is kept
+    members = [sym(f"{P}/loop1", "loop2"), sym(f"{P}/loop2", "loop1"), sym(f"{P}/d/self", "self/x"),reg(f"{P}/lib/libz.so.1.2", b"z"), sym(f"{P}/lib/libz.so.1", "libz.so.1.2"),
                sym(f"{P}/lib/libz.so", "libz.so.1"), sym(f"{P}/lib64", "lib"),
                sym(f"{P}/abs", f"/cvmfs/{NAME}/versions/{P}/lib64/libz.so")]  # fmt: skip
     repo.ingest(write_tar(tmp_path / TB, members), check=True)

@@ -19,43 +19,52 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import fnmatch
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import stat
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import RepositoryError
 from ..locks import wait_lock
-from .catalog import DIR_SIZE, CatalogDoc, Node, add_subtree, read_catalog, self_statistics, write_catalog
+from .catalog import DIR_SIZE, Node
 from .common import (
-    SUFFIX_CATALOG,
-    SUFFIX_CERTIFICATE,
-    SUFFIX_HISTORY,
-    SUFFIX_METAINFO,
     fingerprint,
-    parent_path,
-)
-from .history import (
-    REF_CATALOG,
-    REF_CERTIFICATE,
-    REF_HISTORY,
-    REF_METAINFO,
-    add_publish_tags,
-    add_reflog_refs,
 )
 from .ingest import IngestOptions, overlay_stream
-from .keys import KeyPaths, create_keys, load_certificate_der, sign_manifest_hash, sign_raw_pkcs1
+from .keys import KeyPaths, create_keys, load_certificate_der, sign_raw_pkcs1
 from .manifest import Manifest, assemble_signed, parse_manifest
 from .objects import ObjectStore
-from .tarcheck import CATALOG_MARKER, DEFAULT_MAX_MEMBER_SIZE, CheckContext, parse_tarball_name
+from .tarcheck import DEFAULT_MAX_MEMBER_SIZE, CheckContext, parse_tarball_name
+from .transaction import (
+    DIRTAB_PATH,
+    PublishResult,
+    StepHook,
+    Transaction,
+    _atomic_write,
+    dirtab_match,
+)
 from .whitelist import Whitelist
+
+__all__ = [
+    "DEFAULT_DIRTAB",
+    "DEFAULT_LOCK_TIMEOUT",
+    "DIRTAB_PATH",
+    "WHITELIST_DAYS",
+    "PublishResult",
+    "RepoPaths",
+    "Repository",
+    "StepHook",
+    "Transaction",
+    "check_name",
+    "dirtab_match",
+    "publisher_lock",
+    "remove_repository",
+]
 
 log = logging.getLogger(__name__)
 
@@ -70,25 +79,11 @@ DEFAULT_DIRTAB = (
     "/versions/*/software/linux/*/*/modules/all",
     "/versions/*/software/linux/*/*/*/modules/all",
 )
-DIRTAB_PATH = "/.cvmfsdirtab"
 DEFAULT_LOCK_TIMEOUT = 60.0
-
-#: Test hook: called with a step name at each point of a publish (fault-injection tests kill there).
-StepHook = Callable[[str], None]
 
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
-
-
-def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 def check_name(name: str) -> str:
@@ -144,18 +139,6 @@ class RepoPaths:
     @property
     def reflog_backup(self) -> Path:
         return self.spool / "reflog.previous"
-
-
-@dataclass(frozen=True, slots=True)
-class PublishResult:
-    name: str
-    revision: int
-    root_catalog: str
-    catalogs_written: int
-    objects_written: int
-    files_added: int
-    paths_deleted: int
-    sha256: str = ""  # of the tarball's bytes as ingested (empty for a publish without a tarball)
 
 
 @contextlib.contextmanager
@@ -360,410 +343,6 @@ def _os_release() -> dict[str, str]:
                 k, v = line.split("=", 1)
                 out[k] = v.strip().strip('"')
     return out
-
-
-def dirtab_match(pattern: str, path: str) -> bool:
-    """Component-wise shell-wildcard match of a ``.cvmfsdirtab`` line against a repository path."""
-    want = pattern.strip().rstrip("/").split("/")
-    have = path.split("/")
-    return len(want) == len(have) and all(fnmatch.fnmatchcase(h, w) for h, w in zip(have, want, strict=True))
-
-
-def _within(path: str, root: str) -> bool:
-    return root == "" or path == root or path.startswith(root + "/")
-
-
-@dataclass
-class Transaction:
-    """Changes to a repository held in memory until :meth:`commit` publishes them."""
-
-    repo: Repository
-    base: Manifest | None
-    now: dt.datetime
-    hook: StepHook | None = None
-    docs: dict[str, CatalogDoc] = field(default_factory=dict)
-    loaded_hash: dict[str, str] = field(default_factory=dict)
-    dirty: set[str] = field(default_factory=set)
-    files_added: int = 0
-    paths_deleted: int = 0
-    objects_at_start: int = -1
-    implicit_dirs: set[str] = field(default_factory=set)
-    restructured: set[str] = field(default_factory=set)  # catalogs whose set of nested catalogs changed
-    new_dirs: set[str] = field(default_factory=set)
-    published: bool = False  # the manifest of this transaction is in place
-
-    def __post_init__(self) -> None:
-        self.objects_at_start = self.repo.store.new_objects
-
-    def _step(self, name: str) -> None:
-        if self.hook is not None:
-            self.hook(name)
-
-    @property
-    def tmp(self) -> Path:
-        self.repo.paths.tmp.mkdir(parents=True, exist_ok=True)
-        return self.repo.paths.tmp
-
-    # -- catalog navigation ----------------------------------------------------------------
-
-    def _load(self, root: str, hex_hash: str) -> CatalogDoc:
-        doc = read_catalog(self.repo.store.get(hex_hash, SUFFIX_CATALOG), self.tmp)
-        self.docs[root] = doc
-        self.loaded_hash[root] = hex_hash
-        return doc
-
-    def root_doc(self) -> CatalogDoc:
-        if "" not in self.docs:
-            if self.base is None:
-                self.docs[""] = CatalogDoc(root="")
-                self.dirty.add("")
-            else:
-                self._load("", self.base.root_catalog)
-        return self.docs[""]
-
-    def catalog_for(self, path: str) -> CatalogDoc:
-        """The catalog that holds ``path`` (for a mountpoint: the nested catalog itself)."""
-        doc = self.root_doc()
-        while True:
-            child = next((mp for mp in doc.nested if _within(path, mp)), None)
-            if child is None:
-                return doc
-            doc = self.docs.get(child) or self._load(child, doc.nested[child][0])
-
-    def get(self, path: str) -> Node | None:
-        return self.catalog_for(path).entries.get(path)
-
-    def _touch(self, doc: CatalogDoc) -> None:
-        self.dirty.add(doc.root)
-
-    # -- edits ------------------------------------------------------------------------------
-
-    def ensure_dir(self, path: str) -> None:
-        """Make ``path`` and its missing parents directories (iteratively: depth never recurses)."""
-        missing: list[str] = []
-        while path:
-            node = self.get(path)
-            if node is not None:
-                if not node.is_dir:
-                    raise RepositoryError(
-                        f"{path} is a {_kind(node)} in the repository, but a directory is needed there"
-                    )
-                break
-            missing.append(path)
-            path = parent_path(path)
-        for p in reversed(missing):
-            doc = self.catalog_for(p)
-            doc.entries[p] = Node(
-                name=p.rsplit("/", 1)[1],
-                mode=stat.S_IFDIR | 0o755,
-                mtime=int(self.now.timestamp()),
-                size=DIR_SIZE,
-            )
-            self.implicit_dirs.add(p)
-            self.new_dirs.add(p)
-            self._touch(doc)
-
-    def put(self, path: str, node: Node) -> None:
-        self.ensure_dir(parent_path(path))
-        existing = self.get(path)
-        if existing is not None and not (existing.is_dir and node.is_dir):
-            self.remove(path)
-        doc = self.catalog_for(path)
-        if existing is not None and existing.is_dir and node.is_dir:
-            # An existing directory keeps its attributes (as cvmfs_server ingest does), unless this
-            # transaction created it as a missing parent a moment ago.
-            if path in self.implicit_dirs:
-                existing.mode, existing.mtime = node.mode, node.mtime
-                existing.uid, existing.gid = node.uid, node.gid
-                self.implicit_dirs.discard(path)
-        else:
-            doc.entries[path] = node
-            if node.is_dir:
-                self.new_dirs.add(path)
-        self._touch(doc)
-
-    def remove(self, path: str, must_exist: bool = False) -> None:
-        if path in ("", "/"):
-            raise RepositoryError("refusing to delete the repository root")
-        doc = self.catalog_for(path)
-        if path not in doc.entries:
-            if must_exist:
-                raise RepositoryError(
-                    f"cannot delete {path}: no such path in the repository; nothing was changed"
-                )
-            return
-        if doc.root == path:  # a nested catalog's mountpoint: drop the whole catalog
-            parent = self.catalog_for(parent_path(path))
-            parent.nested.pop(path, None)
-            self.restructured.add(parent.root)
-            parent.entries.pop(path, None)
-            self._forget_docs_under(path)
-            self._touch(parent)
-        else:
-            for p in [p for p in doc.entries if _within(p, path)]:
-                del doc.entries[p]
-            for mp in [mp for mp in doc.nested if _within(mp, path)]:
-                del doc.nested[mp]
-                self.restructured.add(doc.root)
-                self._forget_docs_under(mp)
-            self._touch(doc)
-        self.paths_deleted += 1
-
-    def _forget_docs_under(self, path: str) -> None:
-        for root in [r for r in self.docs if r and _within(r, path)]:
-            del self.docs[root]
-            self.loaded_hash.pop(root, None)
-            self.dirty.discard(root)
-
-    def make_nested(self, path: str) -> None:
-        """Make ``path`` (an existing directory) the root of a nested catalog."""
-        parent = self.catalog_for(path)
-        if parent.root == path:
-            return
-        node = parent.entries.get(path)
-        if node is None or not node.is_dir:
-            raise RepositoryError(f"cannot make a nested catalog at {path}: it is not a directory")
-        child = CatalogDoc(root=path)
-        for p in [p for p in parent.entries if _within(p, path)]:
-            child.entries[p] = parent.entries[p] if p != path else dataclasses.replace(node)
-            if p != path:
-                del parent.entries[p]
-        for mp in [mp for mp in parent.nested if _within(mp, path)]:
-            child.nested[mp] = parent.nested.pop(mp)
-            self.restructured.add(parent.root)  # its subtree counters must be summed afresh
-        node.nested_mountpoint = True
-        child.entries[path].nested_mountpoint = True
-        parent.nested[path] = ("", 0)  # filled in at commit
-        self.docs[path] = child
-        marker = f"{path}/{CATALOG_MARKER}"
-        if (
-            marker not in child.entries
-        ):  # the real server keeps an empty .cvmfscatalog in every nested catalog
-            empty = self.repo.store.put(b"")
-            child.entries[marker] = Node(
-                CATALOG_MARKER,
-                stat.S_IFREG | 0o644,
-                int(self.now.timestamp()),
-                0,
-                node.uid,
-                node.gid,
-                hash=empty,
-            )
-        self._touch(parent)
-        self._touch(child)
-
-    def read_file(self, path: str) -> bytes | None:
-        node = self.get(path)
-        if node is None or not node.is_regular:
-            return None
-        if node.hash:
-            return self.repo.store.get(node.hash)
-        return b"".join(self.repo.store.get(c.hash, "P") for c in node.chunks)
-
-    def apply_dirtab(self, patterns: Sequence[str] | None = None) -> list[str]:
-        """Nest every directory added in this transaction that a dirtab pattern matches.
-
-        Patterns are absolute paths whose components may use shell wildcards (one component
-        each); a leading ``!`` excludes.  Without ``patterns`` the repository's own
-        ``/.cvmfsdirtab`` is used (no file: nothing to do).  Returns the new mountpoints.
-        """
-        if patterns is None:
-            raw = self.read_file(DIRTAB_PATH)
-            if raw is None:
-                return []
-            patterns = raw.decode("utf-8", "replace").splitlines()
-        include = [p.strip() for p in patterns if p.strip() and not p.strip().startswith(("#", "!"))]
-        exclude = [p.strip()[1:] for p in patterns if p.strip().startswith("!")]
-        made = []
-        for path in sorted(self.new_dirs, key=lambda p: (p.count("/"), p)):
-            node = self.get(path)
-            if node is None or not node.is_dir:
-                continue
-            if (
-                any(dirtab_match(p, path) for p in include)
-                and not any(dirtab_match(p, path) for p in exclude)
-                and self.catalog_for(path).root != path
-            ):
-                self.make_nested(path)
-                made.append(path)
-        return made
-
-    # -- commit ---------------------------------------------------------------------------
-
-    def _fix_linkcounts(self, doc: CatalogDoc) -> None:
-        subdirs: dict[str, int] = {}
-        for p, n in doc.entries.items():
-            if n.is_dir and p != doc.root:
-                subdirs[parent_path(p)] = subdirs.get(parent_path(p), 0) + 1
-        for p, n in doc.entries.items():
-            if n.is_dir and (p == doc.root or p not in doc.nested):  # mountpoints mirror their catalog
-                n.linkcount = 2 + subdirs.get(p, 0)
-                n.size = DIR_SIZE
-
-    def _stats_of(self, root: str, hex_hash: str, written: dict[str, dict[str, int]]) -> dict[str, int]:
-        if root in written:
-            return written[root]
-        doc = self.docs.get(root) or self._load(root, hex_hash)
-        return doc.statistics
-
-    def commit(self) -> PublishResult:
-        """Write dirty catalogs bottom-up, then history, reflog, and the signed manifest last."""
-        store = self.repo.store
-        paths = self.repo.paths
-        ts = int(self.now.timestamp())
-        # A changed catalog changes its hash, so every catalog above it changes too.
-        for root in list(self.dirty):
-            r = root
-            while r:
-                r = self.catalog_for(parent_path(r)).root
-                self.dirty.add(r)
-        written: dict[str, dict[str, int]] = {}
-        catalogs_written = 0
-        for root in sorted(self.dirty, key=lambda r: (-r.count("/"), r)):
-            doc = self.docs[root]
-            if root not in doc.entries:
-                raise RepositoryError(f"internal error: catalog {root or '/'} lost its root entry")
-            self._fix_linkcounts(doc)
-            stats = self_statistics(doc)
-            if root in self.loaded_hash and root not in self.restructured and doc.statistics:
-                # Same nested catalogs as before: start from the subtree totals the catalog had and
-                # apply what its rewritten children changed, without opening the unchanged ones.
-                for counter in stats:
-                    if counter.startswith("subtree_"):
-                        stats[counter] = int(doc.statistics.get(counter, 0))
-                for mp in doc.nested:
-                    if mp in written:
-                        _apply_child_change(stats, self.docs[mp].statistics, written[mp])
-            else:
-                for mp, (h, _size) in doc.nested.items():
-                    add_subtree(stats, self._stats_of(mp, h, written))
-            revision = int(doc.properties.get("revision", "0")) + 1
-            if root == "":
-                revision = (self.base.revision if self.base else 0) + 1
-            props = dict(doc.properties)
-            props.update({"revision": str(revision), "last_modified": str(ts)})
-            # The catalog this one replaces; cvmfs writes 40 zeros for a new catalog.
-            props["previous_revision"] = self.loaded_hash.get(root, "0" * 40)
-            doc.properties = props
-            data = write_catalog(doc, stats, self.tmp)
-            h = store.put(data, SUFFIX_CATALOG)
-            written[root] = stats
-            catalogs_written += 1
-            self._step(f"catalog {root or '/'}")
-            if root:
-                parent = self.catalog_for(parent_path(root))
-                parent.nested[root] = (h, len(data))
-                mirror = parent.entries[root]
-                child_root = doc.entries[root]
-                mirror.mode, mirror.mtime, mirror.linkcount = (
-                    child_root.mode,
-                    child_root.mtime,
-                    child_root.linkcount,
-                )
-                mirror.uid, mirror.gid, mirror.nested_mountpoint = child_root.uid, child_root.gid, True
-            else:
-                root_hash, root_size = h, len(data)
-        self._step("catalogs written")
-        when = self.now
-        revision = (self.base.revision if self.base else 0) + 1
-        old_history = (
-            store.get(self.base.history, SUFFIX_HISTORY) if self.base and self.base.history else None
-        )
-        history = add_publish_tags(
-            old_history, paths.name, root_hash, root_size, revision, when,
-            self.base.history if self.base else None, self.tmp,
-        )  # fmt: skip
-        history_hash = store.put(history, SUFFIX_HISTORY)
-        cert_pem = paths.keys.certificate.read_bytes()
-        cert_hash = store.put(cert_pem, SUFFIX_CERTIFICATE)
-        meta_hash = store.put(_metainfo(paths.name), SUFFIX_METAINFO)
-        self._step("history written")
-        old_reflog = paths.reflog.read_bytes() if paths.reflog.exists() else None
-        reflog = add_reflog_refs(
-            old_reflog,
-            paths.name,
-            [
-                (root_hash, REF_CATALOG),
-                (cert_hash, REF_CERTIFICATE),
-                (history_hash, REF_HISTORY),
-                (meta_hash, REF_METAINFO),
-            ],
-            when,
-            self.tmp,
-        )
-        manifest = Manifest(
-            root_catalog=root_hash,
-            root_catalog_size=root_size,
-            revision=revision,
-            name=paths.name,
-            certificate=cert_hash,
-            history=history_hash,
-            timestamp=ts,
-            metainfo=meta_hash,
-            reflog=hashlib.sha1(reflog).hexdigest(),
-        )
-        body = manifest.body()
-        signature = sign_manifest_hash(paths.keys.key, hashlib.sha1(body).hexdigest())
-        signed = assemble_signed(body, signature)
-        objects_written = store.new_objects - self.objects_at_start
-        self._step("objects written")
-        # The reflog must change with the manifest; keep the old one so an interrupted
-        # publish can be repaired (Repository.repair_interrupted).
-        if old_reflog is not None:
-            _atomic_write(paths.reflog_backup, old_reflog)
-        _atomic_write(paths.reflog, reflog)
-        self._step("reflog written")
-        _atomic_write(paths.manifest, signed)
-        self.published = True
-        paths.reflog_backup.unlink(missing_ok=True)
-        self._step("manifest written")
-        log.info("published %s revision %d (%d catalogs)", paths.name, revision, catalogs_written)
-        return PublishResult(
-            paths.name,
-            revision,
-            root_hash,
-            catalogs_written,
-            objects_written,
-            self.files_added,
-            self.paths_deleted,
-        )
-
-
-def _apply_child_change(stats: dict[str, int], old: dict[str, int], new: dict[str, int]) -> None:
-    """Move a parent's subtree counters by (new - old) of one child's self+subtree totals."""
-    for counter in stats:
-        if counter.startswith("subtree_"):
-            base = counter[len("subtree_") :]
-            before = int(old.get(f"self_{base}", 0)) + int(old.get(counter, 0))
-            after = int(new.get(f"self_{base}", 0)) + int(new.get(counter, 0))
-            stats[counter] += after - before
-
-
-def _member_path(name: str) -> str:
-    """A tar member name as a relative path: no leading "/" or "./", no trailing "/"."""
-    rel = name.lstrip("/")
-    while rel.startswith("./"):
-        rel = rel[2:].lstrip("/")
-    rel = rel.rstrip("/")
-    return "" if rel == "." else rel
-
-
-def _kind(node: Node) -> str:
-    return "directory" if node.is_dir else "symlink" if node.is_symlink else "file"
-
-
-def _metainfo(name: str) -> bytes:
-    doc = {
-        "administrator": "eessi-pipeline",
-        "email": "root@localhost",
-        "organisation": "eessi-pipeline",
-        "description": f"{name}: an EESSI-style software stack published by eessi-pipeline",
-        "url": "",
-        "recommended-stratum0": f"http://127.0.0.1/cvmfs/{name}",
-        "recommended-stratum1s": [],
-        "custom": {},
-    }
-    return (json.dumps(doc, indent=2) + "\n").encode()
 
 
 def remove_repository(state_dir: Path, name: str) -> None:
