@@ -207,3 +207,19 @@ def test_device_script_without_its_program_fails_naming_it(tmp_path: Path) -> No
     steps = {s["step"]: s for s in summary["steps"]}
     assert rc == 1 and steps["device-query"]["status"] == "failed"
     assert "absent is missing" in steps["device-query"]["detail"]
+
+
+def test_missing_host_tool_is_refused_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "g++").symlink_to("/bin/true")  # a PATH with g++ but without unzip
+    old = os.environ["PATH"]
+    os.environ["PATH"] = str(bindir)
+    try:
+        rc = main(
+            ["--state-dir", str(tmp_path / "s"), "gpu", "build", "--target", "zen4_cc90"], io.StringIO()
+        )
+    finally:
+        os.environ["PATH"] = old
+    err = capsys.readouterr().err
+    assert rc == 1 and "needs unzip on PATH" in err and err.count("\n") == 1

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,6 +51,9 @@ GPU_STACK = "gpu"
 ARCH_ENV = "EESSI_PIPELINE_CUDA_ARCH"
 EB_TIMEOUT = 1800.0
 LOCK_TIMEOUT = 3600.0
+# what the build runs from the host besides EasyBuild: the CUDA easyconfig unpacks wheels with unzip
+# (it keeps their file modes), and nvcc compiles host code with the system C++ compiler
+HOST_TOOLS = (("unzip", "to unpack NVIDIA's wheels"), ("g++", "nvcc's host compiler"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +176,12 @@ def build_gpu_stack(
     plan = plan_gpu_build(
         matrix, stacks, target, settings.version, settings.state_dir, Path(prefix) if prefix else None
     )
-    installed_easybuild_version()  # refuses, naming the pin, when EasyBuild is missing or another version
+    eb_version = installed_easybuild_version()  # refuses, naming the install command, without EasyBuild
+    for tool, why in HOST_TOOLS:
+        if shutil.which(tool) is None:
+            raise BuildError(
+                f"the GPU stack needs {tool} on PATH ({why}); install it, e.g. `apt-get install {tool}`"
+            )
     plan.ebprefix.mkdir(parents=True, exist_ok=True)
     with wait_lock(
         plan.ebprefix / "gpu-build.lock", LOCK_TIMEOUT, f"the GPU stack build of {target.name}", BuildError
@@ -199,4 +208,5 @@ def build_gpu_stack(
         "cuda_arch": plan.cuda_arch,
         "sources": sources,
         "python": sys.executable,
+        "easybuild": eb_version,
     }
