@@ -9,10 +9,12 @@
 #   .device/pylib/archspec      archspec (pure Python), so `eessi-pipeline detect --accel` runs from the
 #                               checkout with whatever python3 >= 3.11 the machine has (no venv is carried:
 #                               a venv made elsewhere points at that machine's interpreter)
+#   .device/rfmwheels/          (optional) ReFrame 4.10 and its dependencies as wheels for that python
+#                               (cp312 for the H200 machine, ~57 MB), unpacked there to run checks/gpu
 #
 # Writes into OUT_DIR, one JSON file per step and summary.json listing every step's status:
-#   nvidia-smi.txt, nvidia-smi-query.csv, detect-accel.json, device-query.json,
-#   bandwidth-<elements>.json, link-drivers.json
+#   nvidia-smi.txt (with the inventory query), detect-accel.json, device-query.json,
+#   bandwidth-<elements>.json, link-drivers.json, reframe-report.json (+ reframe.txt when it did not pass)
 # DEVICE_PYTHON names the python3 to try first; GPU_BANDWIDTH another gpu_bandwidth; EXPECTED_CC the
 # compute capability the device must have (default cc90).
 # Exit status: 0 every step passed; 2 no usable GPU (the steps say why; nothing is an error then);
@@ -54,9 +56,11 @@ field() {  # field KEY FILE: a top-level string or number value from our one-lin
 # 1. nvidia-smi as it is
 if command -v nvidia-smi >/dev/null 2>&1; then
   if timeout "$STEP_TIMEOUT" nvidia-smi >"$OUT_DIR/nvidia-smi.txt" 2>&1; then
-    timeout "$STEP_TIMEOUT" nvidia-smi --query-gpu=gpu_name,count,driver_version,compute_cap \
-      --format=csv,noheader >"$OUT_DIR/nvidia-smi-query.csv" 2>&1
-    record nvidia-smi ok "$(head -n 1 "$OUT_DIR/nvidia-smi-query.csv")"
+    query=$(timeout "$STEP_TIMEOUT" nvidia-smi --query-gpu=gpu_name,count,driver_version,compute_cap \
+      --format=csv,noheader 2>&1)
+    printf '\n# nvidia-smi --query-gpu=gpu_name,count,driver_version,compute_cap --format=csv,noheader\n%s\n' \
+      "$query" >>"$OUT_DIR/nvidia-smi.txt"
+    record nvidia-smi ok "$(head -n 1 <<<"$query")"
   else
     record nvidia-smi no-gpu "$(head -n 1 "$OUT_DIR/nvidia-smi.txt")"
     no_gpu=1
@@ -142,6 +146,57 @@ if [ -n "$PY" ] && PYTHONPATH="$PYLIB" "$PY" -c 'import archspec' 2>/dev/null &&
 else
   record link-drivers skipped "needs python3 >= 3.11, archspec and a GPU"
 fi
+# 6. the ReFrame GPU checks (checks/gpu), when ReFrame can run with this machine's python: importable
+#    already, or from carried wheels (.device/rfmwheels, unpacked into a scratch dir).  No Lmod is assumed:
+#    the configuration uses ReFrame's `nomod` and puts gpu_bandwidth on PATH, so the module smoke checks
+#    have nothing to load and only the device query and bandwidth checks run, against the references of
+#    the accelerator target RFM_TARGET (default sapphirerapids_cc90: the H200 machine is such a VM).
+RFM_TARGET=${RFM_TARGET:-sapphirerapids_cc90}
+rfm_path="$ROOT:$PYLIB"
+if [ $no_gpu -eq 0 ] && [ -n "$PY" ] && ! PYTHONPATH="$rfm_path" "$PY" -c 'import reframe.frontend.cli' 2>/dev/null && [ -d "$ROOT/.device/rfmwheels" ]; then
+  scratch=$(mktemp -d)
+  for w in "$ROOT"/.device/rfmwheels/*.whl; do "$PY" -m zipfile -e "$w" "$scratch/site" 2>/dev/null; done
+  rfm_path="$ROOT:$PYLIB:$scratch/site"
+fi
+if [ $no_gpu -eq 1 ]; then
+  record reframe skipped "no usable GPU (the checks would only be skipped)"
+elif [ -z "$PY" ] || ! PYTHONPATH="$rfm_path" "$PY" -c 'import reframe.frontend.cli' 2>"$OUT_DIR/reframe.err"; then
+  record reframe skipped "ReFrame cannot run with ${PY:-no python3}: $(tail -n 1 "$OUT_DIR/reframe.err" 2>/dev/null)"
+elif [ ! -x "$BIN" ]; then
+  record reframe skipped "no gpu_bandwidth to check"
+else
+  rfm=$(mktemp -d)
+  mkdir -p "$rfm/bin" "$rfm/modules"
+  ln -s "$BIN" "$rfm/bin/gpu_bandwidth"
+  cat >"$rfm/config.py" <<CFG
+site_configuration = {
+    "systems": [{
+        "name": "device", "hostnames": [".*"], "modules_system": "nomod",
+        "partitions": [{"name": "$RFM_TARGET", "scheduler": "local", "launcher": "local",
+                        "environs": ["eessi"], "features": ["cpu", "gpu"]}],
+    }],
+    "environments": [{"name": "eessi"}],
+}
+CFG
+  (cd "$ROOT" && PATH="$rfm/bin:$PATH" PYTHONPATH="$rfm_path" RFM_COLORIZE=n \
+    EESSI_PIPELINE_MODULEPATH="$rfm/modules" EESSI_PIPELINE_TARGET="$RFM_TARGET" EESSI_PIPELINE_ACCEL_CC="$EXPECTED_CC" \
+    EESSI_PIPELINE_REFERENCES="$ROOT/matrices/references.yaml" EESSI_PIPELINE_SMOKE="$ROOT/matrices/smoke.yaml" \
+    timeout 600 "$PY" -c 'import sys; from reframe.frontend.cli import main; sys.argv[0] = "reframe"; main()' \
+    -C "$rfm/config.py" -c "$ROOT/checks/gpu/gpu_checks.py" --system "device:$RFM_TARGET" --prefix "$rfm/run" \
+    --report-file "$OUT_DIR/reframe-report.json" --nocolor -r) >"$OUT_DIR/reframe.txt" 2>&1
+  rc=$?
+  summary_line=$(grep -E '^\[ +(PASSED|FAILED) +\] Ran' "$OUT_DIR/reframe.txt" | tail -n 1)
+  perf=$(grep -Eo '(Copy|Triad): [0-9.]+ GB/s' "$OUT_DIR/reframe.txt" | tr '\n' ' ')
+  if [ $rc -eq 0 ] && grep -q 'PASSED' <<<"$summary_line"; then
+    record reframe ok "$summary_line $perf"
+    rm -f "$OUT_DIR/reframe.txt"  # the JSON report holds it all; the device tool brings back few files
+  else
+    record reframe failed "exit $rc: ${summary_line:-$(tail -n 1 "$OUT_DIR/reframe.txt")}"
+  fi
+  rm -rf "$rfm"
+fi
+[ -n "${scratch:-}" ] && rm -rf "$scratch"
+
 rm -rf "$OUT_DIR/state"
 find "$OUT_DIR" -maxdepth 1 -name '*.err' -empty -delete  # keep only stderr that says something
 

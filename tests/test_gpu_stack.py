@@ -180,6 +180,7 @@ def test_device_script_without_gpu_says_so_and_exits_2(built: dict[str, Any], tm
     assert steps["detect-accel"] == {"step": "detect-accel", "status": "ok", "detail": "no GPU: empty answer"}
     assert steps["device-query"]["status"] == "no-gpu"
     assert steps["bandwidth"]["status"] == "skipped"
+    assert steps["reframe"]["status"] == "skipped"
 
 
 @pytest.mark.slow
