@@ -9,6 +9,7 @@ for it (the program must say "no usable GPU"; the loader must look for libcuda i
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -26,7 +27,7 @@ from eessi_pipeline.build.stacks import load_stacks
 from eessi_pipeline.cli import main
 from eessi_pipeline.errors import BuildError, MatrixError
 from eessi_pipeline.gpu.stack import ARCH_ENV, eb_argv, eb_env, plan_gpu_build
-from eessi_pipeline.matrix import load_matrix
+from eessi_pipeline.matrix import AccelTarget, load_matrix
 
 
 def test_plan_puts_the_stack_in_the_accelerator_prefix(tmp_path: Path) -> None:
@@ -61,11 +62,20 @@ def test_unknown_target_refused(tmp_path: Path, capsys: pytest.CaptureFixture[st
         load_matrix().accel_target("zen2_cc90")
 
 
-def test_version_without_the_target_refused(tmp_path: Path) -> None:
+def test_every_accel_target_and_version_of_the_matrix_can_be_planned(tmp_path: Path) -> None:
+    """What the workflow's gpu job runs: each (accelerator target, version) has a GPU stack."""
+    m, stacks = load_matrix(), load_stacks()
+    for at in m.every_accel_target():
+        for v in at.versions:
+            assert plan_gpu_build(m, stacks, at, v, tmp_path).stack.name == "gpu"
+
+
+def test_version_without_the_cpu_target_refused(tmp_path: Path) -> None:
     m = load_matrix()
-    at = m.accel_target("zen4_cc90")
-    with pytest.raises(BuildError, match="has no stack 'gpu'"):
-        plan_gpu_build(m, load_stacks(), at, "2025.06", tmp_path)  # 2025.06 has no gpu stack yet
+    zen4 = m.target("zen4")
+    only_2025 = AccelTarget(dataclasses.replace(zen4, versions=("2025.06",)), zen4.accelerators[0])
+    with pytest.raises(BuildError, match=r"not built in stack version 2023\.06"):
+        plan_gpu_build(m, load_stacks(), only_2025, "2023.06", tmp_path)
 
 
 # -- the real build ------------------------------------------------------------------------------
