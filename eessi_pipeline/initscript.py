@@ -221,6 +221,7 @@ done
 unset _eessi_f
 export LMOD_CONFIG_DIR="$EESSI_SOFTWARE_PATH/.lmod"
 export LMOD_RC="$EESSI_SOFTWARE_PATH/.lmod/lmodrc.lua"
+if [[ -f "$EESSI_SITE_SOFTWARE_PATH/.lmod/lmodrc.lua" ]]; then LMOD_RC="$EESSI_SITE_SOFTWARE_PATH/.lmod/lmodrc.lua:$LMOD_RC"; fi
 export LMOD_PACKAGE_PATH="$EESSI_SOFTWARE_PATH/.lmod"
 # the compatibility layer's programs (bash, python3, ...) before the host's, and its Lmod
 export PATH="$EESSI_EPREFIX/usr/bin:$EESSI_EPREFIX/bin:$PATH"
@@ -304,6 +305,9 @@ if isDir(pathJoin(eprefix, "usr", "lib", family .. "-linux-gnu", "gconv")) then
   setenv("GCONV_PATH", pathJoin(eprefix, "usr", "lib", family .. "-linux-gnu", "gconv"))
 end
 prepend_path("LMOD_RC", pathJoin(software, ".lmod", "lmodrc.lua"))
+if isFile(pathJoin(site, ".lmod", "lmodrc.lua")) then
+  prepend_path("LMOD_RC", pathJoin(site, ".lmod", "lmodrc.lua"))
+end
 pushenv("LMOD_PACKAGE_PATH", pathJoin(software, ".lmod"))
 prepend_path("MODULEPATH", pathJoin(software, "modules", "all"))
 if isDir(pathJoin(site, "modules", "all")) then

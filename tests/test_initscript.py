@@ -155,6 +155,15 @@ def test_init_bash_sets_up_eessi_variables_lmod_config_and_the_layer_path(tmp_pa
         f"{repo}/host_injections/2023.06/software/linux/x86_64/amd/zen3/modules/all",
     ]
     assert done.stderr == ""
+    site = repo / "host_injections/2023.06/software/linux/x86_64/amd/zen3"  # a site's own modules and cache
+    write_lmod_files(site / ".lmod", str(site))
+    (site / "modules/all").mkdir(parents=True)
+    for entry in ("bash", "lmod/bash"):
+        done = _source(repo, "2023.06", ZEN3, 'echo "$LMOD_RC|$MODULEPATH"', entry=entry)
+        assert done.returncode == 0, done.stderr
+        rc, modulepath = done.stdout.strip().split("|")
+        assert rc.split(":")[:2] == [f"{site}/.lmod/lmodrc.lua", f"{software}/.lmod/lmodrc.lua"], entry
+        assert modulepath.split(":")[:2] == [f"{site}/modules/all", f"{software}/modules/all"], entry
 
 
 @needs_lmod
