@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any, TextIO
 
+from .errors import BuildError
 from .gpu.drivers import (
     DriverLinkError,
     driver_versions_in,
@@ -131,7 +132,7 @@ def cmd_checks(args: argparse.Namespace, out: TextIO) -> int:
     plan = plan_gpu_build(matrix, load_stacks(), at, settings.version, settings.state_dir,
                           Path(args.prefix) if args.prefix else None)  # fmt: skip
     if not plan.modulepath.is_dir():
-        raise DriverLinkError(
+        raise BuildError(
             f"{plan.modulepath}: no GPU modules; run `eessi-pipeline gpu build --target {at.name}` first"
         )
     outcome = run_gpu_checks(

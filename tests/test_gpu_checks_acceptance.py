@@ -89,3 +89,15 @@ def test_gpu_device_case(gpu_run: tuple[AccelTarget, ChecksOutcome], check: str)
     if check == "gpu_bandwidth_check":
         assert {p.metric for p in case.perf} == {"Copy", "Triad"}
         assert all(p.reference is not None and p.ok for p in case.perf), case.perf
+
+
+def test_gpu_checks_command_reports_each_case(gpu_run: tuple[AccelTarget, ChecksOutcome]) -> None:
+    at, outcome = gpu_run
+    state = outcome.paths.report.parent.parent  # the fixture's state dir: <state>/reframe/report.json
+    out = io.StringIO()
+    rc = main(["--state-dir", str(state), "gpu", "checks", "--target", at.name, "--json"], out)
+    data = json.loads(out.getvalue())
+    assert rc == 0 and data["target"] == at.name
+    results = {c["name"]: c["result"] for c in data["cases"]}
+    assert results[f"gpu_module_smoke_check %module={SMOKE_MODULES[0]}"] == "pass"
+    assert set(results) >= set(DEVICE_CHECKS)

@@ -126,3 +126,36 @@ def test_empty_ldconfig_file_is_a_one_line_refusal(
     rc, _ = _link(tmp_path, ldconfig=empty)
     err = capsys.readouterr().err
     assert rc == 1 and "is empty" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--family", "s390x"], "no NVIDIA driver libraries for family 's390x'"),
+        (["--ldconfig", "/dev/zero"], "not a regular file"),
+        (["--driver-version", "latest"], "is not like 580.159.04"),
+    ],
+)
+def test_bad_arguments_are_one_line_refusals(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    _fake_driver_tree(tmp_path / "host", LDCONFIG.read_text())
+    base = ["gpu", "link-drivers", "--ldconfig", str(LDCONFIG), "--family", "x86_64",
+            "--sysroot", str(tmp_path / "host"), "--root", str(tmp_path / "hi")]  # fmt: skip
+    rc = main([*base, *argv], io.StringIO())
+    err = capsys.readouterr().err
+    assert rc == 1 and message in err and err.count("\n") == 1, err
+
+
+def test_root_that_is_a_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _fake_driver_tree(tmp_path / "host", LDCONFIG.read_text())
+    (tmp_path / "hi").write_text("not a directory")
+    rc, _ = _link(tmp_path)
+    err = capsys.readouterr().err
+    assert rc == 1 and "choose another --root" in err
+
+
+def test_checks_without_a_build_say_what_to_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["--state-dir", str(tmp_path), "gpu", "checks", "--target", "zen4_cc90"], io.StringIO())
+    err = capsys.readouterr().err
+    assert rc == 1 and "run `eessi-pipeline gpu build --target zen4_cc90` first" in err
