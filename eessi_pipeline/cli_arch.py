@@ -15,6 +15,7 @@ from typing import Any, TextIO
 from .arch.cpuinfo import CPUINFO_ENV, MACHINE_ENV, read_host_cpu
 from .arch.select import OVERRIDE_ENV, check_build_node, require_build_node, select_from_environ, why_not
 from .cli_options import add_stack_version
+from .errors import UsageError
 from .matrix import MATRIX_ENV, Matrix, load_matrix
 from .plan import make_plan
 from .settings import Settings, resolve_settings
@@ -152,6 +153,10 @@ def cmd_targets(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
     m = _matrix(args)
     settings = _settings(args)
+    if args.target in {at.name for at in m.every_accel_target()}:  # a GPU target: its own plan
+        raise UsageError(
+            f"{args.target} is an accelerator target; use `eessi-pipeline gpu plan --target {args.target}`"
+        )
     target = m.target(args.target)
     host = read_host_cpu(args.cpuinfo) if not args.no_host else None
     plan = make_plan(m, target, settings.version, settings.repository, host)

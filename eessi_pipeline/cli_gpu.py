@@ -119,6 +119,29 @@ def cmd_build(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
+    from .build.stacks import load_stacks
+    from .gpu.plan import make_gpu_plan
+    from .matrix import load_matrix
+    from .settings import resolve_settings
+
+    matrix = load_matrix()
+    settings = resolve_settings(state_dir=getattr(args, "state_dir", None), version=args.version)
+    plan = make_gpu_plan(matrix, load_stacks(), matrix.accel_target(args.target), settings.version,
+                         settings.repository)  # fmt: skip
+    if args.json:
+        out.write(json.dumps(plan.to_json(), indent=2, sort_keys=True) + "\n")
+        return 0
+    at = plan.target
+    out.write(f"plan for {at.name} ({at.subdir}), stack version {plan.version}\n")
+    out.write(f"  install prefix: {plan.install_prefix}\n")
+    out.write(f"  tarball:        {plan.tarball}\n")
+    out.write(f"  modules:        {', '.join(plan.modules)} ({at.accel.sm})\n")
+    for i, step in enumerate(plan.steps, 1):
+        out.write(f"  {i}. {step.name}: {step.detail}\n       {step.command}\n")
+    return 0
+
+
 def cmd_checks(args: argparse.Namespace, out: TextIO) -> int:
     from .build.stacks import load_stacks
     from .gpu.checks import run_gpu_checks
@@ -204,3 +227,11 @@ def add_gpu_parser(sub: Any) -> None:
     add_stack_version(c)
     c.add_argument("--json", action="store_true", help="print JSON for machines")
     c.set_defaults(handler=cmd_checks)
+
+    p = gsub.add_parser("plan", help="what the pipeline does for an accelerator target (no side effects)")
+    p.add_argument(
+        "--target", default="zen4_cc90", metavar="NAME", help="accelerator target (default: zen4_cc90)"
+    )
+    add_stack_version(p)
+    p.add_argument("--json", action="store_true", help="print JSON for machines")
+    p.set_defaults(handler=cmd_plan)

@@ -234,3 +234,21 @@ def test_missing_host_tool_is_refused_naming_it(tmp_path: Path, capsys: pytest.C
         os.environ["PATH"] = old
     err = capsys.readouterr().err
     assert rc == 1 and "needs unzip on PATH" in err and err.count("\n") == 1
+
+
+def test_gpu_plan_names_prefix_tarball_runner_and_steps() -> None:
+    out = io.StringIO()
+    assert main(["gpu", "plan", "--target", "sapphirerapids_cc90", "--json"], out) == 0
+    plan = json.loads(out.getvalue())
+    assert plan["subdir"] == "x86_64/intel/sapphirerapids/accel/nvidia/cc90"
+    assert plan["install_prefix"].endswith("/versions/2023.06/software/linux/" + plan["subdir"])
+    assert plan["tarball"].startswith(
+        "eessi-2023.06-software-linux-x86_64-intel-sapphirerapids-accel-nvidia-cc90-"
+    )
+    assert plan["cuda_arch"] == "sm_90" and "gpu-cc90" in plan["runner"]
+    assert [s["name"] for s in plan["steps"]] == ["detect", "build", "driver", "checks", "gate"]
+
+
+def test_cpu_plan_of_an_accel_target_points_to_gpu_plan(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--target", "zen4_cc90"], io.StringIO()) == 2
+    assert "use `eessi-pipeline gpu plan --target zen4_cc90`" in capsys.readouterr().err
