@@ -23,13 +23,11 @@ a member, a symlink, a SHA-256 other than the gate's — raises before the trans
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import stat
-import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +61,6 @@ BATCH_FILES = 128  # ...or this many files
 IN_FLIGHT_BYTES = 64 << 20  # member bytes handed to workers and not stored yet...
 IN_FLIGHT_PER_WORKER = 8 << 20  # ...or this much per worker where that is more (9 or more cores)
 WHOLE_MAX = 32 << 20  # unchunked files up to this size are one worker job; larger ones are streamed
-GIL_SWITCH_INTERVAL = 0.0005  # seconds; see _quick_gil_handover
 #: Links followed before a walk gives up as a loop.  Linux follows at most 40 (ELOOP), so a chain that
 #: needs more never resolves for anyone: it is harmless, and an escape within this many is refused.
 MAX_SYMLINK_HOPS = 256
@@ -292,26 +289,8 @@ def _read_all(stream: TarballStream, size: int) -> bytes:
 # -- the reading side -------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _quick_gil_handover(workers: int) -> Iterator[None]:
-    """A shorter GIL switch interval while the pool works on several cores: a worker back from zlib
-    waits at most this long for the reading thread to hand over the GIL (the default, 5 ms, idles a
-    core each time).  On one core there is nothing to gain and the extra switches cost a little."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(min(before, GIL_SWITCH_INTERVAL) if workers > 1 else before)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
-
-
 def overlay_stream(txn: Transaction, tarball: Path, opts: IngestOptions) -> StreamResult:
     """Overlay the members of ``tarball`` at ``opts.base`` in ``txn`` in one pass (see the module doc)."""
-    with _quick_gil_handover(txn.repo.store.workers):
-        return _overlay(txn, tarball, opts)
-
-
-def _overlay(txn: Transaction, tarball: Path, opts: IngestOptions) -> StreamResult:
     shown = tarball.name
     scanner = _Scanner(opts.check) if opts.check is not None else None
     problems: list[Problem] = []
