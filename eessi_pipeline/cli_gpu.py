@@ -108,7 +108,9 @@ def cmd_link_drivers(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_build(args: argparse.Namespace, out: TextIO) -> int:
     from .gpu.stack import build_gpu_stack
 
-    summary = build_gpu_stack(args.target, args.prefix, getattr(args, "state_dir", None), args.version)
+    summary = build_gpu_stack(
+        args.target, args.prefix, getattr(args, "state_dir", None), args.version, tarball=args.tarball
+    )
     if args.json:
         out.write(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     else:
@@ -116,6 +118,8 @@ def cmd_build(args: argparse.Namespace, out: TextIO) -> int:
             f"built {', '.join(summary['modules'])} for {summary['subdir']} ({summary['cuda_arch']}); "
             f"module use {summary['modulepath']}\n"
         )
+        if "tarball" in summary:
+            out.write(f"packed {summary['tarball']} ({summary['members']} entries)\n")
     return 0
 
 
@@ -214,6 +218,12 @@ def add_gpu_parser(sub: Any) -> None:
     )
     b.add_argument(
         "--prefix", metavar="DIR", help="install here (default: the accelerator prefix under <state dir>/gpu)"
+    )
+    b.add_argument(
+        "--tarball",
+        action="store_true",
+        help="install at /cvmfs/<repo>/... through the build overlay (root or user namespaces) and pack the "
+        "accelerator tarball for the gate",
     )
     add_stack_version(b)
     b.add_argument("--json", action="store_true", help="print JSON for machines")

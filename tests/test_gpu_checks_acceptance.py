@@ -51,8 +51,10 @@ def _selected(config: pytest.Config, at: AccelTarget) -> bool:
 
 @pytest.fixture(scope="module", params=[_param(at) for at in ACCEL])
 def gpu_run(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[AccelTarget, ChecksOutcome]:
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, eessi_run_dir: Path
+) -> tuple[AccelTarget, ChecksOutcome, Path]:
+    """The GPU stack built (in a temporary state dir) and checked; ReFrame's files, its report among
+    them, go to ``<run dir>/gpu-<target>/`` (``--eessi-run-dir DIR`` keeps them for a gate record)."""
     at: AccelTarget = request.param
     if not _selected(request.config, at):
         pytest.skip(f"{at.name}: select it with -m {at.marker} (or $EESSI_PIPELINE_CHECK_TARGETS)")
@@ -61,11 +63,11 @@ def gpu_run(
     rc = main(["--state-dir", str(state), "gpu", "build", "--target", at.name, "--json"], out)
     assert rc == 0, f"gpu build --target {at.name} failed"
     prefix = Path(json.loads(out.getvalue())["prefix"])
-    return at, run_gpu_checks(at, prefix, state / "reframe")
+    return at, run_gpu_checks(at, prefix, eessi_run_dir / f"gpu-{at.name}"), state
 
 
-def test_gpu_reframe_run_is_complete(gpu_run: tuple[AccelTarget, ChecksOutcome]) -> None:
-    at, outcome = gpu_run
+def test_gpu_reframe_run_is_complete(gpu_run: tuple[AccelTarget, ChecksOutcome, Path]) -> None:
+    at, outcome, _ = gpu_run
     names = sorted(c.name for c in outcome.result.cases)
     assert names == sorted([*DEVICE_CHECKS, *(f"gpu_module_smoke_check %module={m}" for m in SMOKE_MODULES)])
     assert not outcome.result.failures, outcome.result.failures
@@ -73,15 +75,15 @@ def test_gpu_reframe_run_is_complete(gpu_run: tuple[AccelTarget, ChecksOutcome])
 
 
 @pytest.mark.parametrize("module", SMOKE_MODULES)
-def test_gpu_module_smoke(gpu_run: tuple[AccelTarget, ChecksOutcome], module: str) -> None:
-    _, outcome = gpu_run
+def test_gpu_module_smoke(gpu_run: tuple[AccelTarget, ChecksOutcome, Path], module: str) -> None:
+    _, outcome, _ = gpu_run
     case = next(c for c in outcome.result.cases if c.name == f"gpu_module_smoke_check %module={module}")
     assert case.result == "pass", case.fail_reason
 
 
 @pytest.mark.parametrize("check", DEVICE_CHECKS)
-def test_gpu_device_case(gpu_run: tuple[AccelTarget, ChecksOutcome], check: str) -> None:
-    at, outcome = gpu_run
+def test_gpu_device_case(gpu_run: tuple[AccelTarget, ChecksOutcome, Path], check: str) -> None:
+    at, outcome, _ = gpu_run
     case = next(c for c in outcome.result.cases if c.name == check)
     if case.result == "skip":
         pytest.skip(f"no usable NVIDIA GPU here ({_why_no_gpu()}): ReFrame skipped {check} for {at.name}")
@@ -91,9 +93,8 @@ def test_gpu_device_case(gpu_run: tuple[AccelTarget, ChecksOutcome], check: str)
         assert all(p.reference is not None and p.ok for p in case.perf), case.perf
 
 
-def test_gpu_checks_command_reports_each_case(gpu_run: tuple[AccelTarget, ChecksOutcome]) -> None:
-    at, outcome = gpu_run
-    state = outcome.paths.report.parent.parent  # the fixture's state dir: <state>/reframe/report.json
+def test_gpu_checks_command_reports_each_case(gpu_run: tuple[AccelTarget, ChecksOutcome, Path]) -> None:
+    at, _, state = gpu_run
     out = io.StringIO()
     rc = main(["--state-dir", str(state), "gpu", "checks", "--target", at.name, "--json"], out)
     data = json.loads(out.getvalue())

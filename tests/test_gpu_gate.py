@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
+
+from eessi_pipeline.cli import main
 from eessi_pipeline.gate.decide import TarballFacts, decide
 from eessi_pipeline.gate.policy import ACCEL_RULE, load_policy
 from eessi_pipeline.gate.record import CaseResult, GateRecord, PerfVerdict, ReframeSummary
@@ -89,3 +98,40 @@ def test_accel_bandwidth_without_reference_is_refused() -> None:
         dataclasses.replace(record, reframe=dataclasses.replace(record.reframe, performance=unreferenced))
     )
     assert not ok and "has no reference for zen4_cc90" in line
+
+
+# -- a real accelerator tarball through the real gate (slow) ---------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="the build overlay at /cvmfs needs root")
+def test_real_accel_tarball_checked_without_a_gpu_is_refused(tmp_path: Path) -> None:
+    """``gpu build --tarball`` packs the accelerator tarball in the build overlay; the GPU acceptance
+    tests run for real (here without a GPU: the device checks skip); the signed record of that run is
+    staged, and the gate refuses the tarball for exactly those skipped checks."""
+    state = tmp_path / "state"
+    out = io.StringIO()
+    rc = main(["--state-dir", str(state), "gpu", "build", "--target", AT.name, "--tarball", "--json"], out)
+    assert rc == 0
+    tarball = Path(json.loads(out.getvalue())["tarball"])
+    assert tarball.name.startswith("eessi-2023.06-software-linux-x86_64-amd-zen4-accel-nvidia-cc90-")
+    run_dir, junit = tmp_path / "run", tmp_path / "junit.xml"
+    tested = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", AT.marker, GPU_TESTS,
+         f"--junitxml={junit}", f"--eessi-run-dir={run_dir}"],
+        cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert tested.returncode == 0, tested.stdout[-2000:]
+    report = run_dir / f"gpu-{AT.name}" / "report.json"
+    assert main(
+        ["--state-dir", str(state), "gate", "record", "--tarball", str(tarball), "--junit", str(junit),
+         "--reframe-report", str(report), "--stage"],
+        io.StringIO(),
+    ) == 0  # fmt: skip
+    verdict = io.StringIO()
+    assert main(["--state-dir", str(state), "gate", "check", str(tarball)], verdict) == 1
+    line = verdict.getvalue()
+    assert "refused" in line
+    assert f"test_gpu_device_case[{AT.name}-gpu_device_query_check] skipped" in line
+    assert f"test_gpu_device_case[{AT.name}-gpu_bandwidth_check] skipped" in line
+    assert "no ReFrame report" not in line and "missing" not in line  # the rest of the record is complete

@@ -40,6 +40,7 @@ from ..build.easybuild import (
     installed_easybuild_version,
 )
 from ..build.stacks import Stack, StackConfig, load_stacks
+from ..build.tarball import Packed
 from ..errors import BuildError
 from ..locks import wait_lock
 from ..matrix import AccelTarget, Matrix, load_matrix
@@ -70,6 +71,16 @@ class GpuBuildPlan:
     ebprefix: Path
     tools: Path  # a directory on PATH during the build: cuobjdump for EasyBuild's CUDA check
     robot_paths: tuple[Path, ...]
+    repository: str = ""  # set: build at /cvmfs/<repository>/... inside the build overlay and pack a tarball
+
+    @property
+    def overlay_root(self) -> Path:
+        """The overlay's directories (upper holds versions/<v>/software/linux/<subdir>)."""
+        return self.ebprefix.parent / "overlay"
+
+    @property
+    def tarball_dir(self) -> Path:
+        return self.ebprefix.parent / "tarballs"
 
     @property
     def cuda_arch(self) -> str:
@@ -91,8 +102,13 @@ def plan_gpu_build(
     version: str | None,
     state_dir: Path,
     prefix: Path | None = None,
+    repository: str = "",
 ) -> GpuBuildPlan:
-    """Where and how ``target``'s GPU stack is built (pure: reads only the data files already loaded)."""
+    """Where and how ``target``'s GPU stack is built (pure: reads only the data files already loaded).
+
+    With ``repository`` the stack is installed at its place in the repository,
+    ``/cvmfs/<repository>/versions/<v>/software/linux/<subdir>``, through the build overlay (as the CPU
+    stacks are), so that its modules and programs name the paths clients see and it can be packed."""
     ver = matrix.version(version).name
     if ver not in target.versions:
         raise BuildError(
@@ -102,9 +118,14 @@ def plan_gpu_build(
     stack = stacks.stack(ver, GPU_STACK)
     work = state_dir / "gpu" / ver / target.name
     root = work / "upper"
-    installpath = (
-        prefix if prefix is not None else root / "versions" / ver / "software" / "linux" / target.subdir
-    )
+    if repository and prefix is not None:
+        raise BuildError("give --prefix (a local installation) or --tarball (at /cvmfs, packed), not both")
+    if repository:
+        installpath = Path(f"/cvmfs/{repository}/versions/{ver}/software/linux/{target.subdir}")
+    else:
+        installpath = (
+            prefix if prefix is not None else root / "versions" / ver / "software" / "linux" / target.subdir
+        )
     return GpuBuildPlan(
         target=target,
         version=ver,
@@ -116,6 +137,7 @@ def plan_gpu_build(
         ebprefix=work / "eb",
         tools=work / "tools",
         robot_paths=stacks.robot_paths(("project",)),
+        repository=repository,
     )
 
 
@@ -163,19 +185,29 @@ def _link_tools(plan: GpuBuildPlan) -> None:
 
 
 def build_gpu_stack(
-    target_name: str, prefix: str | None, state_dir: str | None, version: str | None
+    target_name: str,
+    prefix: str | None,
+    state_dir: str | None,
+    version: str | None,
+    *,
+    tarball: bool = False,
+    repository: str | None = None,
 ) -> dict[str, Any]:
-    """Provision the GPU stack's sources and install it with EasyBuild; return a summary."""
+    """Provision the GPU stack's sources and install it with EasyBuild; return a summary.
+
+    ``tarball``: install at the repository path through the build overlay and pack the accelerator
+    target's tarball (EESSI's name, checked like every tarball before it is handed to the gate)."""
     from ..build.sources import Provisioner, plan_sources
     from ..proc import CommandFailed, run
 
     matrix = load_matrix()
     stacks = load_stacks()
-    settings = resolve_settings(state_dir=state_dir, version=version)
+    settings = resolve_settings(state_dir=state_dir, version=version, repository=repository)
     target = matrix.accel_target(target_name)
     plan = plan_gpu_build(
-        matrix, stacks, target, settings.version, settings.state_dir, Path(prefix) if prefix else None
-    )
+        matrix, stacks, target, settings.version, settings.state_dir, Path(prefix) if prefix else None,
+        settings.repository if tarball else "",
+    )  # fmt: skip
     eb_version = installed_easybuild_version()  # refuses, naming the install command, without EasyBuild
     for tool, why in HOST_TOOLS:
         if shutil.which(tool) is None:
@@ -183,22 +215,27 @@ def build_gpu_stack(
                 f"the GPU stack needs {tool} on PATH ({why}); install it, e.g. `apt-get install {tool}`"
             )
     plan.ebprefix.mkdir(parents=True, exist_ok=True)
+    packed = None
     with wait_lock(
         plan.ebprefix / "gpu-build.lock", LOCK_TIMEOUT, f"the GPU stack build of {target.name}", BuildError
     ):
         provisioner = Provisioner(plan.sourcepath, settings.state_dir / "build" / "fetch", stacks.debian)
         sources = provisioner.provision(plan_sources(plan.stack.easyconfigs, stacks))
-        plan.installpath.mkdir(parents=True, exist_ok=True)
         _link_tools(plan)
         as_root = os.geteuid() == 0
+        env = eb_env(plan, os.environ, as_root or bool(plan.repository))
         try:
-            run(eb_argv(plan, as_root), timeout=EB_TIMEOUT, env=eb_env(plan, os.environ, as_root))
+            if plan.repository:
+                packed = _build_in_overlay(plan, env)
+            else:
+                plan.installpath.mkdir(parents=True, exist_ok=True)
+                run(eb_argv(plan, as_root), timeout=EB_TIMEOUT, env=env)
         except CommandFailed as e:
             raise BuildError(
                 f"EasyBuild could not build the GPU stack of {target.name}: {e}; its logs are under "
                 f"{plan.ebprefix} and {plan.installpath / 'software'}"
             ) from e
-    return {
+    summary: dict[str, Any] = {
         "target": target.name,
         "subdir": target.subdir,
         "version": plan.version,
@@ -210,3 +247,26 @@ def build_gpu_stack(
         "python": sys.executable,
         "easybuild": eb_version,
     }
+    if packed is not None:
+        summary["tarball"] = str(packed.tarball)
+        summary["meta"] = str(packed.meta)
+        summary["members"] = packed.members
+        summary["local_tree"] = str(plan.overlay_root / "upper" / "versions" / plan.version)
+    return summary
+
+
+def _build_in_overlay(plan: GpuBuildPlan, env: dict[str, str]) -> Packed:
+    """EasyBuild at /cvmfs/<repo>/… in the build overlay; the new files packed into the target's tarball."""
+    import time
+
+    from ..build.overlay import OverlayView
+    from ..build.tarball import pack
+    from ..cvmfs.tarcheck import check_tarball
+
+    view = OverlayView.for_repository(plan.repository, plan.overlay_root)
+    for d in (view.upper, view.work, plan.buildpath, plan.tarball_dir):
+        shutil.rmtree(d, ignore_errors=True)  # a tarball holds exactly what this build added
+    view.run(eb_argv(plan, True), timeout=EB_TIMEOUT, env=env)
+    packed = pack(view.upper, plan.version, plan.target.subdir, plan.tarball_dir, int(time.time()), env)
+    check_tarball(packed.tarball, expected_version=plan.version, repository=plan.repository)
+    return packed
