@@ -315,3 +315,14 @@ def test_compat_job_gates_the_layer_of_every_family_and_version_for_publish(
     assert str(gated[0]["with"]["path"]) == ".state/ci/compat/tarballs/"
     needs = job(workflow, "publish").get("needs")
     assert "compat" in ([needs] if isinstance(needs, str) else list(needs or []))
+
+
+def test_gpu_job_packs_the_tarball_and_records_the_gate(workflow: dict[Any, Any]) -> None:
+    runs = [" ".join(r.split()) for r in run_steps(job(workflow, "gpu"))]
+    build = next(i for i, r in enumerate(runs) if "gpu build" in r)
+    test = next(i for i, r in enumerate(runs) if "pytest" in r)
+    record = next(i for i, r in enumerate(runs) if "gate record" in r)
+    assert build < test < record
+    assert "--tarball" in runs[build]
+    assert "--eessi-run-dir=gpu-run" in runs[test]
+    assert "--reframe-report gpu-run/gpu-${{ matrix.target }}/report.json" in runs[record]
