@@ -124,7 +124,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         metavar="DIR",
         help="state directory (default: $EESSI_PIPELINE_STATE_DIR or ~/.local/state/eessi-pipeline)",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
     for group in COMMANDS:
         names = {name for name, _ in group.commands}
         if command == "*" or command in names:
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     # whatever umask it was started with; explicit modes elsewhere only ever remove bits from this.
     os.umask(os.umask(0o022) | 0o022)
     try:
-        if args.command not in _NO_STATE:
+        if args.subcommand not in _NO_STATE:
             from .settings import check_state_dir, resolve_settings
 
             check_state_dir(resolve_settings(state_dir=getattr(args, "state_dir", None)).state_dir)

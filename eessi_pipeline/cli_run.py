@@ -39,12 +39,14 @@ from .arch.select import require_build_node, select_from_environ
 from .build.stacks import load_stacks
 from .checks.procmaps import session_problems
 from .checks.smoke import SmokeTable, load_smoke
+from .cli_options import add_stack_version
 from .cli_test import TestRunFailed, failure_line, pipeline_env, run_acceptance
 from .cvmfs.client import ClientConfig
 from .cvmfs.nsrun import run_mounted
 from .cvmfs.reader import open_repository
 from .cvmfs.repository import Repository
 from .errors import GateRefused, PipelineError
+from .extras import require
 from .gate.distribute import distribute
 from .gate.policy import load_policy
 from .gate.publish import publish
@@ -113,6 +115,7 @@ def _client_config(settings: Settings, stack: Stack) -> ClientConfig:
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
+    require("pytest", "`eessi-pipeline run` (its gate runs the acceptance tests)")
     settings = resolve_settings(version=args.version, state_dir=getattr(args, "state_dir", None),
                                 repository=args.repo)  # fmt: skip
     matrix = load_matrix()
@@ -254,7 +257,7 @@ def add_run_parser(sub: Any) -> None:
         "run", help="the whole flow for one target: build, test, gate, publish, distribute, use from a client"
     )
     p.add_argument("--target", metavar="NAME", help="target name or subdir (default: this host's)")
-    p.add_argument("--version", metavar="V", help="stack version (default: $EESSI_PIPELINE_VERSION)")
+    add_stack_version(p)
     p.add_argument("--repo", metavar="NAME", help="repository name (default: $EESSI_PIPELINE_REPOSITORY)")
     p.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS, help="state directory")
     p.add_argument("--keep-running", action="store_true", help="leave the Stratum services running")

@@ -264,3 +264,11 @@ def test_permissive_umask_never_makes_state_writable_by_others(tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     loose = [str(p) for p in [state, *state.rglob("*")] if not p.is_symlink() and p.stat().st_mode & 0o022]
     assert loose == []
+
+
+def test_client_exec_command_words_are_not_taken_for_the_subcommand(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """``client exec -- CMD`` keeps its own ``command`` list; the state-dir check reads the subcommand."""
+    code, _out, err = _main(["client", "exec", "--", "true"], monkeypatch, tmp_path / "state", capsys)
+    assert code == 1 and "unexpected error" not in err, err  # no repository yet: a refusal, not a crash
