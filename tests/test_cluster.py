@@ -340,3 +340,14 @@ def test_checks_on_slurm_refuse_a_cluster_that_is_not_up(tmp_path: Path) -> None
         ClusterError, match=r"not ready \(slurmctld is not running\); start it with .*cluster up"
     ):
         slurm_run(tmp_path, [load_matrix().target("zen4")])
+
+
+def test_spool_moves_under_run_when_step_sockets_would_not_fit() -> None:
+    from eessi_pipeline.cluster.config import SOCKET_PATH_MAX, spool_for
+
+    assert spool_for(Path("/s/cluster")) == Path("/s/cluster/spool")
+    deep = Path("/tmp/" + "x" * 80 + "/cluster")
+    moved = spool_for(deep)
+    assert moved.parent == Path("/run/eessi-slurm") and moved == spool_for(deep)
+    assert len(f"{moved}/n8/n8_4294967294.4294967294") <= SOCKET_PATH_MAX
+    assert "JobRequeue=0" in render_slurm_conf(_plan(1))

@@ -20,6 +20,7 @@ say and ReFrame polls jobs with its ``squeue`` scheduler; ``MinJobAge`` keeps fi
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,6 +39,11 @@ PORT_OPTION: Mapping[str, str] = {"slurmctld": "--slurmctld-port", "slurmd": "--
 NETWORK_ENV = "EESSI_PIPELINE_CLUSTER_NETWORK"
 DEFAULT_NETWORK = "10.213.7.0/24"
 MAX_NODES = 8
+SOCKET_PATH_MAX = 107
+"""The longest path a Unix socket may have (``sun_path`` holds 108 bytes with its NUL)."""
+STEP_SOCKET_TAIL = len("/n8/n8_4294967294.4294967294")
+"""What slurmstepd appends to the spool dir for a step's socket: ``/<node>/<node>_<job>.<step>``."""
+RUN_SPOOL = Path("/run/eessi-slurm")
 MIN_JOB_AGE = 600
 """Seconds a finished job stays visible to ``squeue`` (ReFrame's squeue scheduler reads its end there)."""
 
@@ -118,6 +124,7 @@ class ClusterPlan:
     network: str | None  # the bridge's network with --nodes > 1
     slurmctld: str = "/usr/sbin/slurmctld"
     slurmd: str = "/usr/sbin/slurmd"
+    spool_dir: Path | None = None  # None: <root>/spool (see spool_for)
 
     @property
     def namespaced(self) -> bool:
@@ -133,7 +140,7 @@ class ClusterPlan:
 
     @property
     def spool(self) -> Path:
-        return self.root / "spool"
+        return self.spool_dir or self.root / "spool"
 
     @property
     def run_dir(self) -> Path:
@@ -183,6 +190,16 @@ class ClusterPlan:
         return {"SLURM_CONF": str(self.conf)}
 
 
+def spool_for(root: Path) -> Path:
+    """Where the slurmd's spool (job scripts, the steps' Unix sockets) goes (pure): ``<root>/spool``,
+    unless a step's socket path there would be longer than a Unix socket path may be; then a directory
+    of its own under /run, named by a digest of ``root`` (removed again by ``down``)."""
+    spool = root / "spool"
+    if len(str(spool)) + STEP_SOCKET_TAIL <= SOCKET_PATH_MAX:
+        return spool
+    return RUN_SPOOL / hashlib.sha256(str(root).encode()).hexdigest()[:16]
+
+
 def plan_cluster(
     root: Path,
     *,
@@ -213,13 +230,33 @@ def plan_cluster(
             )
         node = NodePlan("n1", host_address, None, own_network=False)
         return ClusterPlan(
-            root, ports, (node,), cpus, memory_mib, hostname, host_address, None, slurmctld, slurmd
+            root,
+            ports,
+            (node,),
+            cpus,
+            memory_mib,
+            hostname,
+            host_address,
+            None,
+            slurmctld,
+            slurmd,
+            spool_for(root),
         )
     hosts = list(network.hosts())
     head = str(hosts[0])
     planned = tuple(NodePlan(f"n{i}", str(hosts[i]), f"n{i}", own_network=True) for i in range(1, nodes + 1))
     return ClusterPlan(
-        root, ports, planned, cpus, memory_mib, hostname, head, str(network), slurmctld, slurmd
+        root,
+        ports,
+        planned,
+        cpus,
+        memory_mib,
+        hostname,
+        head,
+        str(network),
+        slurmctld,
+        slurmd,
+        spool_for(root),
     )
 
 
@@ -255,6 +292,7 @@ def render_slurm_conf(plan: ClusterPlan) -> str:
         "AccountingStorageType=accounting_storage/none",
         "MailProg=/bin/true",
         "ReturnToService=2",
+        "JobRequeue=0",  # a job whose launch fails ends (FAILED) instead of waiting, held, for ever
         f"MinJobAge={MIN_JOB_AGE}",
         "SlurmctldTimeout=30",
         "SlurmdTimeout=60",

@@ -58,7 +58,7 @@ def job_script(python: str, workdir: Path, build_argv: Sequence[str]) -> str:
 def sbatch_argv(job: BuildJob) -> list[str]:
     """``sbatch --wait`` for the job (pure): one node, the build's CPUs, its own output files."""
     return [
-        "sbatch", "--parsable", "--wait", f"--job-name={job.name}", "--nodes=1", "--ntasks=1",
+        "sbatch", "--parsable", "--wait", "--no-requeue", f"--job-name={job.name}", "--nodes=1", "--ntasks=1",
         f"--cpus-per-task={job.cpus}", f"--time={job.time_limit}", f"--chdir={job.workdir}",
         f"--output={job.output}", f"--error={job.log}", *job.access, str(job.script),
     ]  # fmt: skip

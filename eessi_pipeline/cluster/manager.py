@@ -634,6 +634,10 @@ class Cluster:
             self._stop([head], "the head's namespace", problems)
         for f in (self.plan.ctld_pid, *(self.plan.slurmd_pid(n.name) for n in self.plan.nodes)):
             f.unlink(missing_ok=True)
+        if not problems and not self.plan.spool.is_relative_to(self.root):  # a short spool under /run
+            shutil.rmtree(self.plan.spool, ignore_errors=True)
+            with contextlib.suppress(OSError):  # the shared parent, once no cluster uses it
+                self.plan.spool.parent.rmdir()
         if problems:
             raise ClusterError("; ".join(problems))
         self._write_record({})
