@@ -20,7 +20,7 @@ from eessi_pipeline.cluster.config import (
     resolve_network,
     resolve_ports,
 )
-from eessi_pipeline.cluster.manager import Cluster, ViewMounts
+from eessi_pipeline.cluster.manager import Cluster, ViewMounts, listeners_in_netns
 from eessi_pipeline.errors import ClusterError
 from eessi_pipeline.services import sockets
 
@@ -173,10 +173,11 @@ def test_two_nodes_are_two_hosts_to_slurm_and_srun(tmp_path: Path) -> None:
         done = cluster.client_run(["srun", "-N", "2", "-n", "2", "--ntasks-per-node=1", "sh", "-c",
                                    "echo $(hostname) $SLURMD_NODENAME"])  # fmt: skip
         assert sorted(done.stdout.splitlines()) == ["n1 n1", "n2 n2"]
-        # nothing of this cluster listens in the host's network namespace
-        assert not sockets.tcp_port_listening("127.0.0.1", cluster.plan.ports.slurmctld) or all(
-            p.pid != status.ctld_pid for p in sockets.tcp_port_owners(cluster.plan.ports.slurmctld)
-        )
+        # nothing of this cluster listens in the host's network namespace; in their own, each daemon does
+        pids = [status.ctld_pid, *(n.pid for n in status.nodes)]
+        assert all(pids) and sockets.listeners_of(p for p in pids if p) == []
+        head = listeners_in_netns(status.ctld_pid or 0)
+        assert [(s.address, s.port) for s in head] == [("0.0.0.0", cluster.plan.ports.slurmctld)]
     assert _ours_running(cluster) == []
 
 
