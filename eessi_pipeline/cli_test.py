@@ -134,6 +134,8 @@ def cmd_test(args: argparse.Namespace, out: TextIO) -> int:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = Path(args.run_dir) if args.run_dir else settings.state_dir / "runs" / f"{target.name}-{stamp}"
     site = Path(args.site).resolve() if args.site else None
+    if args.scheduler == "slurm":  # refuse before building when the checks could not be submitted
+        _check_slurm(settings.state_dir, target, site)
     summary = run_acceptance(settings, target, run_dir, stage=not args.no_stage, timeout=args.timeout,
                              scheduler=args.scheduler, site=site)  # fmt: skip
     if args.json:
@@ -145,6 +147,18 @@ def cmd_test(args: argparse.Namespace, out: TextIO) -> int:
     if summary["returncode"] != 0:
         raise TestRunFailed(failure_line(target, summary))
     return 0
+
+
+def _check_slurm(state_dir: Path, target: Target, site: Path | None) -> None:
+    """The site file's partition for ``target``, or the embedded cluster of the state dir, must exist."""
+    if site is not None:
+        from .checks.rfmconfig import load_site, site_partition
+
+        site_partition(load_site(site), target)
+        return
+    from .cluster.manager import Cluster
+
+    Cluster(state_dir).require_running()
 
 
 def failure_line(target: Target, summary: dict[str, Any]) -> str:
