@@ -315,8 +315,32 @@ def test_multi_member_gzip_with_zero_padding_is_read_like_gzip(repo: Repository,
     assert cat(repo, f"/versions/{P}/bin/tool") == b"t\n"
 
 
-def test_a_late_problem_removes_the_objects_this_ingest_wrote(repo: Repository, tmp_path: Path) -> None:
+@pytest.fixture(params=["threads", "processes"])
+def pool(request: pytest.FixtureRequest, repo: Repository, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Small files stored by threads (small tarballs) or by worker processes (large ones)."""
+    if request.param == "processes":
+        repo.store.workers = 2
+        monkeypatch.setattr(ingest, "PROCESS_POOL_MIN", 0)
+    return str(request.param)
+
+
+def test_small_files_by_either_pool_read_back_identical(repo: Repository, tmp_path: Path, pool: str) -> None:
+    rnd = random.Random(11)
+    files = {f"lib/f{i:03d}": rnd.randbytes(rnd.randint(0, 70_000)) for i in range(300)}
+    files["lib/same"] = files["lib/f001"]  # deduplicated
+    before = len(objects(repo))
+    result = repo.ingest(software_tarball(tmp_path, "2023.06", "x86_64/generic", files), check=True)
+    for name in ("lib/f000", "lib/f150", "lib/f299", "lib/same"):
+        assert cat(repo, f"/versions/{P}/{name}") == files[name]
+    assert result.objects_written == len(objects(repo)) - before
+    assert verify_repository(repo.paths.root, repo.paths.keys.master_public.read_bytes()).revision == 2
+
+
+def test_a_late_problem_removes_the_objects_this_ingest_wrote(
+    repo: Repository, tmp_path: Path, pool: str
+) -> None:
     members = [reg(f"{P}/lib/big{i}", os.urandom(100_000)) for i in range(20)]
+    members += [reg(f"{P}/lib/small{i}", os.urandom(5_000)) for i in range(50)]
     path = write_tar(tmp_path / TB, [*members, reg(f"{P}/zz/su", b"x", 0o4755)])
     before = state(repo)
     with pytest.raises(TarballRejected, match="zz/su: mode 4755 sets setuid"):
@@ -384,8 +408,12 @@ def test_publish_target_ingests_only_the_bytes_the_gate_record_names(
 KILLER = """
 import sys
 from pathlib import Path
+from eessi_pipeline.cvmfs import ingest
 from eessi_pipeline.cvmfs.repository import Repository
-Repository(Path(sys.argv[1]), "software.eessi.local").ingest(Path(sys.argv[2]), check=True)
+repo = Repository(Path(sys.argv[1]), "software.eessi.local")
+if sys.argv[3] == "processes":
+    ingest.PROCESS_POOL_MIN, repo.store.workers = 0, 2
+repo.ingest(Path(sys.argv[2]), check=True)
 """
 
 
@@ -401,9 +429,10 @@ def test_kill_9_at_any_moment_of_a_streaming_ingest_leaves_a_verifiable_revision
     files["lib/big.bin"] = rnd.randbytes(6 * 1024 * 1024)
     path = software_tarball(tmp_path, "2023.06", "x86_64/generic", files)
     master = repo.paths.keys.master_public.read_bytes()
-    for delay in (0.05, 0.2, 0.4, 0.7, 1.0, 1.5):
+    for n, delay in enumerate((0.05, 0.2, 0.4, 0.7, 1.0, 1.5, 0.1, 0.3, 0.6)):
         before = repo.manifest().revision
-        proc = subprocess.Popen([sys.executable, "-c", KILLER, str(repo.paths.state_dir), str(path)])
+        kind = "processes" if n % 2 else "threads"
+        proc = subprocess.Popen([sys.executable, "-c", KILLER, str(repo.paths.state_dir), str(path), kind])
         time.sleep(delay)
         proc.kill()
         proc.wait()

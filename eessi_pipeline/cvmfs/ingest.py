@@ -37,6 +37,7 @@ from ..errors import RepositoryError, TarballRejected
 from .catalog import DIR_SIZE, Node
 from .common import SUFFIX_PARTIAL, parent_path
 from .objects import Chunk, ObjectStore, StoredFile, first_cut
+from .objpool import BatchPool
 from .tarcheck import (
     CATALOG_MARKER,
     COMPAT_HOST_FILES,
@@ -64,6 +65,7 @@ WHOLE_MAX = 32 << 20  # unchunked files up to this size are one worker job; larg
 #: Links followed before a walk gives up as a loop.  Linux follows at most 40 (ELOOP), so a chain that
 #: needs more never resolves for anyone: it is harmless, and an escape within this many is refused.
 MAX_SYMLINK_HOPS = 256
+PROCESS_POOL_MIN = 8 << 20  # tarballs of this size or more store small files in worker processes
 XATTR_PREFIX = "SCHILY.xattr."
 
 
@@ -175,11 +177,12 @@ class _File:
 class _Pipeline:
     """Hands file contents to the workers and turns finished files into entries, in archive order."""
 
-    def __init__(self, txn: Transaction, tarball: Path, chunking: bool) -> None:
+    def __init__(self, txn: Transaction, tarball: Path, chunking: bool, processes: bool) -> None:
         self.txn = txn
         self.tarball = tarball
         self.store: ObjectStore = txn.repo.store
         self.chunking = chunking
+        self.batches = BatchPool(self.store, self.store.workers) if processes else None
         self.pool = ThreadPoolExecutor(self.store.workers, thread_name_prefix="ingest-object")
         per_worker = IN_FLIGHT_PER_WORKER * self.store.workers  # keep every worker fed on many cores
         self.budget = _Budget(max(IN_FLIGHT_BYTES, per_worker, self.store.chunk_sizes[2]))
@@ -201,8 +204,12 @@ class _Pipeline:
         blobs = [b for _, b in self.batch]
         taken = self.budget.take(self.batch_bytes)
         store = self.store
-        fut = self.pool.submit(lambda: [store.put(b) for b in blobs])
-        fut.add_done_callback(lambda _f: self.budget.give(taken))
+        fut: Future[list[str]]
+        if self.batches is not None:  # no GIL to share: see objpool
+            fut = self.batches.submit(blobs, lambda: self.budget.give(taken))
+        else:
+            fut = self.pool.submit(lambda: [store.put(b) for b in blobs])
+            fut.add_done_callback(lambda _f: self.budget.give(taken))
         for i, (f, _) in enumerate(self.batch):
             f.batch, f.index, f.pending = fut, i, False
         self.batch, self.batch_bytes = [], 0
@@ -277,6 +284,8 @@ class _Pipeline:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.batches is not None:
+            self.batches.close()
 
 
 def _read_all(stream: TarballStream, size: int) -> bytes:
@@ -298,7 +307,11 @@ def overlay_stream(txn: Transaction, tarball: Path, opts: IngestOptions) -> Stre
     symlinks: list[tuple[str, str, list[str]]] = []
     nested_at: list[str] = []
     base = opts.base
-    pipeline = _Pipeline(txn, tarball, opts.chunking)
+    try:
+        processes = txn.repo.store.workers > 1 and tarball.stat().st_size >= PROCESS_POOL_MIN
+    except OSError:
+        processes = False  # TarballStream says why
+    pipeline = _Pipeline(txn, tarball, opts.chunking, processes)
     try:
         with TarballStream(tarball, shown) as stream:
             txn._step("tarball opened")

@@ -303,6 +303,13 @@ class ObjectStore:
                 self._created.append(dest)
         return h
 
+    def adopt(self, created: list[str]) -> None:
+        """Count (and record, see :meth:`record_new`) objects another process created in this store."""
+        with self._count_lock:
+            self.new_objects += len(created)
+            if self._created is not None:
+                self._created.extend(created)
+
     def record_new(self) -> None:
         """From now on remember every object this store creates (see :meth:`drop_recorded`)."""
         with self._count_lock:
