@@ -250,6 +250,7 @@ def child_ingest(tarball: Path, state: Path, check: bool, chunking: bool) -> dic
     seconds = time.perf_counter() - t
     cpu = time.process_time() - cpu
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the small-file worker processes
     shutil.rmtree(state, ignore_errors=True)
     return {
         "cores": len(os.sched_getaffinity(0)),
@@ -258,6 +259,8 @@ def child_ingest(tarball: Path, state: Path, check: bool, chunking: bool) -> dic
         "files": result.files_added,
         "objects": result.objects_written,
         "max_rss_mb": rss_kib / 1024,
+        "children_cpu_s": children.ru_utime + children.ru_stime,
+        "children_max_rss_mb": children.ru_maxrss / 1024,  # the largest one child reached
     }
 
 
