@@ -619,6 +619,8 @@ class Cluster:
             holder = self._holder(node.name)
             if holder is not None:  # job steps and their programs live in the node's mount namespace
                 ns = _ns_id(holder, "mnt")
+                if ns is not None and ns == _ns_id(os.getpid(), "mnt"):
+                    ns = None  # not (yet) a namespace of its own: never sweep this host's processes
                 rest = [
                     p.pid
                     for p in sockets.all_processes()
