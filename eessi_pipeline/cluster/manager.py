@@ -682,9 +682,11 @@ class Cluster:
             try:
                 for node in self.plan.nodes:
                     holder = self._holder(node.name)
-                    if holder is None:
-                        raise ClusterError(
-                            f"node {node.name} has no namespaces; run `eessi-pipeline cluster up`"
+                    mnt = _ns_id(holder, "mnt") if holder is not None else None
+                    if holder is None or mnt is None or mnt == _ns_id(os.getpid(), "mnt"):
+                        raise ClusterError(  # never mount over this host's /cvmfs
+                            f"node {node.name} has no mount namespace of its own; run `eessi-pipeline "
+                            "cluster down` and `cluster up`"
                         )
                     self._unmount(holder, view)  # a view left by a killed run
                     done.append(holder)
