@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ import pytest
 from helpers import free_ports
 
 from eessi_pipeline.cluster.config import ClusterPorts
-from eessi_pipeline.cluster.manager import Cluster
+from eessi_pipeline.cluster.manager import Cluster, host_identity
 
 
 def slurm_missing() -> str | None:
@@ -22,6 +23,9 @@ def slurm_missing() -> str | None:
     for program in ("slurmctld", "slurmd", "sinfo", "sbatch", "srun", "nsenter", "ip"):
         if shutil.which(program, path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
             return f"{program} is not installed (bash setup.sh installs Slurm)"
+    name, address = host_identity()
+    if not address or not ipaddress.ip_address(address).is_loopback:
+        return f"this host's name {name} resolves to {address or 'nothing'}, not loopback (one-node clusters bind it)"
     return None
 
 
