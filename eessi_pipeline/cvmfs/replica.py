@@ -1,7 +1,7 @@
 """Stratum 1 replication over HTTP: what ``cvmfs_server snapshot`` (``cvmfs_swissknife pull``) does.
 
 :func:`snapshot` copies a Stratum 0 (or another replica that serves ``.cvmfs_master_replica``)
-into a local repository directory, in the order of shared/spec/cvmfs-format.md §5:
+into a local repository directory, in the order the real Stratum 1 replication uses:
 
 1. refuse a source without ``.cvmfs_master_replica`` (404: not a replication source);
 2. write ``.cvmfs_is_snapshotting``;
