@@ -30,6 +30,16 @@ from .errors import PipelineError
 from .matrix import Matrix, Target, load_matrix
 from .settings import VERSION_ENV
 
+# The one plugin pytest loads (entry point ``pytest11`` in pyproject.toml, as pytest-testinfra does): it
+# brings the fixtures of the compatibility and software layers, the scheduler option of the ReFrame
+# checks and the gate's record writer.
+pytest_plugins = (
+    "eessi_pipeline.compat.fixtures",
+    "eessi_pipeline.build.fixtures",
+    "eessi_pipeline.checks.pytest_scheduler",
+    "eessi_pipeline.gate.pytest_gate",
+)
+
 _MATRIX_KEY = pytest.StashKey[Matrix]()
 CHECK_TARGETS_ENV = "EESSI_PIPELINE_CHECK_TARGETS"
 DEFAULT_CHECK_TARGETS = "x86_64_generic,zen4"  # what CI builds and checks without -m

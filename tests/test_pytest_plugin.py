@@ -116,3 +116,18 @@ def test_report_header_names_matrix_and_version(pytester: pytest.Pytester) -> No
     pytester.makepyfile(test_arch=ARCH_TESTS)
     result = _run(pytester, "--eessi-version", "2025.06", "-m", "arch_zen5")
     result.stdout.fnmatch_lines(["eessi-pipeline: matrix *targets.yaml, stack version 2025.06"])
+
+
+def test_plugin_is_loaded_through_its_pytest11_entry_point(tmp_path: Path) -> None:
+    """Installed, the plugin loads in any directory (no conftest needed), like pytest-testinfra."""
+    import importlib.metadata
+    import subprocess
+    import sys
+
+    names = {ep.value for ep in importlib.metadata.entry_points(group="pytest11")}
+    assert "eessi_pipeline.pytest_plugin" in names
+    done = subprocess.run([sys.executable, "-m", "pytest", "--markers", "-p", "no:cacheprovider"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert "@pytest.mark.arch_zen3" in done.stdout, done.stderr
+    assert "--eessi-gate" in subprocess.run([sys.executable, "-m", "pytest", "--help"], cwd=tmp_path,
+                                            capture_output=True, text=True, timeout=120).stdout  # fmt: skip
