@@ -46,6 +46,119 @@ def _expected_root(facts: TarballFacts, record: GateRecord) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Case:
+    """Everything a rule of the gate may look at."""
+
+    facts: TarballFacts
+    record: GateRecord
+    signature: SignatureCheck
+    policy: Policy
+    now: dt.datetime
+    approved: bool
+
+
+def rule_signature(c: Case) -> list[str]:
+    return [] if c.signature.ok else [f"signature: {c.signature.reason}"]
+
+
+def rule_binding(c: Case) -> list[str]:
+    """The record is about exactly these bytes, under this name, of this content type."""
+    reasons = list(binding_problems(c.record, c.facts.name, c.facts.sha256, c.facts.size))
+    if c.record.content_type != c.facts.content_type:
+        reasons.append(
+            f"content type: the record says {c.record.content_type}, the tarball is {c.facts.content_type}"
+        )
+    return reasons
+
+
+def _required_test_reasons(c: Case, templates: tuple[str, ...]) -> list[str]:
+    reasons = []
+    for template in templates:
+        if "{target}" in template and not c.record.target_name:
+            reasons.append(f"required test {template!r} names the target; the record has no target name")
+            continue
+        pattern = template.replace("{target}", c.record.target_name)
+        matching = [t for t in c.record.tests if test_id_matches(pattern, t.id)]
+        if not matching:
+            reasons.append(f"required test {pattern!r} is missing")
+        reasons += [f"required test {t.id} {t.outcome}" for t in matching if t.outcome != "passed"]
+    return reasons
+
+
+def rule_tests(c: Case) -> list[str]:
+    """The policy has a rule for this kind of tarball; its required tests ran and passed; none failed."""
+    rule_name, rule = c.policy.rule_for(
+        c.facts.content_type, c.facts.named_target
+    )  # software-accel: issue 19
+    if rule is None:
+        return [f"the policy has no rule for {rule_name} tarballs"]
+    reasons = [] if c.record.tests else ["the record holds zero test cases"]
+    reasons += _required_test_reasons(c, rule.required_tests)
+    bad = [t for t in c.record.tests if t.outcome in ("failed", "error")]
+    for t in bad[:5]:
+        reason = f"test {t.id} {t.outcome}"
+        if reason not in " ".join(reasons):
+            reasons.append(reason)
+    return reasons
+
+
+def rule_reframe(c: Case) -> list[str]:
+    """Where the policy asks for it: a ReFrame report with cases, no failures, values inside references."""
+    _name, rule = c.policy.rule_for(c.facts.content_type, c.facts.named_target)
+    if rule is None or not rule.require_reframe:
+        return []
+    rf = c.record.reframe
+    if rf is None:
+        return ["no ReFrame report in the record"]
+    reasons = ["the ReFrame report has zero test cases"] if rf.cases == 0 else []
+    if rf.failures:
+        reasons.append(f"ReFrame reports {rf.failures} failure(s)")
+    for p in rf.performance:
+        if rule.require_references and p.reference is None:
+            value = f"{p.value:g} {p.unit}".strip()
+            reasons.append(f"performance {p.check} {p.metric}={value} has no reference for "
+                           f"{c.record.target_name or c.record.target}: record one with "
+                           "`eessi-pipeline references update` and review it")  # fmt: skip
+        elif not p.ok:
+            reasons.append(f"performance {p.check} {p.metric}={p.value} {p.unit} outside "
+                           f"[{p.lower}, {p.upper}] of reference {p.reference}")  # fmt: skip
+    return reasons
+
+
+def rule_layout(c: Case) -> list[str]:
+    """Every member lies under the tested target's directory, and the name agrees with what was tested."""
+    facts, record = c.facts, c.record
+    reasons = []
+    expected = _expected_root(facts, record)
+    if expected is not None:
+        wrong = [r for r in facts.content_roots if r != expected and not r.startswith(f"{facts.version}/init")
+                 and not r.startswith(f"{facts.version}/scripts")]  # fmt: skip
+        if wrong or not record.target:
+            where = ", ".join(wrong) or "none"
+            reasons.append(f"paths inside the tarball ({where}) are not the tested target's {expected}")
+    if facts.named_target and record.target and facts.named_target != record.target:
+        reasons.append(f"the tarball's name says {facts.named_target}, the record tested {record.target}")
+    return reasons
+
+
+def rule_freshness(c: Case) -> list[str]:
+    age_h = (c.now - c.record.created_at).total_seconds() / 3600
+    if age_h > c.policy.max_record_age_hours:
+        return [f"the record is {age_h:.0f} h old, more than {c.policy.max_record_age_hours} h: test again"]
+    return ["the record is dated in the future"] if age_h < -0.1 else []
+
+
+def rule_approval(c: Case) -> list[str]:
+    if c.policy.require_approval and not c.approved:
+        return ["the policy requires approval: run `eessi-pipeline approve TARBALL`"]
+    return []
+
+
+# The gate's rules, in the order their reasons are reported; each is pure and returns its reasons.
+RULES = (rule_signature, rule_binding, rule_tests, rule_reframe, rule_layout, rule_freshness, rule_approval)
+
+
 def decide(
     facts: TarballFacts,
     record: GateRecord,
@@ -55,81 +168,9 @@ def decide(
     approved: bool = False,
 ) -> Decision:
     """Accept only a signed, fresh, complete and green record of exactly this tarball."""
-    reasons: list[str] = []
-    if not signature.ok:
-        reasons.append(f"signature: {signature.reason}")
-    if record.tarball != facts.name:
-        reasons.append(f"the record is for {record.tarball}, not {facts.name}")
-    if record.sha256 != facts.sha256:
-        reasons.append(
-            f"sha256 mismatch: the record says {record.sha256[:12]}…, the tarball is {facts.sha256[:12]}…"
-        )
-    if record.size != facts.size:
-        reasons.append(f"size mismatch: the record says {record.size} bytes, the tarball has {facts.size}")
-    if record.content_type != facts.content_type:
-        reasons.append(
-            f"content type: the record says {record.content_type}, the tarball is {facts.content_type}"
-        )
-    rule_name, rule = policy.rule_for(facts.content_type, facts.named_target)  # software-accel: issue 19
-    if rule is None:
-        reasons.append(f"the policy has no rule for {rule_name} tarballs")
-    else:
-        if not record.tests:
-            reasons.append("the record holds zero test cases")
-        for template in rule.required_tests:
-            if "{target}" in template and not record.target_name:
-                reasons.append(f"required test {template!r} names the target; the record has no target name")
-                continue
-            pattern = template.replace("{target}", record.target_name)
-            matching = [t for t in record.tests if test_id_matches(pattern, t.id)]
-            if not matching:
-                reasons.append(f"required test {pattern!r} is missing")
-            for t in matching:
-                if t.outcome != "passed":
-                    reasons.append(f"required test {t.id} {t.outcome}")
-        bad = [t for t in record.tests if t.outcome in ("failed", "error")]
-        for t in bad[:5]:
-            reason = f"test {t.id} {t.outcome}"
-            if reason not in " ".join(reasons):
-                reasons.append(reason)
-        if rule.require_reframe:
-            rf = record.reframe
-            if rf is None:
-                reasons.append("no ReFrame report in the record")
-            else:
-                if rf.cases == 0:
-                    reasons.append("the ReFrame report has zero test cases")
-                if rf.failures:
-                    reasons.append(f"ReFrame reports {rf.failures} failure(s)")
-                for p in rf.performance:
-                    if rule.require_references and p.reference is None:
-                        value = f"{p.value:g} {p.unit}".strip()
-                        reasons.append(f"performance {p.check} {p.metric}={value} has no reference for "
-                                       f"{record.target_name or record.target}: record one with "
-                                       "`eessi-pipeline references update` and review it")  # fmt: skip
-                    elif not p.ok:
-                        reasons.append(f"performance {p.check} {p.metric}={p.value} {p.unit} outside "
-                                       f"[{p.lower}, {p.upper}] of reference {p.reference}")  # fmt: skip
-    expected = _expected_root(facts, record)
-    if expected is not None:
-        wrong = [r for r in facts.content_roots if r != expected and not r.startswith(f"{facts.version}/init")
-                 and not r.startswith(f"{facts.version}/scripts")]  # fmt: skip
-        if wrong or not record.target:
-            where = ", ".join(wrong) or "none"
-            reasons.append(f"paths inside the tarball ({where}) are not the tested target's "
-                           f"{expected}")  # fmt: skip
-    if facts.named_target and record.target and facts.named_target != record.target:
-        reasons.append(f"the tarball's name says {facts.named_target}, the record tested {record.target}")
-    age_h = (now - record.created_at).total_seconds() / 3600
-    if age_h > policy.max_record_age_hours:
-        reasons.append(
-            f"the record is {age_h:.0f} h old, more than {policy.max_record_age_hours} h: test again"
-        )
-    if age_h < -0.1:
-        reasons.append("the record is dated in the future")
-    if policy.require_approval and not approved:
-        reasons.append("the policy requires approval: run `eessi-pipeline approve TARBALL`")
-    return Decision(not reasons, tuple(reasons))
+    case = Case(facts, record, signature, policy, now, approved)
+    reasons = tuple(reason for rule in RULES for reason in rule(case))
+    return Decision(not reasons, reasons)
 
 
 # --------------------------------------------------------------------------- admission and replay
