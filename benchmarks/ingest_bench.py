@@ -190,7 +190,7 @@ def big_member_tarball(work: Path, gib: float) -> Path:
                     self.n += 1
                     return out[:-8] + self.n.to_bytes(8, "little") if n >= 8 else out  # no two pieces alike
 
-            tf.addfile(info, _Pattern())  # type: ignore[arg-type]
+            tf.addfile(info, _Pattern())
         packer.stdin.close()
         if packer.wait() != 0:
             raise SystemExit(f"{cmd[0]} failed")

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 AIM = 2.0
@@ -47,7 +48,8 @@ def _commands() -> dict[str, tuple[list[str], dict[str, str]]]:
 
 def _once(argv: list[str], env: dict[str, str]) -> float:
     t0 = time.perf_counter()
-    subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=60)
+    quiet = subprocess.DEVNULL
+    subprocess.run(argv, env=env, stdout=quiet, stderr=quiet, check=True, timeout=60)
     return time.perf_counter() - t0
 
 
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     times = measure(args.runs)
     base = statistics.median(times["baseline: import archspec + host()"])
-    rows = []
+    rows: list[dict[str, Any]] = []
     print(f"{'command':<40} {'min ms':>8} {'median ms':>10} {'max ms':>8} {'x baseline':>11}")
     for name, ts in times.items():
         med = statistics.median(ts)
@@ -81,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"aim: detect and --help at most {AIM}x the baseline (median): {'met' if ok else 'NOT met'}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
         "runs": args.runs,
         "aim_ratio": AIM,
         "aim_met": ok,

@@ -34,7 +34,7 @@ def test_tox_has_py_lint_and_publish_envs() -> None:
     cfg = configparser.ConfigParser()
     cfg.read(PROJECT_ROOT / "tox.ini")
     assert "pytest -n auto" in cfg["testenv"]["commands"]
-    assert "mypy --strict eessi_pipeline" in cfg["testenv:lint"]["commands"]
+    assert "mypy --strict" in cfg["testenv:lint"]["commands"]  # files: pyproject's [tool.mypy]
     assert "ruff check" in cfg["testenv:lint"]["commands"]
     assert "eessi-pipeline publish" in cfg["testenv:publish"]["commands"]
 
@@ -86,3 +86,16 @@ def test_nothing_reads_outside_the_checkout() -> None:
 def test_ci_run_works_in_a_bare_clone() -> None:
     text = (PROJECT_ROOT / ".ci" / "run").read_text()
     assert "git clone" in text and "mktemp -d" in text  # nothing beside the clone it tests
+
+
+def test_pre_commit_runs_what_tox_lint_runs() -> None:
+    import yaml
+
+    config = yaml.safe_load((PROJECT_ROOT / ".pre-commit-config.yaml").read_text())
+    entries = [hook["entry"] for repo in config["repos"] for hook in repo["hooks"]]
+    assert any(e.startswith("ruff check") for e in entries)
+    assert any(e.startswith("ruff format --check") for e in entries)
+    assert any(e.startswith("mypy --strict") for e in entries)
+    data = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+    assert {"C901", "TID251"} <= set(data["tool"]["ruff"]["lint"]["select"])
+    assert set(data["tool"]["mypy"]["files"]) == {"eessi_pipeline", "checks", "benchmarks"}

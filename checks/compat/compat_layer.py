@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shlex
+from typing import Any
 
 import reframe as rfm
 import reframe.utility.sanity as sn
@@ -28,7 +29,7 @@ LEAVING = r"Leaving (?:compat layer \S+|Gentoo Prefix) with exit status (\d+)"
 _LOADER_NAME = re.compile(r"^(ld-linux[-\w.]*\.so\.\d+|ld64\.so\.\d+|ld\.so\.\d+)$")
 
 
-def _manifest() -> dict:
+def _manifest() -> dict[str, Any]:
     try:
         with open(os.path.join(PREFIX, "etc/eessi-compat/manifest.json"), encoding="utf-8") as fh:
             return json.load(fh)
@@ -69,11 +70,12 @@ class compat_layer_check(rfm.RunOnlyRegressionTest):
     tags = {"compat"}
 
     @run_after("init")
-    def use_startprefix(self):
+    def use_startprefix(self) -> None:
         self.executable = os.path.join(self.compat_prefix, "startprefix")
-        self.descr = f"compat layer {self.compat_prefix}: {self.descr or type(self).__name__}"
+        what = getattr(self, "descr", "") or type(self).__name__
+        self.descr = f"compat layer {self.compat_prefix}: {what}"
 
-    def leaving_status(self):
+    def leaving_status(self) -> Any:
         return sn.extractsingle(LEAVING, self.stderr, 1, int)
 
 
@@ -84,11 +86,11 @@ class compat_startprefix(compat_layer_check):
     descr = "startprefix runs a command"
 
     @run_after("init")
-    def feed_commands(self):
+    def feed_commands(self) -> None:
         self.executable_opts = ["<<<", "'echo eessi-compat-ok; echo shell=$(readlink /proc/$$/exe); exit 3'"]
 
     @sanity_function
-    def assert_ran_in_layer(self):
+    def assert_ran_in_layer(self) -> Any:
         return sn.all(
             [
                 sn.assert_found(r"^eessi-compat-ok$", self.stdout),
@@ -112,7 +114,7 @@ class compat_tool(compat_layer_check):
     descr = "a tool of the package set runs"
 
     @run_after("init")
-    def run_tool(self):
+    def run_tool(self) -> None:
         command, args, _ = self.tool
         script = 'echo "found=$(command -v "$0")"; exec env LD_DEBUG=libs LD_DEBUG_OUTPUT="$PWD/ld" "$0" "$@"'
         self.executable_opts = [
@@ -125,7 +127,7 @@ class compat_tool(compat_layer_check):
         ]
 
     @sanity_function
-    def assert_tool_runs(self):
+    def assert_tool_runs(self) -> Any:
         _, _, expect = self.tool
         checks = [
             sn.assert_found(
@@ -142,14 +144,14 @@ class compat_tool(compat_layer_check):
             )
         return sn.all(checks)
 
-    def output(self):
+    def output(self) -> Any:
         with (
             open(os.path.join(self.stagedir, str(self.stdout)), encoding="utf-8", errors="replace") as out,
             open(os.path.join(self.stagedir, str(self.stderr)), encoding="utf-8", errors="replace") as err,
         ):
             return out.read() + err.read()
 
-    def loaded_only_layer(self):
+    def loaded_only_layer(self) -> Any:
         files = sorted(glob.glob(os.path.join(self.stagedir, "ld.*")), key=lambda p: int(p.rsplit(".", 1)[1]))
         if not files:
             return False
@@ -174,7 +176,7 @@ class compat_loaded_libc(compat_layer_check):
     executable_opts = ["cat", "/proc/self/maps"]
 
     @sanity_function
-    def assert_layer_libc(self):
+    def assert_layer_libc(self) -> Any:
         with open(os.path.join(self.stagedir, str(self.stdout)), encoding="utf-8") as fh:
             paths = _maps_paths(fh.read())
         libc = [p for p in paths if re.search(r"/libc[.-][^/]*so", p)]
@@ -199,14 +201,14 @@ class compat_no_host_libraries(compat_layer_check):
     time_limit = "15m"
 
     @run_after("init")
-    def list_everything(self):
+    def list_everything(self) -> None:
         loader = os.path.join(self.compat_prefix, "lib64", "ld-linux-x86-64.so.2")
         for name in sorted(glob.glob(os.path.join(self.compat_prefix, "lib*", "ld-linux*.so.*"))):
             loader = name
         self.executable_opts = ["bash", "list_libraries.sh", loader]
 
     @sanity_function
-    def assert_all_in_layer(self):
+    def assert_all_in_layer(self) -> Any:
         return sn.all(
             [
                 sn.assert_gt(sn.extractsingle(r"^CHECKED (\d+)", self.stdout, 1, int), 0),
@@ -228,7 +230,7 @@ class compat_lmod(compat_layer_check):
     ]
 
     @sanity_function
-    def assert_module_avail(self):
+    def assert_module_avail(self) -> Any:
         return sn.all(
             [
                 sn.assert_found(
@@ -256,7 +258,7 @@ class compat_archspec(compat_layer_check):
     ]
 
     @sanity_function
-    def assert_host_cpu(self):
+    def assert_host_cpu(self) -> Any:
         import archspec.cpu
 
         return sn.all(
@@ -280,11 +282,11 @@ class compat_utf8_locale(compat_layer_check):
     executable_opts = ["sh", "-c", "'locale charmap && cat /proc/self/maps'"]
 
     @run_after("init")
-    def set_locale(self):
+    def set_locale(self) -> None:
         self.env_vars = {"LANG": LOCALE}
 
     @sanity_function
-    def assert_utf8(self):
+    def assert_utf8(self) -> Any:
         name = LOCALE.split(".")[0] + ".utf8"
         return sn.all(
             [
@@ -306,11 +308,11 @@ class compat_host_symlink(compat_layer_check):
     descr = "a symlink to a host file"
 
     @run_after("init")
-    def read_link(self):
+    def read_link(self) -> None:
         self.executable_opts = ["readlink", os.path.join(self.compat_prefix, self.host_file.lstrip("/"))]
 
     @sanity_function
-    def assert_points_to_host(self):
+    def assert_points_to_host(self) -> Any:
         return sn.all(
             [
                 sn.assert_found(rf"^{re.escape(self.host_file)}$", self.stdout),

@@ -22,6 +22,7 @@ not passed.  Environment read at load time: ``EESSI_PIPELINE_MODULEPATH``, ``EES
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import reframe as rfm
 import reframe.utility.sanity as sn
@@ -81,7 +82,7 @@ def smoke_entry(name: str) -> tuple[str, str, str]:
     return spec["command"], spec["expect"], spec["description"]
 
 
-def load_references(check: str, target: str) -> dict:
+def load_references(check: str, target: str) -> dict[str, Any]:
     try:
         with open(REFERENCES, encoding="utf-8") as fh:
             data = yaml.safe_load(fh) or {}
@@ -98,7 +99,7 @@ class gpu_check(rfm.RunOnlyRegressionTest):
     target = variable(str, value=os.environ.get("EESSI_PIPELINE_TARGET", ""))
     reference_key = variable(str, value="")
 
-    def target_name(self):
+    def target_name(self) -> Any:
         return self.target or self.current_partition.name
 
 
@@ -110,7 +111,7 @@ class gpu_module_smoke_check(gpu_check):
     tags = {"smoke", "gpu"}
 
     @run_after("init")
-    def set_command(self):
+    def set_command(self) -> None:
         command, self.expect, what = smoke_entry(self.module.split("/", 1)[0])
         self.descr = f"smoke: {self.module} loads; {what}"
         self.modules = [self.module]
@@ -118,7 +119,7 @@ class gpu_module_smoke_check(gpu_check):
         self.executable_opts = ["-c", "'" + command.replace("'", "'\"'\"'") + "'"]
 
     @sanity_function
-    def assert_runs(self):
+    def assert_runs(self) -> Any:
         return sn.all([sn.assert_found(self.expect, self.stdout), sn.assert_eq(self.job.exitcode, 0)])
 
 
@@ -127,7 +128,7 @@ class gpu_device_check(gpu_check):
     executable = "gpu_bandwidth"
 
     @run_after("setup")
-    def need_a_gpu(self):
+    def need_a_gpu(self) -> None:
         self.skip_if(
             bool(GPU_MISSING),
             f"no usable NVIDIA GPU on this host ({GPU_MISSING}): run the {ACCEL_CC or 'accelerator'} "
@@ -143,7 +144,7 @@ class gpu_device_query_check(gpu_device_check):
     tags = {"gpu"}
 
     @sanity_function
-    def assert_capability(self):
+    def assert_capability(self) -> Any:
         cc = sn.extractsingle(r'"cc": "(cc\d+)"', self.stdout, 1)
         return sn.all(
             [
@@ -161,18 +162,18 @@ class gpu_bandwidth_check(gpu_device_check):
     tags = {"gpu", "performance"}
 
     @run_after("setup")
-    def set_references(self):
+    def set_references(self) -> None:
         self.reference_key = "gpu_bandwidth_check/1_gpu"
         self.reference = {"*": load_references(self.reference_key, self.target_name())}
 
     @sanity_function
-    def assert_correct(self):
+    def assert_correct(self) -> Any:
         return sn.assert_found(r'"correct": true', self.stdout)
 
     @performance_function("GB/s")
-    def Copy(self):
+    def Copy(self) -> Any:
         return sn.extractsingle(r'"copy_GBps": ([0-9.]+)', self.stdout, 1, float)
 
     @performance_function("GB/s")
-    def Triad(self):
+    def Triad(self) -> Any:
         return sn.extractsingle(r'"triad_GBps": ([0-9.]+)', self.stdout, 1, float)

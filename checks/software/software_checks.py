@@ -18,6 +18,7 @@ Environment read at load time:
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import reframe as rfm
 import reframe.utility.sanity as sn
@@ -36,7 +37,7 @@ SMOKE_FILE = os.environ.get("EESSI_PIPELINE_SMOKE") or os.path.join(
 SCALES = {"1_core": (1, 1), "2_cores": (1, 2), "1_node": (1, 0), "2_nodes": (2, 0)}
 
 
-def load_smoke(path: str) -> tuple[dict, dict]:
+def load_smoke(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(fallback, modules)`` of the smoke file: each ``{command, expect, description}``."""
     with open(path, encoding="utf-8") as fh:
         data = yaml.safe_load(fh) or {}
@@ -48,7 +49,7 @@ def ebroot_variable(name: str) -> str:
     return "EBROOT" + name.replace("+", "plus").replace("-", "min").replace(".", "").upper()
 
 
-def smoke_for(name: str, fallback: dict, modules: dict) -> tuple[str, str, str]:
+def smoke_for(name: str, fallback: dict[str, Any], modules: dict[str, Any]) -> tuple[str, str, str]:
     """``(command, regex, description)`` of a module's smoke check."""
     spec = modules.get(name) or {"fallback": True}
     if spec.get("fallback"):
@@ -71,7 +72,7 @@ def installed_modules(modulepath: str) -> list[str]:
     return found
 
 
-def load_references(check: str, target: str) -> dict:
+def load_references(check: str, target: str) -> dict[str, Any]:
     try:
         with open(REFERENCES, encoding="utf-8") as fh:
             data = yaml.safe_load(fh) or {}
@@ -88,7 +89,7 @@ class eessi_check(rfm.RunOnlyRegressionTest):
     target = variable(str, value=os.environ.get("EESSI_PIPELINE_TARGET", ""))
     reference_key = variable(str, value="")
 
-    def target_name(self):
+    def target_name(self) -> Any:
         return self.target or self.current_partition.name
 
 
@@ -100,7 +101,7 @@ class module_smoke_check(eessi_check):
     tags = {"smoke"}
 
     @run_after("init")
-    def set_command(self):
+    def set_command(self) -> None:
         name = self.module.split("/", 1)[0]
         command, self.expect, what = smoke_for(name, SMOKE_FALLBACK, SMOKE)
         self.descr = f"smoke: {self.module} loads; {what}"
@@ -110,7 +111,7 @@ class module_smoke_check(eessi_check):
         self.executable_opts = ["-c", _sh_quote(command)]
 
     @sanity_function
-    def assert_runs(self):
+    def assert_runs(self) -> Any:
         checks = [sn.assert_found(self.expect, self.stdout)]
         if self.job.exitcode is not None:
             checks.append(sn.assert_eq(self.job.exitcode, 0))
@@ -134,7 +135,7 @@ class stream_check(eessi_check):
     tags = {"performance"}
 
     @run_after("init")
-    def set_scale(self):
+    def set_scale(self) -> None:
         nodes, _ = SCALES[self.scale]
         if nodes > 1:
             self.valid_systems = ["+cpu +slurm"]
@@ -142,7 +143,7 @@ class stream_check(eessi_check):
         self.descr = f"STREAM at {self.scale}"
 
     @run_after("setup")
-    def set_threads(self):
+    def set_threads(self) -> None:
         nodes, cores = SCALES[self.scale]
         available = self.current_partition.processor.num_cpus or 1
         self.skip_if(cores > available, f"{self.scale} needs {cores} cores; the partition has {available}")
@@ -160,7 +161,7 @@ class stream_check(eessi_check):
         self.reference = {"*": load_references(self.reference_key, self.target_name())}
 
     @sanity_function
-    def assert_validates(self):
+    def assert_validates(self) -> Any:
         nodes, _ = SCALES[self.scale]
         checks = [sn.assert_found(r"Solution Validates", self.stdout)]
         if nodes > 1:  # every task on a host of its own
@@ -168,21 +169,21 @@ class stream_check(eessi_check):
             checks.append(sn.assert_eq(len(hosts), nodes, msg=f"tasks ran on {hosts}, not on {nodes} hosts"))
         return sn.all(checks)
 
-    def rate(self, kernel):
+    def rate(self, kernel: str) -> Any:
         return sn.extractsingle(rf"^{kernel}: (\S+) GB/s$", self.stdout, 1, float)
 
     @performance_function("GB/s")
-    def Copy(self):
+    def Copy(self) -> Any:
         return self.rate("Copy")
 
     @performance_function("GB/s")
-    def Scale(self):
+    def Scale(self) -> Any:
         return self.rate("Scale")
 
     @performance_function("GB/s")
-    def Add(self):
+    def Add(self) -> Any:
         return self.rate("Add")
 
     @performance_function("GB/s")
-    def Triad(self):
+    def Triad(self) -> Any:
         return self.rate("Triad")

@@ -72,7 +72,7 @@ def read_elf(path: Path) -> ElfInfo | None:
     return parse_elf(data)
 
 
-def parse_elf(data: bytes) -> ElfInfo | None:
+def parse_elf(data: bytes) -> ElfInfo | None:  # noqa: C901 (to split: docs/architecture.md)
     """Parse ELF bytes; None when they are not a well-formed ELF file."""
     if len(data) < 52 or data[:4] != ELF_MAGIC:
         return None
