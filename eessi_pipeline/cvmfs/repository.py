@@ -26,26 +26,26 @@ import re
 import shutil
 import stat
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import RepositoryError
+from ..fileio import atomic_write
 from ..locks import wait_lock
 from .catalog import DIR_SIZE, Node
 from .common import (
     fingerprint,
 )
 from .ingest import IngestOptions, overlay_stream
-from .keys import KeyPaths, create_keys, load_certificate_der, sign_raw_pkcs1
+from .keys import create_keys, load_certificate_der, sign_raw_pkcs1
 from .manifest import Manifest, assemble_signed, parse_manifest
 from .objects import ObjectStore
+from .paths import RepoPaths
 from .tarcheck import DEFAULT_MAX_MEMBER_SIZE, CheckContext, parse_tarball_name
 from .transaction import (
     DIRTAB_PATH,
     PublishResult,
     StepHook,
     Transaction,
-    _atomic_write,
     dirtab_match,
 )
 from .whitelist import Whitelist
@@ -95,52 +95,6 @@ def check_name(name: str) -> str:
     return name
 
 
-@dataclass(frozen=True, slots=True)
-class RepoPaths:
-    state_dir: Path
-    name: str
-
-    @property
-    def web_root(self) -> Path:
-        return self.state_dir / "srv" / "cvmfs"
-
-    @property
-    def root(self) -> Path:
-        return self.web_root / self.name
-
-    @property
-    def keys(self) -> KeyPaths:
-        return KeyPaths(self.state_dir / "keys", self.name)
-
-    @property
-    def spool(self) -> Path:
-        return self.state_dir / "spool" / self.name
-
-    @property
-    def lock(self) -> Path:
-        return self.spool / "lock"
-
-    @property
-    def tmp(self) -> Path:
-        return self.spool / "tmp"
-
-    @property
-    def manifest(self) -> Path:
-        return self.root / ".cvmfspublished"
-
-    @property
-    def whitelist(self) -> Path:
-        return self.root / ".cvmfswhitelist"
-
-    @property
-    def reflog(self) -> Path:
-        return self.root / ".cvmfsreflog"
-
-    @property
-    def reflog_backup(self) -> Path:
-        return self.spool / "reflog.previous"
-
-
 @contextlib.contextmanager
 def publisher_lock(paths: RepoPaths, timeout: float = DEFAULT_LOCK_TIMEOUT) -> Iterator[None]:
     """One publisher at a time.  ``flock`` dies with its process, so a lock is never stale;
@@ -181,8 +135,8 @@ class Repository:
         self.store.ensure_layout()
         self.paths.tmp.mkdir(parents=True, exist_ok=True)
         (self.paths.root / "stats").mkdir(exist_ok=True)
-        _atomic_write(self.paths.root / ".cvmfs_master_replica", MASTER_REPLICA_TEXT.encode())
-        _atomic_write(self.paths.root / ".cvmfs_status.json", b"{}\n")
+        atomic_write(self.paths.root / ".cvmfs_master_replica", MASTER_REPLICA_TEXT.encode())
+        atomic_write(self.paths.root / ".cvmfs_status.json", b"{}\n")
         self.write_whitelist(WHITELIST_DAYS, now)
         with publisher_lock(self.paths):
             txn = Transaction(self, None, now)
@@ -221,7 +175,7 @@ class Repository:
         body = wl.body()
         signature = sign_raw_pkcs1(self.paths.keys.master_key, hashlib.sha1(body).hexdigest().encode())
         self.paths.root.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.paths.whitelist, assemble_signed(body, signature))
+        atomic_write(self.paths.whitelist, assemble_signed(body, signature))
         return wl
 
     def write_info_json(self) -> None:
@@ -243,7 +197,7 @@ class Repository:
             "repositories": [{"name": r, "url": f"/cvmfs/{r}"} for r in repos],
             "replicas": [],
         }
-        _atomic_write(info / "repositories.json", (json.dumps(doc, indent=2) + "\n").encode())
+        atomic_write(info / "repositories.json", (json.dumps(doc, indent=2) + "\n").encode())
         if not (info / "meta.json").exists():
             meta = {
                 "administrator": "eessi-pipeline",
@@ -251,7 +205,7 @@ class Repository:
                 "organisation": "eessi-pipeline embedded Stratum 0",
                 "custom": {"_comment": "edit this file to describe your service"},
             }
-            _atomic_write(info / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+            atomic_write(info / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
 
     # -- transactions ---------------------------------------------------------------------
 
@@ -269,7 +223,7 @@ class Repository:
         behind = manifest.reflog and hashlib.sha1(current).hexdigest() != manifest.reflog
         if behind and hashlib.sha1(backup.read_bytes()).hexdigest() == manifest.reflog:
             log.warning("restoring the reflog of revision %d after an interrupted publish", manifest.revision)
-            _atomic_write(self.paths.reflog, backup.read_bytes())
+            atomic_write(self.paths.reflog, backup.read_bytes())
         backup.unlink(missing_ok=True)
 
     def ingest(

@@ -10,14 +10,14 @@ import fnmatch
 import hashlib
 import json
 import logging
-import os
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..errors import RepositoryError
+from ..fileio import atomic_write
 from .catalog import DIR_SIZE, CatalogDoc, Node, add_subtree, read_catalog, self_statistics, write_catalog
 from .common import SUFFIX_CATALOG, SUFFIX_CERTIFICATE, SUFFIX_HISTORY, SUFFIX_METAINFO, parent_path
 from .history import (
@@ -30,10 +30,9 @@ from .history import (
 )
 from .keys import sign_manifest_hash
 from .manifest import Manifest, assemble_signed
+from .objects import ObjectStore
+from .paths import RepoPaths
 from .tarcheck import CATALOG_MARKER
-
-if TYPE_CHECKING:
-    from .repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +42,14 @@ DIRTAB_PATH = "/.cvmfsdirtab"
 StepHook = Callable[[str], None]
 
 
-def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+class RepoHandle(Protocol):
+    """What a transaction needs of its repository (``Repository`` is one; this module imports none)."""
+
+    @property
+    def paths(self) -> RepoPaths: ...
+
+    @property
+    def store(self) -> ObjectStore: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +79,7 @@ def _within(path: str, root: str) -> bool:
 class Transaction:
     """Changes to a repository held in memory until :meth:`commit` publishes them."""
 
-    repo: Repository
+    repo: RepoHandle
     base: Manifest | None
     now: dt.datetime
     hook: StepHook | None = None
@@ -413,10 +412,10 @@ class Transaction:
         # The reflog must change with the manifest; keep the old one so an interrupted
         # publish can be repaired (Repository.repair_interrupted).
         if old_reflog is not None:
-            _atomic_write(paths.reflog_backup, old_reflog)
-        _atomic_write(paths.reflog, reflog)
+            atomic_write(paths.reflog_backup, old_reflog)
+        atomic_write(paths.reflog, reflog)
         self._step("reflog written")
-        _atomic_write(paths.manifest, signed)
+        atomic_write(paths.manifest, signed)
         self.published = True
         paths.reflog_backup.unlink(missing_ok=True)
         self._step("manifest written")
