@@ -456,7 +456,7 @@ def bench_startup(work: Path) -> dict[str, Any]:
     mod = repo / "versions" / VERSION / "software" / "linux" / SUBDIR / "modules" / "all" / "hello"
     mod.mkdir(parents=True)  # an installed candidate for the script to select
     (mod / "1.0.lua").write_text('whatis("hello")\n')
-    from eessi_pipeline.build.lmodfiles import write_lmod_files
+    from eessi_pipeline.software.lmodfiles import write_lmod_files
 
     software = repo / "versions" / VERSION / "software" / "linux" / SUBDIR
     write_lmod_files(software / ".lmod", str(software))

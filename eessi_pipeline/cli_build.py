@@ -18,14 +18,14 @@ from typing import Any, TextIO
 
 from .arch.cpuinfo import read_host_cpu
 from .arch.select import require_build_node
-from .build.container import ContainerView
-from .build.driver import BuildPlan, ensure_build, lmod_cache_argv, resolve_stack
-from .build.easybuild import eb_install_argv
-from .build.runtime import IMAGE_ENV, RUNTIME_ENV, Runtime, require_binary, resolve_runtime
-from .build.stacks import load_stacks
 from .cli_options import add_stack_version
 from .matrix import load_matrix
 from .settings import resolve_settings
+from .software.container import ContainerView
+from .software.driver import BuildPlan, ensure_build, lmod_cache_argv, resolve_stack
+from .software.easybuild import eb_install_argv
+from .software.runtime import IMAGE_ENV, RUNTIME_ENV, Runtime, require_binary, resolve_runtime
+from .software.stacks import load_stacks
 
 
 def _emit(data: Any, out: TextIO) -> None:

@@ -124,10 +124,10 @@ def cmd_build(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
-    from .build.stacks import load_stacks
     from .gpu.plan import make_gpu_plan
     from .matrix import load_matrix
     from .settings import resolve_settings
+    from .software.stacks import load_stacks
 
     matrix = load_matrix()
     settings = resolve_settings(state_dir=getattr(args, "state_dir", None), version=args.version)
@@ -147,11 +147,11 @@ def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_checks(args: argparse.Namespace, out: TextIO) -> int:
-    from .build.stacks import load_stacks
     from .gpu.checks import run_gpu_checks
     from .gpu.stack import plan_gpu_build
     from .matrix import load_matrix
     from .settings import resolve_settings
+    from .software.stacks import load_stacks
 
     matrix = load_matrix()
     at = matrix.accel_target(args.target)

@@ -36,7 +36,6 @@ from typing import Any, TextIO
 
 from .arch.cpuinfo import read_host_cpu
 from .arch.select import require_build_node, select_from_environ
-from .build.stacks import load_stacks
 from .checks.procmaps import session_problems
 from .checks.smoke import SmokeTable, load_smoke
 from .cli_options import add_stack_version
@@ -57,6 +56,7 @@ from .matrix import PROJECT_ROOT, Matrix, Target, load_matrix
 from .proc import run_echoed
 from .services.stack import Stack, resolve_ports
 from .settings import Settings, resolve_settings
+from .software.stacks import load_stacks
 
 INIT_TESTS = "tests/test_initscript.py"
 

@@ -35,7 +35,7 @@ from .settings import VERSION_ENV
 # checks and the gate's record writer.
 pytest_plugins = (
     "eessi_pipeline.compat.fixtures",
-    "eessi_pipeline.build.fixtures",
+    "eessi_pipeline.software.fixtures",
     "eessi_pipeline.checks.pytest_scheduler",
     "eessi_pipeline.gate.pytest_gate",
 )

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from eessi_pipeline.build.driver import BuildPlan, ensure_build, module_check_argv
-from eessi_pipeline.build.stacks import load_stacks
 from eessi_pipeline.cvmfs.tarcheck import check_tarball
 from eessi_pipeline.matrix import load_matrix
+from eessi_pipeline.software.driver import BuildPlan, ensure_build, module_check_argv
+from eessi_pipeline.software.stacks import load_stacks
 
 pytestmark = [
     pytest.mark.slow,

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from eessi_pipeline.build.easyconfig import Extension, parse_easyconfig
-from eessi_pipeline.build.sources import plan_sources
-from eessi_pipeline.build.stacks import load_stacks
 from eessi_pipeline.errors import BuildError
+from eessi_pipeline.software.easyconfig import Extension, parse_easyconfig
+from eessi_pipeline.software.sources import plan_sources
+from eessi_pipeline.software.stacks import load_stacks
 
 SHA_A, SHA_B = "a" * 64, "b" * 64
 

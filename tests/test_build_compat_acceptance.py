@@ -21,14 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from eessi_pipeline.build.compatlink import plan_for_upper
-from eessi_pipeline.build.driver import BuildPlan, BuildResult, ensure_build, module_check_argv
-from eessi_pipeline.build.fixtures import build_state_dir
-from eessi_pipeline.build.overlay import OverlayView
-from eessi_pipeline.build.stacks import load_stacks
 from eessi_pipeline.compat.elf import read_elf
 from eessi_pipeline.compat.fixtures import compat_state_dir
 from eessi_pipeline.matrix import load_matrix
+from eessi_pipeline.software.compatlink import plan_for_upper
+from eessi_pipeline.software.driver import BuildPlan, BuildResult, ensure_build, module_check_argv
+from eessi_pipeline.software.fixtures import build_state_dir
+from eessi_pipeline.software.overlay import OverlayView
+from eessi_pipeline.software.stacks import load_stacks
 
 pytestmark = [
     pytest.mark.slow,
@@ -64,7 +64,7 @@ def compat_build(pytestconfig, host_cpu, eessi_matrix) -> BuildResult:
 
 @pytest.fixture(scope="module")
 def layer(compat_build):
-    from eessi_pipeline.build.compatlink import ensure_layer_link
+    from eessi_pipeline.software.compatlink import ensure_layer_link
 
     spec = compat_build.plan.compat_spec
     assert spec is not None

@@ -18,7 +18,12 @@ from pathlib import Path
 import pytest
 from helpers import build_cli_parser
 
-from eessi_pipeline.build.compatlink import (
+from eessi_pipeline.compat.elf import ET_DYN, ET_EXEC, ElfInfo, read_elf
+from eessi_pipeline.compat.ldlist import Listing, parse_list_output
+from eessi_pipeline.compat.relocate import ElfFile
+from eessi_pipeline.errors import BuildError
+from eessi_pipeline.matrix import load_matrix
+from eessi_pipeline.software.compatlink import (
     LayerLink,
     LinkEdit,
     WheelInstall,
@@ -34,16 +39,11 @@ from eessi_pipeline.build.compatlink import (
     search_dirs,
     wheel_tags,
 )
-from eessi_pipeline.build.driver import BuildPlan, build_inputs
-from eessi_pipeline.build.overlay import FUSE_OVERLAYFS, KERNEL_USERNS_OVERLAY, OverlayMode, OverlayView
-from eessi_pipeline.build.overlay import kernel_release as _release
-from eessi_pipeline.build.runtime import DEFAULT_IMAGE, Runtime, RuntimeChoice
-from eessi_pipeline.build.stacks import load_stacks
-from eessi_pipeline.compat.elf import ET_DYN, ET_EXEC, ElfInfo, read_elf
-from eessi_pipeline.compat.ldlist import Listing, parse_list_output
-from eessi_pipeline.compat.relocate import ElfFile
-from eessi_pipeline.errors import BuildError
-from eessi_pipeline.matrix import load_matrix
+from eessi_pipeline.software.driver import BuildPlan, build_inputs
+from eessi_pipeline.software.overlay import FUSE_OVERLAYFS, KERNEL_USERNS_OVERLAY, OverlayMode, OverlayView
+from eessi_pipeline.software.overlay import kernel_release as _release
+from eessi_pipeline.software.runtime import DEFAULT_IMAGE, Runtime, RuntimeChoice
+from eessi_pipeline.software.stacks import load_stacks
 
 REPO = "/cvmfs/r.eessi.local"
 PREFIX = f"{REPO}/versions/2023.06/compat/linux/x86_64"

@@ -19,15 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from eessi_pipeline.build.overlay import (
+from eessi_pipeline.matrix import PROJECT_ROOT
+from eessi_pipeline.proc import CommandFailed
+from eessi_pipeline.software.overlay import (
     FUSE_OVERLAYFS,
     KERNEL_USERNS_OVERLAY,
     OverlayMode,
     OverlayView,
     kernel_release,
 )
-from eessi_pipeline.matrix import PROJECT_ROOT
-from eessi_pipeline.proc import CommandFailed
 
 REPO = "/cvmfs/modes.eessi.local"
 SCRIPT = f"cat {REPO}/versions/old && echo new > {REPO}/versions/new && rm {REPO}/versions/gone"
@@ -107,7 +107,7 @@ def _nobody_can_run_the_project() -> str | None:
         return "needs root, setpriv and /usr/bin/python3 to act as nobody"
     probe = subprocess.run(
         ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--",
-         "/usr/bin/python3", "-c", "import eessi_pipeline.build.overlay"],
+         "/usr/bin/python3", "-c", "import eessi_pipeline.software.overlay"],
         env={"PYTHONPATH": str(PROJECT_ROOT), "PATH": os.defpath},
         capture_output=True,
         check=False,
@@ -151,7 +151,7 @@ def test_overlay_unprivileged_user_builds_through_a_user_namespace(nobody_dir):
     (work / "probe.py").write_text(
         textwrap.dedent(f"""
             from pathlib import Path
-            from eessi_pipeline.build.overlay import OverlayView, host_overlay_mode
+            from eessi_pipeline.software.overlay import OverlayView, host_overlay_mode
             mode, reason = host_overlay_mode()
             print(mode.name if mode else "NONE", reason, sep="\\n")
             view = OverlayView.for_repository("modes.eessi.local", Path({str(work)!r}) / "ovl")

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from helpers import build_cli_json, build_cli_parser
 
-from eessi_pipeline.build.driver import BuildPlan, inputs_digest, lmod_cache_argv, module_check_argv
-from eessi_pipeline.build.easybuild import (
+from eessi_pipeline.errors import BuildError
+from eessi_pipeline.matrix import load_matrix
+from eessi_pipeline.software.driver import BuildPlan, inputs_digest, lmod_cache_argv, module_check_argv
+from eessi_pipeline.software.easybuild import (
     HOOKS,
     EasyBuildConfig,
     eb_environment,
@@ -19,9 +21,9 @@ from eessi_pipeline.build.easybuild import (
     missing_modules,
     system_cflags,
 )
-from eessi_pipeline.build.easyconfig import parse_easyconfig
-from eessi_pipeline.build.overlay import OverlayView
-from eessi_pipeline.build.sources import (
+from eessi_pipeline.software.easyconfig import parse_easyconfig
+from eessi_pipeline.software.overlay import OverlayView
+from eessi_pipeline.software.sources import (
     Provisioner,
     Wanted,
     apt_source_argv,
@@ -29,10 +31,8 @@ from eessi_pipeline.build.sources import (
     pip_download_argv,
     plan_sources,
 )
-from eessi_pipeline.build.stacks import DebianArchive, ProviderSpec, load_easystack, load_stacks
-from eessi_pipeline.build.tarball import metadata, run_link, tarball_name
-from eessi_pipeline.errors import BuildError
-from eessi_pipeline.matrix import load_matrix
+from eessi_pipeline.software.stacks import DebianArchive, ProviderSpec, load_easystack, load_stacks
+from eessi_pipeline.software.tarball import metadata, run_link, tarball_name
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -341,7 +341,7 @@ def test_cli_refuses_a_target_this_host_cannot_build(tmp_path):
 
 
 def test_eb_error_summary_names_the_failed_installation() -> None:
-    from eessi_pipeline.build.driver import eb_error_summary
+    from eessi_pipeline.software.driver import eb_error_summary
 
     output = (
         "WARNING: Using EasyBuild as root is NOT recommended, please proceed with care!\n"

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from helpers import build_cli_json, build_cli_parser
 
-from eessi_pipeline.build import ovlexec
-from eessi_pipeline.build.container import (
+from eessi_pipeline.errors import BuildError, UsageError
+from eessi_pipeline.matrix import load_matrix
+from eessi_pipeline.software import ovlexec
+from eessi_pipeline.software.container import (
     ContainerView,
     build_definition,
     build_image,
@@ -21,15 +23,15 @@ from eessi_pipeline.build.container import (
     docker_reference,
     image_plan,
 )
-from eessi_pipeline.build.driver import BuildPlan, build_inputs
-from eessi_pipeline.build.overlay import (
+from eessi_pipeline.software.driver import BuildPlan, build_inputs
+from eessi_pipeline.software.overlay import (
     OverlayMode,
     OverlayView,
     choose_overlay_mode,
     kernel_release,
     namespace_argv,
 )
-from eessi_pipeline.build.runtime import (
+from eessi_pipeline.software.runtime import (
     DEFAULT_IMAGE,
     IMAGE_ENV,
     RUNTIME_ENV,
@@ -38,9 +40,7 @@ from eessi_pipeline.build.runtime import (
     require_binary,
     resolve_runtime,
 )
-from eessi_pipeline.build.stacks import load_stacks
-from eessi_pipeline.errors import BuildError, UsageError
-from eessi_pipeline.matrix import load_matrix
+from eessi_pipeline.software.stacks import load_stacks
 
 
 def _none(_: str) -> None:

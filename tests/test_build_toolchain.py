@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from helpers import build_cli_json
 
-from eessi_pipeline.build.driver import BuildPlan, build_inputs, resolve_stack
-from eessi_pipeline.build.easybuild import parse_dry_run
-from eessi_pipeline.build.easyconfig import SYSTEM, parse_easyconfig
-from eessi_pipeline.build.overlay import host_overlay_mode
-from eessi_pipeline.build.stacks import easybuild_easyconfigs_dir, load_stacks
 from eessi_pipeline.errors import BuildError
 from eessi_pipeline.matrix import PROJECT_ROOT, load_matrix
+from eessi_pipeline.software.driver import BuildPlan, build_inputs, resolve_stack
+from eessi_pipeline.software.easybuild import parse_dry_run
+from eessi_pipeline.software.easyconfig import SYSTEM, parse_easyconfig
+from eessi_pipeline.software.overlay import host_overlay_mode
+from eessi_pipeline.software.stacks import easybuild_easyconfigs_dir, load_stacks
 
 MATRICES = PROJECT_ROOT / "matrices"
 PRODUCTION_MODULES = ("GCCcore/12.3.0", "foss/2023a", "zlib/1.2.13-GCCcore-12.3.0")

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eessi_pipeline.build.stacks import load_stacks
 from eessi_pipeline.checks.references import ChecksError
 from eessi_pipeline.checks.smoke import (
     SMOKE_FILE,
@@ -22,6 +21,7 @@ from eessi_pipeline.checks.smoke import (
     require_coverage,
     uncovered,
 )
+from eessi_pipeline.software.stacks import load_stacks
 
 ROOT = Path(__file__).resolve().parent.parent
 P = Path("smoke.yaml")

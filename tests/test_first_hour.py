@@ -167,7 +167,7 @@ def test_detect_imports_only_what_it_needs(tmp_path: Path) -> None:
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "EESSI_PROC_CPUINFO": str(ZEN3)}
     code = (
         "import sys, io; from eessi_pipeline.cli import main; rc = main(['detect'], io.StringIO()); "
-        "heavy = ('pytest', '_pytest', 'yaml', 'jsonschema', 'eessi_pipeline.cvmfs', 'eessi_pipeline.build', "
+        "heavy = ('pytest', '_pytest', 'yaml', 'jsonschema', 'eessi_pipeline.cvmfs', 'eessi_pipeline.software', "
         "'eessi_pipeline.gate', 'reframe', 'easybuild', 'numpy', 'matplotlib'); "
         "print(rc, sorted({m.split('.')[0] if not m.startswith('eessi') else m for m in sys.modules "
         "if m.startswith(heavy)}))"

@@ -22,12 +22,12 @@ from typing import Any
 import pytest
 from helpers import DATA_DIR
 
-from eessi_pipeline.build.easybuild import LMOD_INIT
-from eessi_pipeline.build.stacks import load_stacks
 from eessi_pipeline.cli import main
 from eessi_pipeline.errors import BuildError, MatrixError
 from eessi_pipeline.gpu.stack import ARCH_ENV, eb_argv, eb_env, plan_gpu_build
 from eessi_pipeline.matrix import AccelTarget, load_matrix
+from eessi_pipeline.software.easybuild import LMOD_INIT
+from eessi_pipeline.software.stacks import load_stacks
 
 
 def test_plan_puts_the_stack_in_the_accelerator_prefix(tmp_path: Path) -> None:

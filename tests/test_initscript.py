@@ -12,10 +12,10 @@ from helpers import archdetect_cases
 
 from eessi_pipeline.arch.cpuinfo import parse_cpuinfo
 from eessi_pipeline.arch.select import select_target
-from eessi_pipeline.build.lmodfiles import write_lmod_files
 from eessi_pipeline.cvmfs.tarcheck import check_tarball
 from eessi_pipeline.initscript import build_init_tarball, render, spec_lines, write_init_dir
 from eessi_pipeline.matrix import load_matrix
+from eessi_pipeline.software.lmodfiles import write_lmod_files
 
 MATRIX = load_matrix()
 VERSIONS = [v.name for v in MATRIX.versions]

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from eessi_pipeline.build.lmodfiles import lmodrc, write_lmod_files
 from eessi_pipeline.checks.procmaps import (
     ProcessMaps,
     foreign_files,
@@ -33,6 +32,7 @@ from eessi_pipeline.layers import (
     identity_json,
     use_spec,
 )
+from eessi_pipeline.software.lmodfiles import lmodrc, write_lmod_files
 
 REPO = "software.eessi.local"
 MODULES = ("zlib/1.2.13", "STREAM/5.10-hpcc-1.5.0", "SciPy-bundle/2023.07")

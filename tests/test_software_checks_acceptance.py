@@ -14,7 +14,6 @@ import os
 
 import pytest
 
-from eessi_pipeline.build.stacks import load_stacks
 from eessi_pipeline.checks.htmlreport import write_report
 from eessi_pipeline.checks.pytest_scheduler import scheduler_of
 from eessi_pipeline.checks.rfmconfig import TargetPrefix
@@ -23,6 +22,7 @@ from eessi_pipeline.checks.scheduler import run_checks_on_slurm
 from eessi_pipeline.gate.pytest_gate import announce
 from eessi_pipeline.matrix import load_matrix
 from eessi_pipeline.pytest_plugin import report_link, session_version
+from eessi_pipeline.software.stacks import load_stacks
 
 pytestmark = [
     pytest.mark.slow,

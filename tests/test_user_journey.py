@@ -20,7 +20,7 @@ from cvmfs_helpers import software_tarball
 from helpers import free_ports
 
 from eessi_pipeline import cli
-from eessi_pipeline.build.lmodfiles import lmod_files
+from eessi_pipeline.software.lmodfiles import lmod_files
 
 NAME = "journey.eessi.local"
 SUBDIR = "x86_64/generic"

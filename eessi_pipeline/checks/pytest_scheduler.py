@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from ..build.fixtures import build_state_dir
 from ..errors import PipelineError
 from ..matrix import Target
+from ..software.fixtures import build_state_dir
 from .scheduler import SCHEDULERS, SlurmRun, slurm_run
 
 SCHEDULER_OPTION = "--eessi-scheduler"

@@ -17,11 +17,11 @@ from typing import Protocol
 
 import yaml
 
-from ..build.easybuild import LMOD_INIT
 from ..compat.gentoo_prefix import find_tool
 from ..compat.rfm_runner import REFRAME_PIN
 from ..matrix import PROJECT_ROOT
 from ..proc import CommandResult, run
+from ..software.easybuild import LMOD_INIT
 from .references import REFERENCES_FILE, ChecksError
 from .report import RunResult, parse_report
 from .rfmconfig import LOCAL_SYSTEM, Site, TargetPrefix, config, partition_name

@@ -30,9 +30,9 @@ from typing import Any
 
 import yaml
 
-from ..build.easybuild import LMOD_INIT
 from ..compat.gentoo_prefix import find_tool
 from ..compat.rfm_runner import REFRAME_PIN
+from ..software.easybuild import LMOD_INIT
 from .references import ChecksError
 from .rfmconfig import TargetPrefix, partition_name, processor_info
 from .runner import LMOD_CMD, ChecksOutcome, CommandRunner, RunPaths, outcome_of

@@ -734,9 +734,9 @@ class ViewMounts:
 
 
 def view_of_overlay(view: object) -> ViewMounts:
-    """The nodes' read-only view of a build's :class:`~eessi_pipeline.build.overlay.OverlayView`: its
+    """The nodes' read-only view of a build's :class:`~eessi_pipeline.software.overlay.OverlayView`: its
     upper dir over the repository's content (the lower dir) over the skeleton of mount points."""
-    from ..build.overlay import OverlayView
+    from ..software.overlay import OverlayView
 
     if not isinstance(view, OverlayView):
         raise ClusterError(

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..build.stacks import StackConfig
 from ..matrix import AccelTarget, Matrix
+from ..software.stacks import StackConfig
 from ..tarnames import EPOCH_PLACEHOLDER
 from .stack import GPU_STACK
 

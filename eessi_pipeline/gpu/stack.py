@@ -8,14 +8,14 @@ into the accelerator prefix, laid out as in the repository::
         software/GPUBandwidth/...        modules/all/GPUBandwidth/0.1-CUDA-13.5.37-pypi.lua
 
 (``--prefix DIR`` puts the ``software``/``modules`` tree elsewhere).  Sources are provisioned offline
-like every other stack's (:mod:`eessi_pipeline.build.sources`: ``pip download`` of the pinned wheels,
+like every other stack's (:mod:`eessi_pipeline.software.sources`: ``pip download`` of the pinned wheels,
 checked against the easyconfigs' sha256).  EasyBuild gets the target's compute capability
 (``--cuda-compute-capabilities=9.0``: its CUDA sanity check reads the built binaries with
 ``cuobjdump`` and fails on any other architecture) and ``$EESSI_PIPELINE_CUDA_ARCH=sm_90`` for our
 program's build command.  The CPU flow (``build``, ``run``) never builds this stack.
 
 Not done here (yet): building inside the overlay at ``/cvmfs/...`` and packing the accelerator tarball
-(the CPU driver's job, :mod:`eessi_pipeline.build.driver`), and linking CUDA's binaries to the
+(the CPU driver's job, :mod:`eessi_pipeline.software.driver`), and linking CUDA's binaries to the
 compatibility layer; the installation is for checks on this host and on a GPU node.
 
 Planning is pure (:func:`plan_gpu_build`); :func:`build_gpu_stack` provisions and runs EasyBuild.
@@ -32,19 +32,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..build.easybuild import (
+from ..errors import BuildError
+from ..locks import wait_lock
+from ..matrix import AccelTarget, Matrix, load_matrix
+from ..settings import resolve_settings
+from ..software.easybuild import (
     HOOKS,
     EasyBuildConfig,
     eb_environment,
     eb_install_argv,
     installed_easybuild_version,
 )
-from ..build.stacks import Stack, StackConfig, load_stacks
-from ..build.tarball import Packed
-from ..errors import BuildError
-from ..locks import wait_lock
-from ..matrix import AccelTarget, Matrix, load_matrix
-from ..settings import resolve_settings
+from ..software.stacks import Stack, StackConfig, load_stacks
+from ..software.tarball import Packed
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +197,8 @@ def build_gpu_stack(
 
     ``tarball``: install at the repository path through the build overlay and pack the accelerator
     target's tarball (EESSI's name, checked like every tarball before it is handed to the gate)."""
-    from ..build.sources import Provisioner, plan_sources
     from ..proc import CommandFailed, run
+    from ..software.sources import Provisioner, plan_sources
 
     matrix = load_matrix()
     stacks = load_stacks()
@@ -259,9 +259,9 @@ def _build_in_overlay(plan: GpuBuildPlan, env: dict[str, str]) -> Packed:
     """EasyBuild at /cvmfs/<repo>/… in the build overlay; the new files packed into the target's tarball."""
     import time
 
-    from ..build.overlay import OverlayView
-    from ..build.tarball import pack
     from ..cvmfs.tarcheck import check_tarball
+    from ..software.overlay import OverlayView
+    from ..software.tarball import pack
 
     view = OverlayView.for_repository(plan.repository, plan.overlay_root)
     for d in (view.upper, view.work, plan.buildpath, plan.tarball_dir):

@@ -2,7 +2,7 @@
 
 Run as ``unshare --mount --propagation private -- python3 -I -S ovlexec.py --cover /cvmfs
 --lower L --stage S --upper U --work W --mount /cvmfs/<repo> [--skeleton K] [--fuse FUSE-OVERLAYFS]
--- ARGV...`` (built by :mod:`eessi_pipeline.build.overlay`; unprivileged users run it under
+-- ARGV...`` (built by :mod:`eessi_pipeline.software.overlay`; unprivileged users run it under
 ``unshare --user --map-root-user --mount``).  Steps: bind ``L`` (the repository's current content,
 possibly under ``/cvmfs`` itself) onto ``S``; cover ``/cvmfs`` with an empty tmpfs so that the mount
 point is created without touching the host; mount ``lowerdir=S,upperdir=U,workdir=W`` at the

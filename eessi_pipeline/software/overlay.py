@@ -2,7 +2,7 @@
 
 Like EESSI's build container (``eessi_container.sh --access rw``), builds see the repository at its
 real path and write into it; the new files land only in the overlay's upper dir in the state dir.
-Each command runs in its own private mount namespace through :mod:`eessi_pipeline.build.ovlexec`, so
+Each command runs in its own private mount namespace through :mod:`eessi_pipeline.software.ovlexec`, so
 the host's ``/cvmfs`` is never changed.  The lower dir is the repository's content where a CernVM-FS
 client has it mounted at ``/cvmfs/<repo>``, else an empty dir in the state dir (so that everything a
 build installs counts as new).

@@ -1,7 +1,7 @@
 """pytest fixtures for the software layer: ``software_build(target)`` builds once per run and reuses.
 
 ``software_build`` is a session-scoped factory: ``software_build("zen4")`` returns the
-:class:`~eessi_pipeline.build.driver.BuildResult` of that target's stack.  The build holds the target's
+:class:`~eessi_pipeline.software.driver.BuildResult` of that target's stack.  The build holds the target's
 file lock (``record.lock``), so xdist workers asking at the same time wait for one build and then reuse
 it; a later run reuses it too while the inputs digest (easystack, easyconfigs, source checksums, target,
 EasyBuild version, hooks, flags) is unchanged.  The state directory is ``--eessi-build-state DIR``, else

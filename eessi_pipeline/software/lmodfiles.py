@@ -5,7 +5,7 @@ EESSI's init (``init/bash`` and the ``EESSI/<version>`` module) points ``LMOD_RC
 complains when either file is missing.  Both are part of the software tarball here:
 
 * ``lmodrc.lua`` names the spider cache the build writes (``<prefix>/.lmod/cache``, see
-  :func:`eessi_pipeline.build.driver.lmod_cache_argv`), so ``module avail`` reads the cache instead of
+  :func:`eessi_pipeline.software.driver.lmod_cache_argv`), so ``module avail`` reads the cache instead of
   walking ``modules/all`` on every call;
 * ``SitePackage.lua`` registers a ``load`` hook for what sites put under ``host_injections``: when the
   site has ``<host_injections>/<version>/software/linux/<subdir>/rpath_overrides/<Name>/system/lib``

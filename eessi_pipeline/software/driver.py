@@ -7,11 +7,11 @@ apt state, downloads), and per target ``<version>/<subdir with ->/``: ``overlay/
 ``eb/`` (buildpath, prefix with EasyBuild's logs), ``tarballs/``, ``record.json`` (written last) and
 ``record.lock`` (an ``flock``: one builder at a time; xdist workers wait, then reuse).
 
-Where EasyBuild runs is the plan's runtime (:mod:`eessi_pipeline.build.runtime`): the overlay in a
+Where EasyBuild runs is the plan's runtime (:mod:`eessi_pipeline.software.runtime`): the overlay in a
 private namespace on this host (default), or EESSI's build container through apptainer/singularity.
 A stack linked to the compatibility layer builds (or reuses) the family's layer first, in the same state
 dir as ``eessi-pipeline compat build`` (``<state>/compat``), and sees it read-only at its prefix in the
-namespace (:mod:`eessi_pipeline.build.compatlink`); only the namespace runtime can do that.
+namespace (:mod:`eessi_pipeline.software.compatlink`); only the namespace runtime can do that.
 """
 
 from __future__ import annotations

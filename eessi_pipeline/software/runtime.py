@@ -1,10 +1,10 @@
 """Where a build runs: the build runtime setting and the protocol every runtime's view implements.
 
 ``namespace`` (the default) runs EasyBuild on this host in a private mount namespace with
-``/cvmfs/<repo>`` as a writable overlay (:mod:`eessi_pipeline.build.overlay`).  ``apptainer`` and
+``/cvmfs/<repo>`` as a writable overlay (:mod:`eessi_pipeline.software.overlay`).  ``apptainer`` and
 ``singularity`` run it inside EESSI's build container shape instead: the image has fuse-overlayfs, and
 the container mounts the same overlay at ``/cvmfs/<repo>`` with ``--fusemount``
-(:mod:`eessi_pipeline.build.container`).
+(:mod:`eessi_pipeline.software.container`).
 
 The setting follows the project's order: ``--runtime`` > ``$EESSI_PIPELINE_BUILD_RUNTIME`` > ``namespace``;
 the container image: ``--image`` > ``$EESSI_PIPELINE_BUILD_IMAGE`` > EESSI's build node image.

@@ -5,14 +5,14 @@ Each stack names its top-level ``toolchain`` and where EasyBuild's robot finds e
 
 * ``toolchain: SYSTEM`` with ``robot: [project]`` (the defaults): the embedded CI stacks.  Every
   easyconfig is this project's own (``matrices/easyconfigs``), builds with the host's compiler, and has
-  its sources provisioned offline (:mod:`eessi_pipeline.build.sources`).
+  its sources provisioned offline (:mod:`eessi_pipeline.software.sources`).
 * a real EESSI toolchain (e.g. ``foss-2023a``) with ``robot: [project, easybuild]``: a production
   stack resolved against the easyconfigs shipped with EasyBuild (the ``easybuild-easyconfigs`` package
   installed beside the framework), as EESSI's easystacks are.  EasyBuild downloads those sources
   from their ``source_urls`` itself, so such a stack builds only where those sites can be reached.
 
 ``compat_layer: true`` links a stack's installations to the version's compatibility layer after
-EasyBuild has installed them (:mod:`eessi_pipeline.build.compatlink`); the default keeps the host's
+EasyBuild has installed them (:mod:`eessi_pipeline.software.compatlink`); the default keeps the host's
 loader and C library.
 """
 
@@ -80,7 +80,7 @@ class Stack:
     easyconfigs: tuple[EasyConfig, ...]
     toolchain: str = SYSTEM
     robot_paths: tuple[Path, ...] = ()
-    compat_layer: bool = False  # see :mod:`eessi_pipeline.build.compatlink`
+    compat_layer: bool = False  # see :mod:`eessi_pipeline.software.compatlink`
 
     @property
     def modules(self) -> tuple[str, ...]:
