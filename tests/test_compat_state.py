@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from eessi_pipeline.compat.backend import BuildOutcome, BuildPlan, BuildRequest
+from eessi_pipeline.compat.backend import BuildOutcome, BuildRequest, LayerPlan
 from eessi_pipeline.compat.layout import LayerSpec
 from eessi_pipeline.compat.packageset import load_package_set
 from eessi_pipeline.compat.state import digest, ensure_layer, host_release, inputs, read_record
@@ -28,8 +28,8 @@ class FakeBackend:
     def code_files(self) -> tuple[Path, ...]:
         return (self.code,)
 
-    def plan(self, request: BuildRequest) -> BuildPlan:
-        return BuildPlan(self.name, request.spec, ())
+    def plan(self, request: BuildRequest) -> LayerPlan:
+        return LayerPlan(self.name, request.spec, ())
 
     def preflight(self, request: BuildRequest) -> None:
         return None

@@ -36,7 +36,7 @@ class PlanStep:
 
 
 @dataclass(frozen=True, slots=True)
-class BuildPlan:
+class LayerPlan:
     backend: str
     spec: LayerSpec
     steps: tuple[PlanStep, ...]
@@ -68,7 +68,7 @@ class Backend(Protocol):
 
     name: str
 
-    def plan(self, request: BuildRequest) -> BuildPlan:
+    def plan(self, request: BuildRequest) -> LayerPlan:
         """What ``build`` would do (no side effects)."""
         ...
 

@@ -46,7 +46,7 @@ from ..proc import CommandFailed, run
 from . import apt as apt_mod
 from . import elf, prefixfiles, relocate
 from .apt import Apt
-from .backend import BuildOutcome, BuildPlan, BuildRequest, PlanStep
+from .backend import BuildOutcome, BuildRequest, LayerPlan, PlanStep
 from .layout import LayerSpec
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class DebianBackend:
         return (*(Path(str(m.__file__)) for m in (apt_mod, elf, prefixfiles, relocate)), Path(__file__))
 
     # -- plan -----------------------------------------------------------------------------------------------
-    def plan(self, request: BuildRequest) -> BuildPlan:
+    def plan(self, request: BuildRequest) -> LayerPlan:
         spec, pset = request.spec, request.packages
         a = apt_for(spec, pset.debian.architecture)
         roots = list(pset.debian_packages)
@@ -132,7 +132,7 @@ class DebianBackend:
                 f"the layer only works at {spec.prefix}: checks see it there through a private mount "
                 "namespace"
             )
-        return BuildPlan(NAME, spec, steps, tuple(notes))
+        return LayerPlan(NAME, spec, steps, tuple(notes))
 
     # -- preflight ------------------------------------------------------------------------------------------
     def preflight(self, request: BuildRequest) -> None:

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 from ..errors import CompatError
 from ..proc import CommandFailed, run
-from .backend import BuildOutcome, BuildPlan, BuildRequest, PlanStep
+from .backend import BuildOutcome, BuildRequest, LayerPlan, PlanStep
 from .runner import LayerView
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ class GentooPrefixBackend:
     def workdir(self, request: BuildRequest) -> Path:
         return request.spec.compat_dir / "gentoo" / f"{request.spec.version}-linux-{request.spec.family}"
 
-    def plan(self, request: BuildRequest) -> BuildPlan:
+    def plan(self, request: BuildRequest) -> LayerPlan:
         spec, pset = request.spec, request.packages
         wd = self.workdir(request)
         argv = playbook_argv(wd / "inventory.ini", wd / "vars.json", playbook_path())
@@ -199,7 +199,7 @@ class GentooPrefixBackend:
             PlanStep("finish", f"locales {', '.join(pset.locales)}; host links {', '.join(pset.host_files)}"),
             PlanStep("stage", f"replace {spec.staging}"),
         )
-        return BuildPlan(NAME, spec, steps, (f"needs Gentoo's mirrors: {WHERE}",))
+        return LayerPlan(NAME, spec, steps, (f"needs Gentoo's mirrors: {WHERE}",))
 
     def preflight(self, request: BuildRequest) -> None:
         if find_tool("ansible-playbook") is None:
