@@ -34,12 +34,12 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from .acceptance import TestRunFailed, failure_line, pipeline_env, run_acceptance
 from .arch.cpuinfo import read_host_cpu
 from .arch.select import require_build_node, select_from_environ
 from .checks.procmaps import session_problems
 from .checks.smoke import SmokeTable, load_smoke
 from .cli_options import add_stack_version
-from .cli_test import TestRunFailed, failure_line, pipeline_env, run_acceptance
 from .cvmfs.client import ClientConfig
 from .cvmfs.nsrun import run_mounted
 from .cvmfs.reader import open_repository

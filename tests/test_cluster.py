@@ -203,7 +203,7 @@ def test_build_job_script_runs_the_local_build_on_the_node(tmp_path: Path) -> No
 
 
 def test_pytest_argv_selects_the_scheduler(tmp_path: Path) -> None:
-    from eessi_pipeline.cli_test import TestRunPaths, pytest_argv
+    from eessi_pipeline.acceptance import TestRunPaths, pytest_argv
     from eessi_pipeline.matrix import load_matrix
 
     target = load_matrix().target("zen4")
