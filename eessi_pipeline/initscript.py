@@ -29,6 +29,7 @@ from pathlib import Path
 import archspec.cpu
 
 from .arch.select import rank
+from .gpu.initaccel import with_accel_bash, with_accel_lua  # the accelerator part (issue 19)
 from .matrix import Matrix
 
 SPEC_FILE = "arch_specs.txt"
@@ -326,9 +327,11 @@ def render(matrix: Matrix, version: str, repository: str) -> dict[str, bytes]:
     vendors = "".join(f"{code} {name}\n" for code, name in sorted(arm_vendor_table().items()))
     meta = {"version": ver, "repository": repository, "matrix_sha256": matrix.sha256}
     return {
-        "bash": INIT_BASH.format(repo=repository, version=ver).encode(),
+        "bash": with_accel_bash(INIT_BASH.format(repo=repository, version=ver)).encode(),  # + GPU part
         "lmod/bash": LMOD_BASH.format(repo=repository, version=ver).encode(),
-        f"modules/EESSI/{ver}.lua": EESSI_MODULE.format(repo=repository, version=ver).encode(),
+        f"modules/EESSI/{ver}.lua": with_accel_lua(
+            EESSI_MODULE.format(repo=repository, version=ver)
+        ).encode(),
         "eessi_archdetect.sh": ARCHDETECT.encode(),
         SPEC_FILE: specs.encode(),
         "arm_vendors.txt": vendors.encode(),
