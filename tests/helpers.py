@@ -46,7 +46,7 @@ def free_ports(n: int = 1) -> list[int]:
 
 def build_cli_parser() -> argparse.ArgumentParser:
     """The ``eessi-pipeline build`` command line alone (handlers called directly, errors raised)."""
-    from eessi_pipeline.cli_build import add_build_parser
+    from eessi_pipeline.cli.build import add_build_parser
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--state-dir")

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from helpers import cpuinfo_text
 
-from eessi_pipeline import cli, cli_arch
+from eessi_pipeline import cli
 from eessi_pipeline.arch.select import OVERRIDE_ENV
+from eessi_pipeline.cli import arch as cli_arch
 from eessi_pipeline.matrix import load_matrix
 
 ZEN3_FLAGS = (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from eessi_pipeline.checks.smoke import load_smoke
-from eessi_pipeline.cli_run import unmet_expectations
+from eessi_pipeline.cli.run import unmet_expectations
 
 MODULES = ("zlib/1.2.13", "STREAM/5.10-hpcc-1.5.0", "SciPy-bundle/2023.07")
 

@@ -1,4 +1,4 @@
-"""``eessi-pipeline compat build|check`` (cli_compat.add_compat_parser), through the real main() error boundary."""
+"""``eessi-pipeline compat build|check`` (eessi_pipeline/cli/compat.py), through the real main() error boundary."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from eessi_pipeline.checks.procmaps import (
     session_problems,
 )
 from eessi_pipeline.checks.smoke import load_smoke
-from eessi_pipeline.cli_run import error_lines, session_output
+from eessi_pipeline.cli.run import error_lines, session_output
 from eessi_pipeline.compat.layout import LayerSpec
 from eessi_pipeline.cvmfs.reader import open_repository
 from eessi_pipeline.cvmfs.repository import Repository

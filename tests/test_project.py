@@ -99,3 +99,15 @@ def test_pre_commit_runs_what_tox_lint_runs() -> None:
     data = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
     assert {"C901", "TID251"} <= set(data["tool"]["ruff"]["lint"]["select"])
     assert set(data["tool"]["mypy"]["files"]) == {"eessi_pipeline", "checks", "benchmarks"}
+
+
+def test_architecture_doc_names_only_paths_that_exist() -> None:
+    text = (PROJECT_ROOT / "docs" / "architecture.md").read_text()
+    named = set(re.findall(r"(?:eessi_pipeline|checks|tests)/[\w/]*[\w.]*", text))
+    named |= set(re.findall(r"`((?:[a-z_]+/)?[a-z_]+\.py)", text))  # module paths inside eessi_pipeline/
+    missing = []
+    for rel in sorted(named):
+        path = rel.split(":")[0].rstrip("/.")
+        if not (PROJECT_ROOT / path).exists() and not (PROJECT_ROOT / "eessi_pipeline" / path).exists():
+            missing.append(rel)
+    assert missing == []

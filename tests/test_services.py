@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import pytest
 from cvmfs_helpers import software_tarball
 
-from eessi_pipeline.cli_stratum import add_stratum_parser
+from eessi_pipeline.cli.stratum import add_stratum_parser
 from eessi_pipeline.cvmfs.common import SUFFIX_CATALOG, object_path
 from eessi_pipeline.cvmfs.repository import Repository
 from eessi_pipeline.errors import PipelineError, ServiceError

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from . import __version__
-from .errors import PipelineError, UsageError
+from .. import __version__
+from ..errors import PipelineError, UsageError
 
 Handler = Callable[[argparse.Namespace, TextIO], int]
 
@@ -37,47 +37,47 @@ class CommandGroup:
 
 
 COMMANDS: tuple[CommandGroup, ...] = (
-    CommandGroup("cli_arch", "add_arch_parsers", (
+    CommandGroup("arch", "add_arch_parsers", (
         ("validate", "check the architecture matrix against its schema"),
         ("detect", "print the software subdirectory for this host's CPU"),
         ("targets", "list the matrix's targets"),
         ("plan", "show what would be built, tested and published for a target (no side effects)"),
         ("check-node", "may this host build TARGET natively? (exit 1 with the reason if not)"),
     )),
-    CommandGroup("cli_repo", "add_repo_parser", (
+    CommandGroup("repo", "add_repo_parser", (
         ("repo", "the embedded CVMFS Stratum 0, and readers for any CVMFS repository"),
     )),
-    CommandGroup("cli_stratum", "add_stratum_parser", (
+    CommandGroup("stratum", "add_stratum_parser", (
         ("stratum", "the embedded Stratum 0/1 web servers and squid proxy on loopback"),
     )),
-    CommandGroup("cli_cluster", "add_cluster_parser", (
+    CommandGroup("cluster", "add_cluster_parser", (
         ("cluster", "the embedded Slurm cluster (slurmctld + slurmd nodes) on this machine"),
     )),
-    CommandGroup("cli_client", "add_client_parser", (
+    CommandGroup("client", "add_client_parser", (
         ("client", "read or mount a repository through its mirrors, like a CVMFS client"),
         ("init", "the init scripts users source (versions/<version>/init/)"),
     )),
-    CommandGroup("cli_compat", "add_compat_parser", (
+    CommandGroup("compat", "add_compat_parser", (
         ("compat", "compatibility layers: build and check one per CPU family"),
     )),
-    CommandGroup("cli_build", "add_build_parser", (
+    CommandGroup("build", "add_build_parser", (
         ("build", "build a target's software layer with EasyBuild into its tarball"),
     )),
-    CommandGroup("cli_gate", "add_gate_parsers", (
+    CommandGroup("gate", "add_gate_parsers", (
         ("gate", "gate records: what a test run proves about a tarball, signed"),
         ("approve", "approve a staged tarball (when the policy requires a human)"),
         ("publish", "publish staged tarballs the gate accepts (what `tox -e publish` runs)"),
     )),
-    CommandGroup("cli_test", "add_test_parser", (
+    CommandGroup("test", "add_test_parser", (
         ("test", "build and test a target as `pytest -m arch_<target>` does, with the gate"),
     )),
-    CommandGroup("cli_run", "add_run_parser", (
+    CommandGroup("run", "add_run_parser", (
         ("run", "the whole flow for a target: build, test, gate, publish, distribute, use"),
     )),
-    CommandGroup("cli_gpu", "add_gpu_parser", (
+    CommandGroup("gpu", "add_gpu_parser", (
         ("gpu", "NVIDIA GPUs: link the host's driver into host_injections, build the CUDA stack"),
     )),
-    CommandGroup("cli_checks", "add_checks_parser", (
+    CommandGroup("checks", "add_checks_parser", (
         ("references", "performance references of the ReFrame checks"),
         ("checks", "the ReFrame checks of the software layer"),
     )),
@@ -137,7 +137,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _log_unexpected(state_dir: str | None) -> Path | None:
-    from .settings import resolve_settings
+    from ..settings import resolve_settings
 
     try:
         log_dir = resolve_settings(state_dir=state_dir).log_dir
@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     os.umask(os.umask(0o022) | 0o022)
     try:
         if args.subcommand not in _NO_STATE:
-            from .settings import check_state_dir, resolve_settings
+            from ..settings import check_state_dir, resolve_settings
 
             check_state_dir(resolve_settings(state_dir=getattr(args, "state_dir", None)).state_dir)
         return handler(args, stream)
@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
 
 
 def missing_extra_message(e: ImportError) -> str:
-    from .extras import install_hint
+    from ..extras import install_hint
 
     return f"this command cannot start: {install_hint(e.name or str(e))}"
 

@@ -6,25 +6,21 @@ Imports stay cheap: ``detect`` loads the matrix, archspec and the cpuinfo reader
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from typing import Any, TextIO
 
-from .arch.cpuinfo import CPUINFO_ENV, MACHINE_ENV, read_host_cpu
-from .arch.select import OVERRIDE_ENV, check_build_node, require_build_node, select_from_environ, why_not
-from .cli_options import add_stack_version
-from .errors import UsageError
-from .matrix import MATRIX_ENV, Matrix, load_matrix
-from .plan import make_plan
-from .settings import Settings, resolve_settings
+from ..arch.cpuinfo import CPUINFO_ENV, MACHINE_ENV, read_host_cpu
+from ..arch.select import OVERRIDE_ENV, check_build_node, require_build_node, select_from_environ, why_not
+from ..errors import UsageError
+from ..matrix import MATRIX_ENV, Matrix, load_matrix
+from ..plan import make_plan
+from ..settings import Settings, resolve_settings
+from .options import add_stack_version
+from .output import emit_json
 
 log = logging.getLogger(__name__)
-
-
-def _emit_json(data: Any, out: TextIO) -> None:
-    out.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -49,7 +45,7 @@ def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
         "targets": per_version,
     }
     if args.json:
-        _emit_json({"ok": True, **summary}, out)
+        emit_json({"ok": True, **summary}, out)
     else:
         counts = ", ".join(f"{v}: {len(ts)} targets" for v, ts in per_version.items())
         out.write(f"{m.path}: OK ({counts}; default version {m.default_version})\n")
@@ -58,7 +54,7 @@ def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
 
 def _accel_json(args: argparse.Namespace, sel: Any, env: dict[str, str]) -> dict[str, Any]:
     """The accelerator part of ``detect --json``; a failing nvidia-smi is an error only with --accel."""
-    from .arch.accel import AccelError, query_nvidia_smi
+    from ..arch.accel import AccelError, query_nvidia_smi
 
     try:
         acc = query_nvidia_smi(args.nvidia_smi, env)
@@ -81,7 +77,7 @@ def cmd_detect(args: argparse.Namespace, out: TextIO) -> int:
     if args.accel and not args.json:
         # EESSI's `accelpath`: the accelerator subdirectory, or nothing.  No matrix is read, so this
         # also runs from a bare checkout with archspec only (benchmarks/device_gpu.sh).
-        from .arch.accel import query_nvidia_smi
+        from ..arch.accel import query_nvidia_smi
 
         acc = query_nvidia_smi(args.nvidia_smi, env)
         for note in acc.notes:
@@ -103,7 +99,7 @@ def cmd_detect(args: argparse.Namespace, out: TextIO) -> int:
         if explanation is not None:
             data["why_not"] = {"target": args.why_not, "explanation": explanation}
         data["accel"] = _accel_json(args, sel, env)
-        _emit_json(data, out)
+        emit_json(data, out)
     elif explanation is not None:
         out.write(explanation + "\n")
     elif args.all:
@@ -141,7 +137,7 @@ def cmd_targets(args: argparse.Namespace, out: TextIO) -> int:
         for t in targets
     ]
     if args.json:
-        _emit_json(rows, out)
+        emit_json(rows, out)
         return 0
     width = max(len(r["name"]) for r in rows)
     swidth = max(len(r["subdir"]) for r in rows)
@@ -161,7 +157,7 @@ def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
     host = read_host_cpu(args.cpuinfo) if not args.no_host else None
     plan = make_plan(m, target, settings.version, settings.repository, host)
     if args.json:
-        _emit_json(plan.to_json(), out)
+        emit_json(plan.to_json(), out)
         return 0
     out.write(f"plan for {target.name} ({target.subdir}), stack version {plan.version}\n")
     out.write(f"  install prefix: {plan.install_prefix}\n")
@@ -186,7 +182,7 @@ def cmd_check_node(args: argparse.Namespace, out: TextIO) -> int:
     require_build_node(host, target, m, settings.version)  # raises BuildNodeError with the next step
     verdict = check_build_node(host, target, m)
     if args.json:
-        _emit_json({"target": target.name, "ok": verdict.ok, "reasons": list(verdict.reasons)}, out)
+        emit_json({"target": target.name, "ok": verdict.ok, "reasons": list(verdict.reasons)}, out)
     else:
         out.write(f"this host can build {target.name} ({target.subdir}) natively\n")
     return 0

@@ -9,28 +9,23 @@ stack's dependency graph (``eb --robot --dry-run``) and builds nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from .arch.cpuinfo import read_host_cpu
-from .arch.select import require_build_node
-from .cli_options import add_stack_version
-from .matrix import load_matrix
-from .settings import resolve_settings
-from .software.container import ContainerView
-from .software.driver import BuildPlan, ensure_build, lmod_cache_argv, resolve_stack
-from .software.easybuild import eb_install_argv
-from .software.runtime import IMAGE_ENV, RUNTIME_ENV, Runtime, require_binary, resolve_runtime
-from .software.stacks import load_stacks
-
-
-def _emit(data: Any, out: TextIO) -> None:
-    out.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
+from ..arch.cpuinfo import read_host_cpu
+from ..arch.select import require_build_node
+from ..matrix import load_matrix
+from ..settings import resolve_settings
+from ..software.container import ContainerView
+from ..software.driver import BuildPlan, ensure_build, lmod_cache_argv, resolve_stack
+from ..software.easybuild import eb_install_argv
+from ..software.runtime import IMAGE_ENV, RUNTIME_ENV, Runtime, require_binary, resolve_runtime
+from ..software.stacks import load_stacks
+from .options import add_stack_version
+from .output import emit_json
 
 DRY_RUN_GCC = "12.2.0"  # --dry-run shows the flags for Debian 12's gcc instead of asking gcc
 
@@ -75,7 +70,7 @@ def _dry_run(plan: BuildPlan, args: argparse.Namespace, out: TextIO) -> int:
         data["image"] = str(view.sif)
         data["container_definition"] = view.definition()
     if args.json:
-        _emit(data, out)
+        emit_json(data, out)
         return 0
     out.write(
         f"would build stack {plan.stack.name} (toolchain {plan.stack.toolchain}: "
@@ -97,7 +92,7 @@ def _dry_run(plan: BuildPlan, args: argparse.Namespace, out: TextIO) -> int:
 def _resolve(plan: BuildPlan, args: argparse.Namespace, out: TextIO) -> int:
     graph = resolve_stack(plan)
     if args.json:
-        _emit(
+        emit_json(
             {
                 "target": plan.target.name,
                 "stack": plan.stack.name,
@@ -147,7 +142,7 @@ def cmd_build(args: argparse.Namespace, out: TextIO) -> int:
     sys.stderr.write(f"[build] {target.name}: stack {plan.stack.name} into {plan.prefix}\n")
     result = ensure_build(plan, stacks)
     if args.json:
-        _emit(result.to_json(), out)
+        emit_json(result.to_json(), out)
     else:
         how = "reused (inputs unchanged)" if result.reused else f"built in {result.seconds:.0f} s"
         sys.stderr.write(f"[build] {how}\n")
@@ -157,9 +152,9 @@ def cmd_build(args: argparse.Namespace, out: TextIO) -> int:
 
 def _build_as_job(args: argparse.Namespace, state_dir: Path, plan: BuildPlan, out: TextIO) -> int:
     """Submit this build as a batch job (embedded cluster, or ``--site``'s partition) and wait for it."""
-    from .cluster.jobs import BuildJob, job_script, submit_build
-    from .cluster.manager import Cluster
-    from .matrix import PROJECT_ROOT
+    from ..cluster.jobs import BuildJob, job_script, submit_build
+    from ..cluster.manager import Cluster
+    from ..matrix import PROJECT_ROOT
 
     state = state_dir.resolve()
     build_argv = ["--state-dir", str(state), "build", "--target", plan.target.name, "--stack-version",
@@ -168,7 +163,7 @@ def _build_as_job(args: argparse.Namespace, state_dir: Path, plan: BuildPlan, ou
     if args.stacks:
         build_argv += ["--stacks", str(Path(args.stacks).resolve())]
     if args.site:
-        from .checks.rfmconfig import load_site, site_partition
+        from ..checks.rfmconfig import load_site, site_partition
 
         sp = site_partition(load_site(Path(args.site)), plan.target)
         access, cpus, prefix, env = sp.access, sp.num_cpus, [], dict(os.environ)
@@ -186,7 +181,7 @@ def _build_as_job(args: argparse.Namespace, state_dir: Path, plan: BuildPlan, ou
     done = submit_build(job, script, client_prefix=prefix, env=env)
     summary = {**done.summary, "job_id": done.job_id, "job_log": str(done.log)}
     if args.json:
-        _emit(summary, out)
+        emit_json(summary, out)
     else:
         how = "reused (inputs unchanged)" if summary.get("reused") else f"built in {summary.get('seconds')} s"
         sys.stderr.write(f"[build] job {done.job_id}: {how}; log {done.log}\n")

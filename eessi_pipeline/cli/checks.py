@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import inputs
-from .checks.htmlreport import (
+from .. import inputs
+from ..checks.htmlreport import (
     DEFAULT_TITLE,
     HTML_NAME,
     JSON_NAME,
@@ -18,7 +18,7 @@ from .checks.htmlreport import (
     target_of,
     write_report,
 )
-from .checks.references import (
+from ..checks.references import (
     REFERENCES_FILE,
     ChecksError,
     dump_references,
@@ -26,9 +26,10 @@ from .checks.references import (
     parse_references,
     update_from_report,
 )
-from .checks.report import REPORT_FIX, RunResult, load_report
-from .matrix import load_matrix
-from .yamlio import load_yaml
+from ..checks.report import REPORT_FIX, RunResult, load_report
+from ..matrix import load_matrix
+from ..yamlio import load_yaml
+from .output import emit_json
 
 
 def cmd_references_update(args: argparse.Namespace, out: TextIO) -> int:
@@ -83,7 +84,7 @@ def cmd_checks_report(args: argparse.Namespace, out: TextIO) -> int:
         names = [out_dir / HTML_NAME, out_dir / MARKDOWN_NAME, out_dir / JSON_NAME]
         names += [out_dir / f"{ch.slug}.png" for t in summary.targets for ch in t.charts]
         if args.json:
-            _emit_json({"ok": summary.ok, "would_write": [str(n) for n in names]}, out)
+            emit_json({"ok": summary.ok, "would_write": [str(n) for n in names]}, out)
         else:
             out.writelines(f"would write {n}\n" for n in names)
         return 0
@@ -96,14 +97,10 @@ def cmd_checks_report(args: argparse.Namespace, out: TextIO) -> int:
             "plots": [str(p) for p in paths.plots],
             "ok": all(r.ok for _, r in results),
         }
-        _emit_json(data, out)
+        emit_json(data, out)
     else:
         out.write(f"{paths.html}\n{paths.markdown}\n")
     return 0
-
-
-def _emit_json(data: Any, out: TextIO) -> None:
-    out.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _bound(text: str) -> float | None:

@@ -9,18 +9,18 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from .cli_options import add_stack_version
-from .cli_repo import write_bytes
-from .cvmfs.client import ClientConfig, open_client
-from .cvmfs.http import add_limit_options, apply_limit_options
-from .cvmfs.mount import mount, umount
-from .cvmfs.nsrun import run_mounted
-from .cvmfs.repository import Repository
-from .cvmfs.tarcheck import check_tarball
-from .errors import RepositoryError, UsageError
-from .initscript import build_init_tarball
-from .matrix import load_matrix
-from .settings import resolve_settings
+from ..cvmfs.client import ClientConfig, open_client
+from ..cvmfs.http import add_limit_options, apply_limit_options
+from ..cvmfs.mount import mount, umount
+from ..cvmfs.nsrun import run_mounted
+from ..cvmfs.repository import Repository
+from ..cvmfs.tarcheck import check_tarball
+from ..errors import RepositoryError, UsageError
+from ..initscript import build_init_tarball
+from ..matrix import load_matrix
+from ..settings import resolve_settings
+from .options import add_stack_version
+from .output import write_bytes
 
 STRATUM1_PORT_ENV = "EESSI_PIPELINE_STRATUM1_PORT"
 PROXY_PORT_ENV = "EESSI_PIPELINE_PROXY_PORT"

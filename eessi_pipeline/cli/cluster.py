@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any, TextIO
 
-from .cluster.config import PORT_ENV, resolve_ports
-from .cluster.manager import Cluster, ClusterStatus
-from .errors import UsageError
-from .proc import run_echoed
-from .settings import resolve_settings
-
-
-def _emit(data: Any, out: TextIO) -> None:
-    out.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+from ..cluster.config import PORT_ENV, resolve_ports
+from ..cluster.manager import Cluster, ClusterStatus
+from ..errors import UsageError
+from ..proc import run_echoed
+from ..settings import resolve_settings
+from .output import emit_json
 
 
 def _cluster(args: argparse.Namespace, *, explicit: bool) -> Cluster:
@@ -44,7 +40,7 @@ def _show(status: ClusterStatus, out: TextIO) -> None:
 def cmd_up(args: argparse.Namespace, out: TextIO) -> int:
     status = _cluster(args, explicit=True).up()
     if args.json:
-        _emit(status.to_json(), out)
+        emit_json(status.to_json(), out)
     else:
         _show(status, out)
         sys.stderr.write(f"[cluster] {status.action}; clients: `eessi-pipeline cluster exec -- sinfo`\n")
@@ -54,7 +50,7 @@ def cmd_up(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_down(args: argparse.Namespace, out: TextIO) -> int:
     status = _cluster(args, explicit=False).down()
     if args.json:
-        _emit(status.to_json(), out)
+        emit_json(status.to_json(), out)
     else:
         out.write(f"cluster {status.action}\n")
     return 0
@@ -63,7 +59,7 @@ def cmd_down(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     status = _cluster(args, explicit=False).status()
     if args.json:
-        _emit(status.to_json(), out)
+        emit_json(status.to_json(), out)
     else:
         _show(status, out)
     if not status.healthy:

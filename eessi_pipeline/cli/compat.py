@@ -3,30 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from typing import Any, TextIO
 
-from .cli_options import add_stack_version
-from .compat.acceptance import Acceptance, CheckResult, Manifest
-from .compat.backend import BACKENDS, DEFAULT_BACKEND, BuildRequest, get_backend
-from .compat.layout import FAMILIES, LayerSpec
-from .compat.pack import pack_layer
-from .compat.packageset import load_package_set
-from .compat.rfm_runner import run_checks
-from .compat.runner import LayerView
-from .compat.state import ensure_layer, read_record
-from .errors import CompatError
-from .matrix import load_matrix
-from .settings import resolve_settings
+from ..compat.acceptance import Acceptance, CheckResult, Manifest
+from ..compat.backend import BACKENDS, DEFAULT_BACKEND, BuildRequest, get_backend
+from ..compat.layout import FAMILIES, LayerSpec
+from ..compat.pack import pack_layer
+from ..compat.packageset import load_package_set
+from ..compat.rfm_runner import run_checks
+from ..compat.runner import LayerView
+from ..compat.state import ensure_layer, read_record
+from ..errors import CompatError
+from ..matrix import load_matrix
+from ..settings import resolve_settings
+from .options import add_stack_version
+from .output import emit_json
 
 log = logging.getLogger(__name__)
-
-
-def _emit(data: Any, out: TextIO) -> None:
-    out.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _progress(msg: str) -> None:
@@ -48,7 +44,7 @@ def cmd_build(args: argparse.Namespace, out: TextIO) -> int:
     if args.dry_run:
         plan = backend.plan(request)
         if args.json:
-            _emit(
+            emit_json(
                 {"dry_run": True, **plan.to_json(), "tarball": str(spec.tarball_dir / spec.tarball_name(0))},
                 out,
             )
@@ -68,7 +64,7 @@ def cmd_build(args: argparse.Namespace, out: TextIO) -> int:
         _progress(f"built {spec.staging} in {result.record.seconds:.0f} s ({result.reason})")
     packed = None if args.no_pack else pack_layer(spec, url_base=args.url_base)
     if args.json:
-        _emit(
+        emit_json(
             {
                 "layer": str(spec.staging),
                 "prefix": spec.prefix,
@@ -130,7 +126,7 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
         ok = ok and verdict.ok
     failed = [r for r in results if not r["ok"]]
     if args.json:
-        _emit({"layer": str(spec.staging), "prefix": prefix, "ok": ok, "checks": results}, out)
+        emit_json({"layer": str(spec.staging), "prefix": prefix, "ok": ok, "checks": results}, out)
     else:
         out.write(f"{len(results) - len(failed)} passed, {len(failed)} failed\n")
     if not ok:

@@ -11,17 +11,17 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import inputs
-from .cvmfs.cvmfs_server import CvmfsServerBackend
-from .cvmfs.repository import Repository
-from .errors import GateRefused, UsageError
-from .gate.distribute import distribute
-from .gate.policy import load_policy
-from .gate.publish import CvmfsServerTarget, judge, publish
-from .gate.record import RECORD_SUFFIX, CaseResult, parse_junit
-from .gate.staging import Staging
-from .gate.write import write_record
-from .settings import resolve_settings
+from .. import inputs
+from ..cvmfs.cvmfs_server import CvmfsServerBackend
+from ..cvmfs.repository import Repository
+from ..errors import GateRefused, UsageError
+from ..gate.distribute import distribute
+from ..gate.policy import load_policy
+from ..gate.publish import CvmfsServerTarget, judge, publish
+from ..gate.record import RECORD_SUFFIX, CaseResult, parse_junit
+from ..gate.staging import Staging
+from ..gate.write import write_record
+from ..settings import resolve_settings
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -55,7 +55,7 @@ def cmd_stage(args: argparse.Namespace, out: TextIO) -> int:
     record = Path(args.record) if args.record else Path(f"{tarball}{RECORD_SUFFIX}")
     signature = Path(args.signature) if args.signature else Path(f"{record}.sig")
     # issue 16: validated (schema, signature, binding, history) before anything enters staging
-    from .gate.admit import admit
+    from ..gate.admit import admit
 
     item = admit(
         tarball, record, signature, state_dir=_settings(args).state_dir, policy=load_policy(args.policy)

@@ -17,8 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import BuildError
-from .gpu.drivers import (
+from ..errors import BuildError
+from ..gpu.drivers import (
     DriverLinkError,
     driver_versions_in,
     install_links,
@@ -35,14 +35,14 @@ MAX_LDCONFIG_BYTES = 16 << 20
 
 def _ldconfig_text(path: str | None) -> tuple[str, str]:
     if path:
-        from .inputs import read_text
+        from ..inputs import read_text
 
         text = read_text(
             Path(path), "`ldconfig -p` listing", "save `ldconfig -p` output to a file and pass it",
             MAX_LDCONFIG_BYTES,
         )  # fmt: skip
         return text, path
-    from .proc import run
+    from ..proc import run
 
     program = next((p for p in ("/sbin/ldconfig", "/usr/sbin/ldconfig") if os.access(p, os.X_OK)), None)
     program = program or shutil.which("ldconfig")
@@ -60,7 +60,7 @@ def _driver_version(args: argparse.Namespace, versions_in_names: tuple[str, ...]
     if args.driver_version:
         return args.driver_version, "--driver-version"
     if not args.ldconfig or args.nvidia_smi:  # a live host: ask its driver, as EESSI's script does
-        from .arch.accel import query_nvidia_smi
+        from ..arch.accel import query_nvidia_smi
 
         acc = query_nvidia_smi(args.nvidia_smi, os.environ)
         if acc.gpus:
@@ -106,7 +106,7 @@ def cmd_link_drivers(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_build(args: argparse.Namespace, out: TextIO) -> int:
-    from .gpu.stack import build_gpu_stack
+    from ..gpu.stack import build_gpu_stack
 
     summary = build_gpu_stack(
         args.target, args.prefix, getattr(args, "state_dir", None), args.version, tarball=args.tarball
@@ -124,10 +124,10 @@ def cmd_build(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
-    from .gpu.plan import make_gpu_plan
-    from .matrix import load_matrix
-    from .settings import resolve_settings
-    from .software.stacks import load_stacks
+    from ..gpu.plan import make_gpu_plan
+    from ..matrix import load_matrix
+    from ..settings import resolve_settings
+    from ..software.stacks import load_stacks
 
     matrix = load_matrix()
     settings = resolve_settings(state_dir=getattr(args, "state_dir", None), version=args.version)
@@ -147,11 +147,11 @@ def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_checks(args: argparse.Namespace, out: TextIO) -> int:
-    from .gpu.checks import run_gpu_checks
-    from .gpu.stack import plan_gpu_build
-    from .matrix import load_matrix
-    from .settings import resolve_settings
-    from .software.stacks import load_stacks
+    from ..gpu.checks import run_gpu_checks
+    from ..gpu.stack import plan_gpu_build
+    from ..matrix import load_matrix
+    from ..settings import resolve_settings
+    from ..software.stacks import load_stacks
 
     matrix = load_matrix()
     at = matrix.accel_target(args.target)
@@ -181,7 +181,7 @@ def cmd_checks(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def add_gpu_parser(sub: Any) -> None:
-    from .cli_options import add_stack_version
+    from .options import add_stack_version
 
     p = sub.add_parser(
         "gpu", help="NVIDIA GPUs: host driver libraries, the CUDA stack of accelerator targets"

@@ -3,27 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import stat
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import inputs
-from .cvmfs.http import add_limit_options, apply_limit_options
-from .cvmfs.reader import RepositoryReader, open_repository
-from .cvmfs.repository import DEFAULT_LOCK_TIMEOUT, WHITELIST_DAYS, Repository
-from .cvmfs.tarcheck import DEFAULT_MAX_MEMBER_SIZE, check_tarball
-from .errors import RepositoryError, UsageError
-from .settings import resolve_settings
-from .trust import refuse_if_writable
+from .. import inputs
+from ..cvmfs.http import add_limit_options, apply_limit_options
+from ..cvmfs.reader import RepositoryReader, open_repository
+from ..cvmfs.repository import DEFAULT_LOCK_TIMEOUT, WHITELIST_DAYS, Repository
+from ..cvmfs.tarcheck import DEFAULT_MAX_MEMBER_SIZE, check_tarball
+from ..errors import RepositoryError, UsageError
+from ..settings import resolve_settings
+from ..trust import refuse_if_writable
+from .output import emit_json, write_bytes
 
 log = logging.getLogger(__name__)
-
-
-def _emit(data: Any, out: TextIO) -> None:
-    out.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _repo(args: argparse.Namespace, name: str | None = None) -> Repository:
@@ -39,7 +35,7 @@ def cmd_init(args: argparse.Namespace, out: TextIO) -> int:
     repo = _repo(args, args.name)
     result = repo.init()
     if args.json:
-        _emit({"name": result.name, "revision": result.revision, "directory": str(repo.paths.root),
+        emit_json({"name": result.name, "revision": result.revision, "directory": str(repo.paths.root),
                "keys": str(repo.paths.keys.directory)}, out)  # fmt: skip
     else:
         out.write(f"{repo.paths.root}\n")
@@ -66,7 +62,7 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO) -> int:
             "catalog": args.catalog,
         }
         if args.json:
-            _emit({"dry_run": True, **summary}, out)
+            emit_json({"dry_run": True, **summary}, out)
         else:
             what = f"{summary['members']} members ({summary['bytes']} bytes)" if report else "no tarball"
             out.write(
@@ -75,7 +71,7 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO) -> int:
             )
         return 0
     if args.backend == "cvmfs_server":
-        from .cvmfs.cvmfs_server import CvmfsServerBackend
+        from ..cvmfs.cvmfs_server import CvmfsServerBackend
 
         if tarball is None:
             raise UsageError("the cvmfs_server backend needs --tarball")
@@ -91,9 +87,11 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO) -> int:
         check=True, max_member_size=args.max_member_size,  # the bytes published are checked in the same pass
     )  # fmt: skip
     if args.json:
-        _emit({"repository": result.name, "revision": result.revision, "root_catalog": result.root_catalog,
-               "catalogs_written": result.catalogs_written, "objects_written": result.objects_written,
-               "files_added": result.files_added, "paths_deleted": result.paths_deleted}, out)  # fmt: skip
+        summary = {"repository": result.name, "revision": result.revision,
+                   "root_catalog": result.root_catalog, "catalogs_written": result.catalogs_written,
+                   "objects_written": result.objects_written, "files_added": result.files_added,
+                   "paths_deleted": result.paths_deleted}  # fmt: skip
+        emit_json(summary, out)
     else:
         out.write(
             f"published {result.name} revision {result.revision}: {result.files_added} files, "
@@ -130,7 +128,7 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     for warning in report.warnings:
         _progress(f"warning: {warning}")
     if args.json:
-        _emit({"ok": True, "revision": report.revision, "catalogs": report.catalogs,
+        emit_json({"ok": True, "revision": report.revision, "catalogs": report.catalogs,
                "objects": report.objects, "entries": report.entries,
                "warnings": list(report.warnings)}, out)  # fmt: skip
     else:
@@ -147,7 +145,7 @@ def cmd_ls(args: argparse.Namespace, out: TextIO) -> int:
             raise RepositoryError(f"{path}: no such file or directory in the repository")
         entries = reader.listdir(path) if entry.is_dir else [entry]
     if args.json:
-        _emit([{"path": e.path, "mode": oct(e.mode), "size": e.size, "mtime": e.mtime,
+        emit_json([{"path": e.path, "mode": oct(e.mode), "size": e.size, "mtime": e.mtime,
                 "symlink": e.symlink or None} for e in entries], out)  # fmt: skip
         return 0
     for e in entries:
@@ -157,16 +155,6 @@ def cmd_ls(args: argparse.Namespace, out: TextIO) -> int:
         else:
             out.write(e.name + ("/" if e.is_dir else "") + "\n")
     return 0
-
-
-def write_bytes(out: TextIO, data: bytes) -> None:
-    """File content to ``out``: raw bytes to a real stream, text (errors replaced) to a StringIO."""
-    buffer = getattr(out, "buffer", None)
-    if buffer is not None:
-        buffer.write(data)
-        buffer.flush()
-    else:
-        out.write(data.decode("utf-8", "replace"))
 
 
 def cmd_cat(args: argparse.Namespace, out: TextIO) -> int:

@@ -34,29 +34,29 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from .acceptance import TestRunFailed, failure_line, pipeline_env, run_acceptance
-from .arch.cpuinfo import read_host_cpu
-from .arch.select import require_build_node, select_from_environ
-from .checks.procmaps import session_problems
-from .checks.smoke import SmokeTable, load_smoke
-from .cli_options import add_stack_version
-from .cvmfs.client import ClientConfig
-from .cvmfs.nsrun import run_mounted
-from .cvmfs.reader import open_repository
-from .cvmfs.repository import Repository
-from .errors import GateRefused, PipelineError
-from .extras import require
-from .gate.distribute import distribute
-from .gate.policy import load_policy
-from .gate.publish import publish
-from .initscript import build_init_tarball
-from .initscript import render as render_init
-from .layers import ENTRY_POINTS, ensure_host_injections, gate_compat, use_spec
-from .matrix import PROJECT_ROOT, Matrix, Target, load_matrix
-from .proc import run_echoed
-from .services.stack import Stack, resolve_ports
-from .settings import Settings, resolve_settings
-from .software.stacks import load_stacks
+from ..acceptance import TestRunFailed, failure_line, pipeline_env, run_acceptance
+from ..arch.cpuinfo import read_host_cpu
+from ..arch.select import require_build_node, select_from_environ
+from ..checks.procmaps import session_problems
+from ..checks.smoke import SmokeTable, load_smoke
+from ..cvmfs.client import ClientConfig
+from ..cvmfs.nsrun import run_mounted
+from ..cvmfs.reader import open_repository
+from ..cvmfs.repository import Repository
+from ..errors import GateRefused, PipelineError
+from ..extras import require
+from ..gate.distribute import distribute
+from ..gate.policy import load_policy
+from ..gate.publish import publish
+from ..initscript import build_init_tarball
+from ..initscript import render as render_init
+from ..layers import ENTRY_POINTS, ensure_host_injections, gate_compat, use_spec
+from ..matrix import PROJECT_ROOT, Matrix, Target, load_matrix
+from ..proc import run_echoed
+from ..services.stack import Stack, resolve_ports
+from ..settings import Settings, resolve_settings
+from ..software.stacks import load_stacks
+from .options import add_stack_version
 
 INIT_TESTS = "tests/test_initscript.py"
 

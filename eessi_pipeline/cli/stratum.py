@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from .cvmfs.repository import RepoPaths
-from .errors import ServiceError
-from .services import stratum1
-from .services.stack import (
+from ..cvmfs.repository import RepoPaths
+from ..errors import ServiceError
+from ..services import stratum1
+from ..services.stack import (
     DEFAULT_PORTS,
     PORT_ENV,
     READY_TIMEOUT,
@@ -21,15 +20,12 @@ from .services.stack import (
     Stack,
     resolve_ports,
 )
-from .settings import resolve_settings
+from ..settings import resolve_settings
+from .output import emit_json
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WORKERS = 8
-
-
-def _emit(data: Any, out: TextIO) -> None:
-    out.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _progress(msg: str) -> None:
@@ -65,8 +61,9 @@ def cmd_up(args: argparse.Namespace, out: TextIO) -> int:
     if args.dry_run:
         plans = stack.plans()
         if args.json:
-            _emit({"dry_run": True, "services": [{"name": p.name, "url": p.url, "config": str(p.config_path),
-                   "argv": list(p.start_argv)} for p in plans]}, out)  # fmt: skip
+            services = [{"name": p.name, "url": p.url, "config": str(p.config_path),
+                         "argv": list(p.start_argv)} for p in plans]  # fmt: skip
+            emit_json({"dry_run": True, "services": services}, out)
         else:
             for p in plans:
                 out.write(
@@ -75,7 +72,7 @@ def cmd_up(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     statuses = stack.up()
     if args.json:
-        _emit(_services_json(statuses), out)
+        emit_json(_services_json(statuses), out)
     else:
         for s in statuses:
             out.write(f"{s.name} {s.url}\n")
@@ -91,7 +88,7 @@ def cmd_down(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     statuses = stack.down()
     if args.json:
-        _emit(_services_json(statuses), out)
+        emit_json(_services_json(statuses), out)
     else:
         for s in statuses:
             out.write(f"{s.name} {s.action}" + (f" (pid {s.pid})" if s.pid is not None else "") + "\n")
@@ -101,7 +98,7 @@ def cmd_down(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     statuses = _stack(args, explicit_ports=False).status()
     if args.json:
-        _emit(_services_json(statuses), out)
+        emit_json(_services_json(statuses), out)
     else:
         for s in statuses:
             state = f"running (pid {s.pid})" if s.running else "stopped"
@@ -115,7 +112,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_snapshot(args: argparse.Namespace, out: TextIO) -> int:
-    from .cvmfs.http import apply_limit_options  # issue 16: --http-* flags
+    from ..cvmfs.http import apply_limit_options  # issue 16: --http-* flags
 
     apply_limit_options(args)
     settings = resolve_settings(repository=args.repo, state_dir=getattr(args, "state_dir", None))
@@ -134,7 +131,7 @@ def cmd_snapshot(args: argparse.Namespace, out: TextIO) -> int:
     key_path = (
         Path(args.master_key) if args.master_key else RepoPaths(settings.state_dir, name).keys.master_public
     )
-    from .trust import refuse_if_writable  # issue 16: a master key others can write is no trust anchor
+    from ..trust import refuse_if_writable  # issue 16: a master key others can write is no trust anchor
 
     refuse_if_writable(key_path, "the master public key", ServiceError)
     try:
@@ -149,7 +146,7 @@ def cmd_snapshot(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"would replicate {source} into {dest} (verified with {key_path})\n")
         return 0
     try:
-        from .cvmfs.replica import snapshot  # the replication engine; imported only when used
+        from ..cvmfs.replica import snapshot  # the replication engine; imported only when used
     except ImportError as e:
         raise ServiceError(
             f"replication is not available in this installation ({e}); update eessi-pipeline"
@@ -159,7 +156,7 @@ def cmd_snapshot(args: argparse.Namespace, out: TextIO) -> int:
     replicas = stratum1.write_info(settings.state_dir)
     s1_url = f"{statuses['stratum1'].url}/{name}"
     if args.json:
-        _emit({"repository": name, "revision": result.revision, "objects_fetched": result.objects_fetched,
+        emit_json({"repository": name, "revision": result.revision, "objects_fetched": result.objects_fetched,
                "bytes_fetched": result.bytes_fetched, "objects_skipped": result.objects_skipped,
                "source": source, "destination": str(dest), "stratum1_url": s1_url,
                "replicas": replicas}, out)  # fmt: skip
@@ -221,7 +218,7 @@ def add_stratum_parser(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, metavar="N", help="parallel downloads")
     p.add_argument("--proxy", metavar="URL", help="fetch through this HTTP proxy")
     p.add_argument("--dry-run", action="store_true", help="say what would be replicated")
-    from .cvmfs.http import add_limit_options  # issue 16
+    from ..cvmfs.http import add_limit_options  # issue 16
 
     add_limit_options(p)
     common(p)

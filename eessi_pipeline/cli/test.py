@@ -16,12 +16,12 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
-from .acceptance import TIMEOUT, TestRunFailed, failure_line, run_acceptance
-from .arch.cpuinfo import read_host_cpu
-from .arch.select import require_build_node
-from .cli_options import add_stack_version
-from .matrix import Target, load_matrix
-from .settings import resolve_settings
+from ..acceptance import TIMEOUT, TestRunFailed, failure_line, run_acceptance
+from ..arch.cpuinfo import read_host_cpu
+from ..arch.select import require_build_node
+from ..matrix import Target, load_matrix
+from ..settings import resolve_settings
+from .options import add_stack_version
 
 
 def cmd_test(args: argparse.Namespace, out: TextIO) -> int:
@@ -52,11 +52,11 @@ def cmd_test(args: argparse.Namespace, out: TextIO) -> int:
 def _check_slurm(state_dir: Path, target: Target, site: Path | None) -> None:
     """The site file's partition for ``target``, or the embedded cluster of the state dir, must exist."""
     if site is not None:
-        from .checks.rfmconfig import load_site, site_partition
+        from ..checks.rfmconfig import load_site, site_partition
 
         site_partition(load_site(site), target)
         return
-    from .cluster.manager import Cluster
+    from ..cluster.manager import Cluster
 
     Cluster(state_dir).require_running()
 
