@@ -265,11 +265,15 @@ class ObjectStore:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+        self._count_new(dest)
+        return h
+
+    def _count_new(self, dest: str) -> None:
+        """One more object written by this store (and remembered, when a refused ingest may remove it)."""
         with self._count_lock:
             self.new_objects += 1
             if self._created is not None:
                 self._created.append(dest)
-        return h
 
     def put_stream(self, pieces: Iterable[bytes], suffix: str = "") -> str:
         """Store content that arrives in pieces (a file too large to hold), compressing and hashing
@@ -297,10 +301,7 @@ class ObjectStore:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        with self._count_lock:
-            self.new_objects += 1
-            if self._created is not None:
-                self._created.append(dest)
+        self._count_new(dest)
         return h
 
     def adopt(self, created: list[str]) -> None:
