@@ -23,6 +23,7 @@ from typing import TextIO
 
 from .. import __version__
 from ..errors import PipelineError, UsageError
+from .options import add_setting
 
 Handler = Callable[[argparse.Namespace, TextIO], int]
 
@@ -119,11 +120,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--program-version", action="version", version=f"eessi-pipeline {__version__}",
                         help=argparse.SUPPRESS)  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
-    parser.add_argument(
-        "--state-dir",
-        metavar="DIR",
-        help="state directory (default: $EESSI_PIPELINE_STATE_DIR or ~/.local/state/eessi-pipeline)",
-    )
+    add_setting(parser, "state_dir", default=None)
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
     for group in COMMANDS:
         names = {name for name, _ in group.commands}

@@ -24,7 +24,7 @@ from ..software.driver import BuildPlan, ensure_build, lmod_cache_argv, resolve_
 from ..software.easybuild import eb_install_argv
 from ..software.runtime import IMAGE_ENV, RUNTIME_ENV, Runtime, require_binary, resolve_runtime
 from ..software.stacks import load_stacks
-from .options import add_stack_version
+from .options import add_setting, add_stack_version
 from .output import emit_json
 
 DRY_RUN_GCC = "12.2.0"  # --dry-run shows the flags for Debian 12's gcc instead of asking gcc
@@ -195,13 +195,9 @@ def add_build_parser(sub: Any) -> None:
         "build", help="build a target's EasyBuild stack into /cvmfs through an overlay and pack it"
     )
     p.add_argument("--target", required=True, help="target name or subdir (e.g. zen4, x86_64_generic)")
-    p.add_argument(
-        "--state-dir", default=argparse.SUPPRESS, help="state directory (default: $EESSI_PIPELINE_STATE_DIR)"
-    )
+    add_setting(p, "state_dir")
     add_stack_version(p)
-    p.add_argument(
-        "--repo", help="repository name (default: $EESSI_PIPELINE_REPOSITORY, software.eessi.local)"
-    )
+    add_setting(p, "repository")
     p.add_argument("--stacks", help="stacks file (default: matrices/stacks.yaml)")
     p.add_argument(
         "--stack", help="build this stack of the version instead of the target's (e.g. production)"

@@ -19,7 +19,7 @@ from ..errors import RepositoryError, UsageError
 from ..initscript import build_init_tarball
 from ..matrix import load_matrix
 from ..settings import resolve_settings
-from .options import add_stack_version
+from .options import add_setting, add_stack_version
 from .output import write_bytes
 
 STRATUM1_PORT_ENV = "EESSI_PIPELINE_STRATUM1_PORT"
@@ -104,8 +104,8 @@ def add_client_parser(sub: Any) -> None:
     csub = client.add_subparsers(dest="client_command", metavar="ACTION", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--repo", metavar="NAME", help="repository name (default: $EESSI_PIPELINE_REPOSITORY)")
-        p.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS, help="state directory")
+        add_setting(p, "repository")
+        add_setting(p, "state_dir")
         p.add_argument("--stratum1", action="append", default=[], metavar="URL",
                        help="Stratum 1 base URL serving /cvmfs (repeatable: fail-over in order)")  # fmt: skip
         p.add_argument("--proxy", metavar="URL", help="HTTP proxy (default: the embedded squid)")
@@ -127,8 +127,8 @@ def add_client_parser(sub: Any) -> None:
 
     p = csub.add_parser("umount", help="unmount it")
     p.add_argument("mountpoint", nargs="?", metavar="MOUNTPOINT")
-    p.add_argument("--repo", metavar="NAME")
-    p.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS)
+    add_setting(p, "repository")
+    add_setting(p, "state_dir")
     p.set_defaults(handler=cmd_umount)
 
     p = csub.add_parser(
@@ -149,12 +149,12 @@ def add_client_parser(sub: Any) -> None:
     isub = init.add_subparsers(dest="init_command", metavar="ACTION", required=True)
     p = isub.add_parser("build", help="build eessi-<version>-init-<epoch>.tar.gz; print its path")
     add_stack_version(p)
-    p.add_argument("--repo", metavar="NAME", help="repository name the scripts point at")
+    add_setting(p, "repository", "repository name the scripts point at")
     p.add_argument("--matrix", metavar="FILE")
     p.add_argument("--out", metavar="DIR", help="where to write it (default: <state>/tarballs)")
     p.add_argument("--publish", action="store_true", help="also ingest it into the embedded repository")
     p.add_argument(
         "--stamp", type=int, metavar="EPOCH", help="timestamp for the name and members (default: now)"
     )
-    p.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS)
+    add_setting(p, "state_dir")
     p.set_defaults(handler=cmd_init_build)

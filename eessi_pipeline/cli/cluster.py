@@ -12,6 +12,7 @@ from ..cluster.manager import Cluster, ClusterStatus
 from ..errors import UsageError
 from ..proc import run_echoed
 from ..settings import resolve_settings
+from .options import add_setting
 from .output import emit_json
 
 
@@ -95,9 +96,8 @@ def cmd_env(args: argparse.Namespace, out: TextIO) -> int:
 def add_cluster_parser(sub: Any) -> None:
     p = sub.add_parser("cluster", help="the embedded Slurm cluster (slurmctld + slurmd) on this machine")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
-    state = {"default": argparse.SUPPRESS, "metavar": "DIR", "help": "state directory"}
     up = verbs.add_parser("up", help="start slurmctld and one slurmd per node (idempotent)")
-    up.add_argument("--state-dir", **state)
+    add_setting(up, "state_dir")
     up.add_argument(
         "--nodes",
         type=int,
@@ -117,20 +117,20 @@ def add_cluster_parser(sub: Any) -> None:
     up.add_argument("--json", action="store_true", help="print the status as JSON")
     up.set_defaults(handler=cmd_up)
     down = verbs.add_parser("down", help="cancel the jobs, stop every daemon, remove the namespaces")
-    down.add_argument("--state-dir", **state)
+    add_setting(down, "state_dir")
     down.add_argument("--json", action="store_true")
     down.set_defaults(handler=cmd_down)
     status = verbs.add_parser(
         "status", help="daemons, listening addresses, node states (exit 1 unless ready)"
     )
-    status.add_argument("--state-dir", **state)
+    add_setting(status, "state_dir")
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=cmd_status)
     ex = verbs.add_parser("exec", help="run a Slurm client command against the cluster (sinfo, sbatch, srun)")
-    ex.add_argument("--state-dir", **state)
+    add_setting(ex, "state_dir")
     ex.add_argument("--timeout", type=float, default=3600.0, metavar="S")
     ex.add_argument("argv", nargs=argparse.REMAINDER, help="-- COMMAND ...")
     ex.set_defaults(handler=cmd_exec)
     env = verbs.add_parser("env", help="print `export SLURM_CONF=...` for a shell")
-    env.add_argument("--state-dir", **state)
+    add_setting(env, "state_dir")
     env.set_defaults(handler=cmd_env)

@@ -19,7 +19,7 @@ from ..compat.state import ensure_layer, read_record
 from ..errors import CompatError
 from ..matrix import load_matrix
 from ..settings import resolve_settings
-from .options import add_stack_version
+from .options import add_setting, add_stack_version
 from .output import emit_json
 
 log = logging.getLogger(__name__)
@@ -149,17 +149,13 @@ def add_compat_parser(sub: Any) -> None:
             "--family", required=True, choices=FAMILIES, help="CPU family of the layer, e.g. x86_64"
         )
         add_stack_version(p)
-        p.add_argument(
-            "--repo",
-            metavar="NAME",
-            help="repository whose /cvmfs path is the default prefix (default: $EESSI_PIPELINE_REPOSITORY)",
-        )
+        add_setting(p, "repository", "repository whose /cvmfs path is the default prefix")
         p.add_argument(
             "--prefix",
             metavar="PATH",
             help="where clients see the layer (default: /cvmfs/<repo>/versions/<v>/compat/linux/<family>)",
         )
-        p.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS, help="state directory")
+        add_setting(p, "state_dir")
         p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N", help="parallel jobs")
         p.add_argument("--json", action="store_true", help="print JSON for machines")
 

@@ -22,6 +22,7 @@ from ..gate.record import RECORD_SUFFIX, CaseResult, parse_junit
 from ..gate.staging import Staging
 from ..gate.write import write_record
 from ..settings import resolve_settings
+from .options import add_setting
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -136,8 +137,8 @@ def publish_target(args: argparse.Namespace, repository: str) -> CvmfsServerTarg
 
 def add_gate_parsers(sub: Any) -> None:
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS, help="state directory")
-        p.add_argument("--repo", metavar="NAME", help="repository name (default: $EESSI_PIPELINE_REPOSITORY)")
+        add_setting(p, "state_dir")
+        add_setting(p, "repository")
         p.add_argument("--policy", metavar="FILE", help="publication policy (default: matrices/policy.yaml)")
 
     gate = sub.add_parser("gate", help="gate records: what a test run proves about a tarball, signed")

@@ -38,3 +38,16 @@ def add_stack_version(p: argparse.ArgumentParser, help: str = STACK_VERSION_HELP
     p.add_argument(
         "--version", dest="version", metavar="V", action=_DeprecatedStackVersion, help=argparse.SUPPRESS
     )
+
+
+def add_setting(p: argparse.ArgumentParser, name: str, help: str | None = None, **kwargs: Any) -> None:
+    """The option of setting ``name`` from the one table (``settings.SETTINGS``): its flag, metavar and a
+    help text naming its environment variable and default.  The state dir defaults to SUPPRESS, so a
+    subcommand's ``--state-dir`` never hides the global one."""
+    from ..settings import setting
+
+    s = setting(name)
+    text = f"{help or s.help} (default: ${s.env}, else {s.default})"
+    if name == "state_dir":
+        kwargs.setdefault("default", argparse.SUPPRESS)
+    p.add_argument(s.flag, metavar=s.metavar, help=text, **kwargs)

@@ -17,6 +17,7 @@ from ..cvmfs.tarcheck import DEFAULT_MAX_MEMBER_SIZE, check_tarball
 from ..errors import RepositoryError, UsageError
 from ..settings import resolve_settings
 from ..trust import refuse_if_writable
+from .options import add_setting
 from .output import emit_json, write_bytes
 
 log = logging.getLogger(__name__)
@@ -176,11 +177,9 @@ def add_repo_parser(sub: Any) -> None:
     rsub = repo.add_subparsers(dest="repo_command", metavar="ACTION", required=True)
 
     def common(p: argparse.ArgumentParser, with_repo: bool = True) -> None:
-        p.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS, help="state directory")
+        add_setting(p, "state_dir")
         if with_repo:
-            p.add_argument(
-                "--repo", metavar="NAME", help="repository name (default: $EESSI_PIPELINE_REPOSITORY)"
-            )
+            add_setting(p, "repository")
         p.add_argument("--json", action="store_true", help="print JSON for machines")
 
     p = rsub.add_parser("init", help="create keys and an empty repository; print its directory")

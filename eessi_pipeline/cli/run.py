@@ -56,7 +56,7 @@ from ..proc import run_echoed
 from ..services.stack import Stack, resolve_ports
 from ..settings import Settings, resolve_settings
 from ..software.stacks import load_stacks
-from .options import add_stack_version
+from .options import add_setting, add_stack_version
 
 INIT_TESTS = "tests/test_initscript.py"
 
@@ -258,8 +258,8 @@ def add_run_parser(sub: Any) -> None:
     )
     p.add_argument("--target", metavar="NAME", help="target name or subdir (default: this host's)")
     add_stack_version(p)
-    p.add_argument("--repo", metavar="NAME", help="repository name (default: $EESSI_PIPELINE_REPOSITORY)")
-    p.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS, help="state directory")
+    add_setting(p, "repository")
+    add_setting(p, "state_dir")
     p.add_argument("--keep-running", action="store_true", help="leave the Stratum services running")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(handler=cmd_run)

@@ -21,6 +21,7 @@ from ..services.stack import (
     resolve_ports,
 )
 from ..settings import resolve_settings
+from .options import add_setting
 from .output import emit_json
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ def add_stratum_parser(sub: Any) -> None:
     ssub = stratum.add_subparsers(dest="stratum_command", metavar="ACTION", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS, help="state directory")
+        add_setting(p, "state_dir")
         p.add_argument("--json", action="store_true", help="print JSON for machines")
 
     p = ssub.add_parser("up", help="start the services (idempotent); print one `NAME URL` line each")
@@ -210,7 +211,7 @@ def add_stratum_parser(sub: Any) -> None:
     p.set_defaults(handler=cmd_status)
 
     p = ssub.add_parser("snapshot", help="replicate a repository from the Stratum 0 into the Stratum 1")
-    p.add_argument("--repo", metavar="NAME", help="repository name (default: $EESSI_PIPELINE_REPOSITORY)")
+    add_setting(p, "repository")
     p.add_argument(
         "--source", metavar="URL", help="repository URL to replicate (default: the local stratum0)"
     )

@@ -21,7 +21,7 @@ from ..arch.cpuinfo import read_host_cpu
 from ..arch.select import require_build_node
 from ..matrix import Target, load_matrix
 from ..settings import resolve_settings
-from .options import add_stack_version
+from .options import add_setting, add_stack_version
 
 
 def cmd_test(args: argparse.Namespace, out: TextIO) -> int:
@@ -67,8 +67,8 @@ def add_test_parser(sub: Any) -> None:
     )
     p.add_argument("--target", required=True, metavar="NAME", help="target name or subdir (e.g. zen4)")
     add_stack_version(p)
-    p.add_argument("--repo", metavar="NAME", help="repository name (default: $EESSI_PIPELINE_REPOSITORY)")
-    p.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS, help="state directory")
+    add_setting(p, "repository")
+    add_setting(p, "state_dir")
     p.add_argument(
         "--run-dir", metavar="DIR", help="where reports go (default: <state>/runs/<target>-<time>)"
     )
