@@ -264,10 +264,10 @@ def _build(path: Path, data: dict[str, Any], content: bytes | None = None) -> Ma
     return Matrix(path, digest, data["default_version"], versions, families, targets)
 
 
-def check_consistency(m: Matrix) -> list[str]:  # noqa: C901 (to split: docs/architecture.md)
+def check_consistency(m: Matrix) -> list[str]:
     """Checks the schema cannot express; each problem names entry, key and fix."""
-    out: list[str] = []
     version_names = {v.name for v in m.versions}
+    out: list[str] = []
     if m.default_version not in version_names:
         out.append(
             f"default_version: {m.default_version!r} is not a key of `versions`; "
@@ -280,6 +280,20 @@ def check_consistency(m: Matrix) -> list[str]:  # noqa: C901 (to split: docs/arc
                 f"families.{fam.name}.archspec: {fam.archspec!r} is not archspec's root for {fam.name}; "
                 f"fix: set it to {fam.name!r}"
             )
+    out += _repeated_targets(m)
+    for i, t in enumerate(m.targets):
+        where = f"targets[{i}] ({t.name})"
+        out += _target_placement(m, t, where) + _target_archspec(t, where) + _target_accelerators(t, where)
+        out += [
+            f"{where}.versions: {v!r} is not a key of `versions`; fix: add it there or drop it"
+            for v in t.versions
+            if v not in version_names
+        ]
+    return out + _missing_generic(m, version_names)
+
+
+def _repeated_targets(m: Matrix) -> list[str]:
+    out: list[str] = []
     seen_names: dict[str, int] = {}
     seen_subdirs: dict[str, int] = {}
     for i, t in enumerate(m.targets):
@@ -292,45 +306,58 @@ def check_consistency(m: Matrix) -> list[str]:  # noqa: C901 (to split: docs/arc
                 f"{where}.subdir: {t.subdir!r} repeats targets[{seen_subdirs[t.subdir]}]; fix: remove one"
             )
         seen_subdirs.setdefault(t.subdir, i)
-        if t.subdir.split("/")[0] != t.family:
-            out.append(
-                f"{where}.subdir: {t.subdir!r} is not under family {t.family!r}; "
-                f"fix: start it with '{t.family}/'"
-            )
-        if m.family(t.family) is None:
-            out.append(f"{where}.family: {t.family!r} is not under `families`; fix: add it there")
-        uarch = archspec.cpu.TARGETS.get(t.archspec)
-        if uarch is None:
-            import difflib
+    return out
 
-            close = difflib.get_close_matches(t.archspec, list(archspec.cpu.TARGETS), n=3)
-            hint = f"did you mean {', '.join(close)}?" if close else "see archspec's microarchitectures.json"
-            out.append(f"{where}.archspec: {t.archspec!r} is not an archspec microarchitecture; fix: {hint}")
-        elif uarch.family.name != t.family:
-            out.append(
-                f"{where}.archspec: {t.archspec!r} belongs to family {uarch.family.name!r}, "
-                f"not {t.family!r}; fix: name a {t.family} microarchitecture"
-            )
-        elif t.is_generic and t.archspec != t.family:
-            out.append(
-                f"{where}.archspec: a generic target must use the family root {t.family!r}, "
-                f"not {t.archspec!r}; fix: set archspec: {t.family}"
-            )
-        seen_cc: set[str] = set()
-        for j, a in enumerate(t.accelerators):
-            if a.subdir in seen_cc:
-                out.append(f"{where}.accel[{j}]: {a.subdir!r} is listed twice; fix: remove one")
-            seen_cc.add(a.subdir)
-        if t.accelerators and t.is_generic:
-            out.append(
-                f"{where}.accel: a generic target has no accelerator builds (EESSI builds GPU software "
-                "for specific CPU targets); fix: move the entry to a microarchitecture target"
-            )
-        for v in t.versions:
-            if v not in version_names:
-                out.append(
-                    f"{where}.versions: {v!r} is not a key of `versions`; fix: add it there or drop it"
-                )
+
+def _target_placement(m: Matrix, t: Target, where: str) -> list[str]:
+    out: list[str] = []
+    if t.subdir.split("/")[0] != t.family:
+        out.append(
+            f"{where}.subdir: {t.subdir!r} is not under family {t.family!r}; fix: start it with '{t.family}/'"
+        )
+    if m.family(t.family) is None:
+        out.append(f"{where}.family: {t.family!r} is not under `families`; fix: add it there")
+    return out
+
+
+def _target_archspec(t: Target, where: str) -> list[str]:
+    uarch = archspec.cpu.TARGETS.get(t.archspec)
+    if uarch is None:
+        import difflib  # only on the error path
+
+        close = difflib.get_close_matches(t.archspec, list(archspec.cpu.TARGETS), n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else "see archspec's microarchitectures.json"
+        return [f"{where}.archspec: {t.archspec!r} is not an archspec microarchitecture; fix: {hint}"]
+    if uarch.family.name != t.family:
+        return [
+            f"{where}.archspec: {t.archspec!r} belongs to family {uarch.family.name!r}, "
+            f"not {t.family!r}; fix: name a {t.family} microarchitecture"
+        ]
+    if t.is_generic and t.archspec != t.family:
+        return [
+            f"{where}.archspec: a generic target must use the family root {t.family!r}, "
+            f"not {t.archspec!r}; fix: set archspec: {t.family}"
+        ]
+    return []
+
+
+def _target_accelerators(t: Target, where: str) -> list[str]:
+    out: list[str] = []
+    seen_cc: set[str] = set()
+    for j, a in enumerate(t.accelerators):
+        if a.subdir in seen_cc:
+            out.append(f"{where}.accel[{j}]: {a.subdir!r} is listed twice; fix: remove one")
+        seen_cc.add(a.subdir)
+    if t.accelerators and t.is_generic:
+        out.append(
+            f"{where}.accel: a generic target has no accelerator builds (EESSI builds GPU software "
+            "for specific CPU targets); fix: move the entry to a microarchitecture target"
+        )
+    return out
+
+
+def _missing_generic(m: Matrix, version_names: set[str]) -> list[str]:
+    out: list[str] = []
     for v in sorted(version_names):
         fams = {t.family for t in m.targets if v in t.versions}
         for fam_name in sorted(fams):
