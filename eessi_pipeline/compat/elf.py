@@ -72,7 +72,16 @@ def read_elf(path: Path) -> ElfInfo | None:
     return parse_elf(data)
 
 
-def parse_elf(data: bytes) -> ElfInfo | None:  # noqa: C901 (to split: docs/architecture.md)
+@dataclass(frozen=True, slots=True)
+class _Segments:
+    elf_type: int
+    machine: int
+    loads: tuple[tuple[int, int, int], ...]  # (vaddr, offset, filesz)
+    interpreter: str | None
+    dynamic: tuple[int, int] | None  # (offset, size) of PT_DYNAMIC
+
+
+def parse_elf(data: bytes) -> ElfInfo | None:
     """Parse ELF bytes; None when they are not a well-formed ELF file."""
     if len(data) < 52 or data[:4] != ELF_MAGIC:
         return None
@@ -82,59 +91,14 @@ def parse_elf(data: bytes) -> ElfInfo | None:  # noqa: C901 (to split: docs/arch
     end = "<" if ei_data == 1 else ">"
     wide = ei_class == 2
     try:
-        if wide:
-            e_type, e_machine, _v, _entry, e_phoff, _shoff, _flags, _ehsize, e_phentsize, e_phnum = (
-                struct.unpack_from(end + "HHIQQQIHHH", data, 16)
-            )
-        else:
-            e_type, e_machine, _v, _entry, e_phoff, _shoff, _flags, _ehsize, e_phentsize, e_phnum = (
-                struct.unpack_from(end + "HHIIIIIHHH", data, 16)
-            )
-        if e_phnum > _MAX_HEADERS or e_phentsize < (56 if wide else 32):
-            return None
-        loads: list[tuple[int, int, int]] = []  # (vaddr, offset, filesz)
-        interp: str | None = None
-        dyn: tuple[int, int] | None = None
-        for i in range(e_phnum):
-            off = e_phoff + i * e_phentsize
-            if wide:
-                p_type, _pflags, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from(
-                    end + "IIQQQQ", data, off
-                )
-            else:
-                p_type, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from(end + "IIIII", data, off)
-            if p_type == PT_LOAD:
-                loads.append((p_vaddr, p_offset, p_filesz))
-            elif p_type == PT_INTERP:
-                raw = data[p_offset : p_offset + p_filesz]
-                interp = raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-            elif p_type == PT_DYNAMIC:
-                dyn = (p_offset, p_filesz)
+        seg = _program_headers(data, end, wide)
     except struct.error:
         return None
-    needed: list[int] = []
-    soname = runpath = rpath = None
-    strtab_vaddr: int | None = None
-    if dyn is not None:
-        entry = struct.Struct(end + ("qQ" if wide else "iI"))
-        off, size = dyn
-        stop = min(off + size, len(data))
-        while off + entry.size <= stop:
-            tag, val = entry.unpack_from(data, off)
-            off += entry.size
-            if tag == DT_NULL:
-                break
-            if tag == DT_NEEDED:
-                needed.append(val)
-            elif tag == DT_STRTAB:
-                strtab_vaddr = val
-            elif tag == DT_SONAME:
-                soname = val
-            elif tag == DT_RUNPATH:
-                runpath = val
-            elif tag == DT_RPATH:
-                rpath = val
-    strtab = _vaddr_to_offset(strtab_vaddr, loads) if strtab_vaddr is not None else None
+    if seg is None:
+        return None
+    tags = _dynamic_tags(data, end, wide, seg.dynamic) if seg.dynamic is not None else {}
+    strtab_vaddr = tags.get(DT_STRTAB, [None])[-1]
+    strtab = _vaddr_to_offset(strtab_vaddr, list(seg.loads)) if strtab_vaddr is not None else None
 
     def string(index: int | None) -> str | None:
         if index is None or strtab is None:
@@ -145,20 +109,68 @@ def parse_elf(data: bytes) -> ElfInfo | None:  # noqa: C901 (to split: docs/arch
         stop = data.find(b"\0", start)
         return data[start : stop if stop >= 0 else len(data)].decode("utf-8", "surrogateescape")
 
-    def paths(index: int | None) -> tuple[str, ...]:
-        text = string(index)
+    def paths(tag: int) -> tuple[str, ...]:
+        text = string(tags.get(tag, [None])[-1])
         return tuple(p for p in text.split(":") if p) if text else ()
 
     return ElfInfo(
-        elf_type=e_type,
-        machine=e_machine,
-        interpreter=interp,
-        needed=tuple(s for s in (string(n) for n in needed) if s),
-        soname=string(soname),
-        runpath=paths(runpath),
-        rpath=paths(rpath),
-        dynamic=dyn is not None,
+        elf_type=seg.elf_type,
+        machine=seg.machine,
+        interpreter=seg.interpreter,
+        needed=tuple(s for s in (string(n) for n in tags.get(DT_NEEDED, [])) if s),
+        soname=string(tags.get(DT_SONAME, [None])[-1]),
+        runpath=paths(DT_RUNPATH),
+        rpath=paths(DT_RPATH),
+        dynamic=seg.dynamic is not None,
     )
+
+
+def _program_headers(data: bytes, end: str, wide: bool) -> _Segments | None:
+    """The ELF header's type and machine and the program headers used here (may raise struct.error)."""
+    header = end + ("HHIQQQIHHH" if wide else "HHIIIIIHHH")
+    e_type, e_machine, _v, _entry, e_phoff, _shoff, _flags, _ehsize, e_phentsize, e_phnum = (
+        struct.unpack_from(header, data, 16)
+    )
+    if e_phnum > _MAX_HEADERS or e_phentsize < (56 if wide else 32):
+        return None
+    loads: list[tuple[int, int, int]] = []
+    interp: str | None = None
+    dyn: tuple[int, int] | None = None
+    for i in range(e_phnum):
+        off = e_phoff + i * e_phentsize
+        if wide:
+            p_type, _pflags, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from(
+                end + "IIQQQQ", data, off
+            )
+        else:
+            p_type, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from(end + "IIIII", data, off)
+        if p_type == PT_LOAD:
+            loads.append((p_vaddr, p_offset, p_filesz))
+        elif p_type == PT_INTERP:
+            raw = data[p_offset : p_offset + p_filesz]
+            interp = raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        elif p_type == PT_DYNAMIC:
+            dyn = (p_offset, p_filesz)
+    return _Segments(e_type, e_machine, tuple(loads), interp, dyn)
+
+
+_WANTED_TAGS = (DT_NEEDED, DT_STRTAB, DT_SONAME, DT_RUNPATH, DT_RPATH)
+
+
+def _dynamic_tags(data: bytes, end: str, wide: bool, dyn: tuple[int, int]) -> dict[int, list[int]]:
+    """The values of the dynamic section's tags this module reads, in order, up to DT_NULL."""
+    entry = struct.Struct(end + ("qQ" if wide else "iI"))
+    off, size = dyn
+    stop = min(off + size, len(data))
+    tags: dict[int, list[int]] = {}
+    while off + entry.size <= stop:
+        tag, val = entry.unpack_from(data, off)
+        off += entry.size
+        if tag == DT_NULL:
+            break
+        if tag in _WANTED_TAGS:
+            tags.setdefault(tag, []).append(val)
+    return tags
 
 
 def _vaddr_to_offset(vaddr: int, loads: list[tuple[int, int, int]]) -> int | None:

@@ -228,7 +228,7 @@ def _build(path: Path, data: dict[str, Any]) -> PackageSet:
     )
 
 
-def check_package_set(pset: PackageSet) -> list[str]:  # noqa: C901 (to split: docs/architecture.md)
+def check_package_set(pset: PackageSet) -> list[str]:
     """What the schema cannot express; each problem names the entry, the key and the fix."""
     out: list[str] = []
     if pset.path.suffix in (".yaml", ".yml") and pset.path.stem != pset.family:
@@ -236,19 +236,31 @@ def check_package_set(pset: PackageSet) -> list[str]:  # noqa: C901 (to split: d
             f"family: {pset.family!r} differs from the file name {pset.path.name!r}; "
             f"fix: name the file {pset.family}.yaml or correct `family`"
         )
+    out += _package_problems(pset) + _host_file_problems(pset) + _link_problems(pset)
+    names = {p.name.lower() for p in pset.packages}
+    missing = [r for r in REQUIRED_PACKAGES if r.lower() not in names]
+    if missing:
+        out.append(
+            f"packages: the layer lacks {', '.join(missing)}; fix: add an entry for each (every "
+            f"compatibility layer needs {', '.join(REQUIRED_PACKAGES)})"
+        )
+    return out
+
+
+def _package_problems(pset: PackageSet) -> list[str]:
+    out: list[str] = []
     seen: dict[str, int] = {}
-    excluded = pset.debian.excluded
     for i, p in enumerate(pset.packages):
         where = f"packages[{i}] ({p.name})"
         key = p.name.lower()
         if key in seen:
             out.append(f"{where}.name: {p.name!r} repeats packages[{seen[key]}]; fix: merge the two entries")
         seen.setdefault(key, i)
-        for d in p.debian:
-            if d in excluded:
-                out.append(
-                    f"{where}.debian: {d!r} is also under debian.exclude; fix: remove it from one of the two"
-                )
+        out += [
+            f"{where}.debian: {d!r} is also under debian.exclude; fix: remove it from one of the two"
+            for d in p.debian
+            if d in pset.debian.excluded
+        ]
         for j, t in enumerate(p.tools):
             if t.expect:
                 try:
@@ -258,6 +270,11 @@ def check_package_set(pset: PackageSet) -> list[str]:  # noqa: C901 (to split: d
                         f"{where}.tools[{j}].expect: {t.expect!r} is not a regular expression ({e}); "
                         "fix: escape special characters with a backslash"
                     )
+    return out
+
+
+def _host_file_problems(pset: PackageSet) -> list[str]:
+    out: list[str] = []
     for h in pset.host_files:
         if h not in COMPAT_HOST_FILES:
             out.append(
@@ -267,6 +284,11 @@ def check_package_set(pset: PackageSet) -> list[str]:  # noqa: C901 (to split: d
             )
         elif posixpath.normpath(h) != h:
             out.append(f"host_files: {h!r} is not a normalised path; fix: write {posixpath.normpath(h)!r}")
+    return out
+
+
+def _link_problems(pset: PackageSet) -> list[str]:
+    out: list[str] = []
     for link in pset.links:
         parts = link.path.split("/")
         if ".." in parts or posixpath.normpath(link.path) != link.path:
@@ -280,11 +302,4 @@ def check_package_set(pset: PackageSet) -> list[str]:  # noqa: C901 (to split: d
                 f"links.{link.path}: target {link.target!r} resolves outside the layer ({resolved!r}); "
                 "fix: point it at a file inside the layer"
             )
-    names = {p.name.lower() for p in pset.packages}
-    missing = [r for r in REQUIRED_PACKAGES if r.lower() not in names]
-    if missing:
-        out.append(
-            f"packages: the layer lacks {', '.join(missing)}; fix: add an entry for each (every "
-            f"compatibility layer needs {', '.join(REQUIRED_PACKAGES)})"
-        )
     return out
