@@ -21,6 +21,7 @@ from ..matrix import PROJECT_ROOT, Target
 from ..schema import validate
 from ..yamlio import load_yaml
 from .references import ChecksError
+from .rfmrun import local_partition, rfm_config, system
 
 LOCAL_SYSTEM = "eessi_local"
 ENVIRON = "eessi"
@@ -112,35 +113,21 @@ def config(
     if not targets:
         raise ChecksError("no target to configure ReFrame for; name at least one target")
     partitions = [
-        {
-            "name": partition_name(tp.target),
-            "descr": f"processes on this host, software of {tp.target.subdir}",
-            "scheduler": "local",
-            "launcher": "local",
-            "environs": [ENVIRON],
-            "max_jobs": max_jobs,
-            "features": ["cpu", tp.target.marker],
-            "env_vars": tp.env_vars,
-            "processor": processor_info(tp.target, num_cpus),
-        }
+        local_partition(
+            partition_name(tp.target),
+            f"processes on this host, software of {tp.target.subdir}",
+            ENVIRON,
+            max_jobs,
+            features=["cpu", tp.target.marker],
+            env_vars=tp.env_vars,
+            processor=processor_info(tp.target, num_cpus),
+        )
         for tp in targets
     ]
-    systems: list[dict[str, Any]] = [
-        {
-            "name": LOCAL_SYSTEM,
-            "descr": "this host, one partition per target of the stack",
-            "hostnames": [".*"],
-            "modules_system": "lmod",
-            "partitions": partitions,
-        }
-    ]
+    systems = [system(LOCAL_SYSTEM, "this host, one partition per target of the stack", "lmod", partitions)]
     if site is not None:
         systems.insert(0, site_system(site, targets))  # ReFrame picks the first system whose hostnames match
-    return {
-        "systems": systems,
-        "environments": [{"name": ENVIRON, "cc": "cc", "cxx": "", "ftn": ""}],
-        "general": [{"check_search_recursive": False, "colorize": False}],
-    }
+    return rfm_config(systems, [{"name": ENVIRON, "cc": "cc", "cxx": "", "ftn": ""}])
 
 
 def site_system(site: Site, targets: Sequence[TargetPrefix]) -> dict[str, Any]:
@@ -180,14 +167,7 @@ def site_system(site: Site, targets: Sequence[TargetPrefix]) -> dict[str, Any]:
         if sp.num_nodes:  # the checks skip multi-node scales that need more (software_checks.py)
             partition["extras"] = {"num_nodes": sp.num_nodes}
         partitions.append(partition)
-    system: dict[str, Any] = {
-        "name": site.system,
-        "descr": site.descr,
-        "hostnames": list(site.hostnames),
-        "modules_system": site.modules_system,
-        "partitions": partitions,
-    }
-    return system
+    return system(site.system, site.descr, site.modules_system, partitions, site.hostnames)
 
 
 def parse_site(data: Any, path: Path, targets: Iterable[str] | None = None) -> Site:

@@ -28,14 +28,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..compat.gentoo_prefix import find_tool
-from ..compat.rfm_runner import REFRAME_PIN
 from ..software.easybuild import LMOD_INIT
 from .references import ChecksError
 from .rfmconfig import TargetPrefix, partition_name, processor_info
-from .runner import LMOD_CMD, ChecksOutcome, CommandRunner, RunPaths, outcome_of
+from .rfmrun import (
+    CommandRunner,
+    RunPaths,
+    find_reframe,
+    local_partition,
+    reframe_argv,
+    reframe_environ,
+    rfm_config,
+    run_reframe,
+    system,
+)
+from .runner import LMOD_CMD, ChecksOutcome, outcome_of
 
 log = logging.getLogger(__name__)
 
@@ -100,30 +107,21 @@ def suite_config(
         raise ChecksError(
             f"cannot describe the partition: {num_cpus} CPUs, {mem_per_node_mib} MiB memory; both must be > 0"
         )
-    partition = {
-        "name": partition_name(tp.target),
-        "descr": f"processes on this host, software of {tp.target.subdir}",
-        "scheduler": "local",
-        "launcher": "local",
-        "environs": [ENVIRON],
-        "max_jobs": max_jobs,
-        "features": ["cpu", *SINGLE_NODE_SCALES],
-        "extras": {"mem_per_node": mem_per_node_mib},
-        "env_vars": tp.env_vars,
-        "processor": processor_info(tp.target, num_cpus),
-    }
-    return {
-        "systems": [
-            {
-                "name": SYSTEM,
-                "descr": "this host, running EESSI test-suite tests on one target's modules",
-                "hostnames": [".*"],
-                "modules_system": "lmod",
-                "partitions": [partition],
-            }
-        ],
-        "environments": [{"name": ENVIRON}],
-        "logging": [
+    partition = local_partition(
+        partition_name(tp.target),
+        f"processes on this host, software of {tp.target.subdir}",
+        ENVIRON,
+        max_jobs,
+        features=["cpu", *SINGLE_NODE_SCALES],
+        extras={"mem_per_node": mem_per_node_mib},
+        env_vars=tp.env_vars,
+        processor=processor_info(tp.target, num_cpus),
+    )
+    descr = "this host, running EESSI test-suite tests on one target's modules"
+    return rfm_config(
+        [system(SYSTEM, descr, "lmod", [partition])],
+        [{"name": ENVIRON}],
+        logging=[
             {
                 "level": "debug",
                 "handlers": [
@@ -149,38 +147,35 @@ def suite_config(
                 ],
             }
         ],
-        "general": [{"check_search_recursive": False, "colorize": False}],
-    }
+    )
 
 
 def suite_argv(
     program: str, paths: RunPaths, checks: Path, system: str, test: SuiteTest, scale: str
 ) -> list[str]:
     """The ReFrame command line of one test at one scale (pure)."""
+    return reframe_argv(program, paths, checks, system, select=suite_selection(test, scale))
+
+
+def suite_selection(test: SuiteTest, scale: str) -> list[str]:
+    """ReFrame's selection of one test at one scale, with its ``-S`` settings (pure)."""
     if scale not in SINGLE_NODE_SCALES:
         raise ChecksError(
             f"scale {scale!r} does not fit the one-node local partition; use one of: "
             f"{', '.join(SINGLE_NODE_SCALES)}"
         )
-    argv = [
-        program, "-C", str(paths.config), "-c", str(checks), "--system", system,
-        "--prefix", str(paths.prefix), "--report-file", str(paths.report),
-        "--report-junit", str(paths.junit), "--nocolor",
-        "-n", f"^{test.check}\\b", "-t", f"^{scale}$",
-    ]  # fmt: skip
+    select = ["-n", f"^{test.check}\\b", "-t", f"^{scale}$"]
     for key, value in test.setvars:
-        argv += ["-S", f"{test.check}.{key}={value}"]
-    return [*argv, "-r"]
+        select += ["-S", f"{test.check}.{key}={value}"]
+    return select
 
 
 def suite_env(
     tp: TargetPrefix, base: Mapping[str, str], *, as_root: bool = False, tmpdir: Path | None = None
 ) -> dict[str, str]:
     """ReFrame's environment for a test-suite run (pure): Lmod found, the target's modules visible."""
-    env = {k: v for k, v in base.items() if not k.startswith(("RFM_", "LMOD_", "_LMOD", "__LMOD"))}
-    for key in ("LOADEDMODULES", "_LMFILES_"):
-        env.pop(key, None)
-    env.update({"RFM_COLORIZE": "n", "MODULEPATH": tp.modulepath, "LMOD_CMD": LMOD_CMD})
+    drop = ("RFM_", "LMOD_", "_LMOD", "__LMOD", "LOADEDMODULES", "_LMFILES_")
+    env = reframe_environ(base, drop, MODULEPATH=tp.modulepath, LMOD_CMD=LMOD_CMD)
     # the suite sets up EasyBuild's configuration at import when EasyBuild is installed (for its
     # toolchain helpers); EasyBuild refuses to configure itself as root unless told
     env = {k: v for k, v in env.items() if not k.startswith("EASYBUILD_")}
@@ -233,23 +228,18 @@ def run_testsuite(
     checks = installed_testsuite() / chosen.path
     if not checks.is_dir():
         raise ChecksError(f"{checks}: the test-suite has no such test directory; reinstall {TESTSUITE_PIN}")
-    program = find_tool("reframe")
-    if program is None:
-        raise ChecksError(f"ReFrame is not installed; install {REFRAME_PIN} (pip install '{REFRAME_PIN}')")
+    program = find_reframe()
     workdir.mkdir(parents=True, exist_ok=True)
     paths = RunPaths.under(workdir.resolve())
     memory = mem_per_node_mib(Path("/proc/meminfo").read_text(encoding="utf-8"))
     cfg = suite_config(tp, os.cpu_count() or 1, memory, workdir.resolve())
-    paths.config.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
-    for stale in (paths.report, paths.junit):
-        stale.unlink(missing_ok=True)
     system = f"{SYSTEM}:{partition_name(tp.target)}"
     tmpdir = workdir.resolve() / "easybuild-tmp"
     tmpdir.mkdir(exist_ok=True)
     base = os.environ if environ is None else environ
     env = suite_env(tp, base, as_root=os.geteuid() == 0, tmpdir=tmpdir)
     argv = suite_argv(program, paths, checks, system, chosen, scale)
-    done = runner.run(argv, timeout=TIMEOUT, env=env, check=False)
+    done = run_reframe(runner, argv, paths, cfg, env, TIMEOUT)
     hint = ""
     if done.returncode == 0 and NO_CASES in done.stdout + done.stderr:
         # ReFrame writes no report when nothing was selected: the test found no module
@@ -274,5 +264,6 @@ __all__ = [
     "suite_argv",
     "suite_config",
     "suite_env",
+    "suite_selection",
     "suite_test",
 ]

@@ -1,89 +1,72 @@
 """Run the ReFrame checks of ``checks/compat`` on a staged layer and judge the run from its JSON report.
 
-ReFrame only has a command line as a supported interface, so it runs as a subprocess
-(in the layer's mount namespace, so the checks find the layer at its prefix), with a
-minimal generated configuration: one system, one local partition (local scheduler and
-launcher), no module system.  ReFrame exits 0 when *nothing* ran, so the verdict also
-requires at least one test case (:func:`report_verdict`).
+A run of :mod:`eessi_pipeline.checks.rfmrun` in the layer's mount namespace (so the checks find the
+layer at its prefix), with a minimal configuration: one system, one local partition (local scheduler
+and launcher), no module system.  ReFrame exits 0 when *nothing* ran, so the verdict also requires at
+least one test case (:func:`report_verdict`).
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..checks.report import parse_case
+from ..checks.rfmrun import (
+    REFRAME_PIN,
+    TIMEOUT,
+    RunPaths,
+    find_reframe,
+    local_partition,
+    read_report,
+    reframe_argv,
+    reframe_environ,
+    rfm_config,
+    run_reframe,
+)
+from ..checks.rfmrun import (
+    system as rfm_system,
+)
 from ..errors import CompatError
 from ..matrix import PROJECT_ROOT
-from .gentoo_prefix import find_tool
+from ..proc import CommandResult
 from .runner import LayerView
 
 CHECKS_DIR = PROJECT_ROOT / "checks" / "compat"
 SYSTEM = "eessi_compat"
-REFRAME_PIN = "reframe-hpc==4.10.0"
-TIMEOUT = 1800.0
 
 
 def config(system: str = SYSTEM, max_jobs: int = 4) -> dict[str, Any]:
     """A minimal ReFrame configuration: this host, one local partition, no modules (pure)."""
-    return {
-        "systems": [
-            {
-                "name": system,
-                "descr": "the build host, running compatibility-layer checks",
-                "hostnames": [".*"],
-                "modules_system": "nomod",
-                "partitions": [
-                    {
-                        "name": "local",
-                        "descr": "processes on this host",
-                        "scheduler": "local",
-                        "launcher": "local",
-                        "environs": ["builtin"],
-                        "max_jobs": max_jobs,
-                    }
-                ],
-            }
-        ],
-        "environments": [{"name": "builtin", "cc": "cc", "cxx": "", "ftn": ""}],
-        "general": [{"check_search_recursive": False, "colorize": False}],
-    }
-
-
-def write_config(path: Path, max_jobs: int = 4) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config(max_jobs=max_jobs), sort_keys=False), encoding="utf-8")
-    return path
-
-
-def reframe_argv(program: str, config_file: Path, checks: Path, report: Path, workdir: Path) -> list[str]:
-    return [
-        program,
-        "-C",
-        str(config_file),
-        "-c",
-        str(checks),
-        "--prefix",
-        str(workdir),
-        "--report-file",
-        str(report),
-        "--nocolor",
-        "-r",
-    ]
+    partition = local_partition("local", "processes on this host", "builtin", max_jobs)
+    descr = "the build host, running compatibility-layer checks"
+    return rfm_config(
+        [rfm_system(system, descr, "nomod", [partition])],
+        [{"name": "builtin", "cc": "cc", "cxx": "", "ftn": ""}],
+    )
 
 
 def reframe_env(prefix: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ if base is None else base)
-    env["EESSI_COMPAT_PREFIX"] = prefix
-    env["RFM_COLORIZE"] = "n"
-    env.pop("RFM_CONFIG_FILES", None)
-    return env
+    """ReFrame's environment in the layer: the layer's prefix for the checks (pure)."""
+    return reframe_environ(
+        os.environ if base is None else base, ("RFM_CONFIG_FILES",), EESSI_COMPAT_PREFIX=prefix
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _InLayer:
+    """Runs in the layer's namespace, in ``cwd``."""
+
+    view: LayerView
+    cwd: Path
+
+    def run(
+        self, argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None, check: bool = True
+    ) -> CommandResult:
+        return self.view.run(argv, timeout=timeout, env=env, check=check, cwd=self.cwd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,25 +105,14 @@ def report_verdict(report: Mapping[str, Any]) -> ReportVerdict:
 
 def run_checks(view: LayerView, workdir: Path, checks: Path = CHECKS_DIR) -> ReportVerdict:
     """Run the ReFrame checks against the layer behind ``view``; the report lands in ``workdir``."""
-    program = find_tool("reframe")
-    if program is None:
-        raise CompatError(
-            f"ReFrame is not installed; install {REFRAME_PIN} (pip install '{REFRAME_PIN}') or run "
-            "`eessi-pipeline compat check --runner python`"
-        )
+    program = find_reframe(CompatError, " or run `eessi-pipeline compat check --runner python`")
     workdir.mkdir(parents=True, exist_ok=True)
-    cfg = write_config(workdir / "reframe-config.yaml", max_jobs=max(1, os.cpu_count() or 1))
-    report = workdir / "report.json"
-    report.unlink(missing_ok=True)
-    argv = reframe_argv(program, cfg, checks, report, workdir / "rfm")
-    result = view.run(argv, timeout=TIMEOUT, env=reframe_env(view.prefix), check=False, cwd=workdir)
-    try:
-        data = json.loads(report.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CompatError(
-            f"ReFrame wrote no readable report ({e}); it exited {result.returncode}:\n{result.tail(30)}"
-        ) from e
-    verdict = report_verdict(data)
+    paths = RunPaths.under(workdir)
+    argv = reframe_argv(program, paths, checks, junit=False)
+    cfg = config(max_jobs=max(1, os.cpu_count() or 1))
+    env = reframe_env(view.prefix)
+    result = run_reframe(_InLayer(view, workdir), argv, paths, cfg, env, TIMEOUT)
+    verdict = report_verdict(read_report(paths, result, error=CompatError))
     if verdict.ok and result.returncode != 0:
         return ReportVerdict(
             False, verdict.num_cases, verdict.cases, f"ReFrame exited {result.returncode}: {result.tail(10)}"
@@ -148,4 +120,12 @@ def run_checks(view: LayerView, workdir: Path, checks: Path = CHECKS_DIR) -> Rep
     return verdict
 
 
-__all__ = ["CHECKS_DIR", "CaseResult", "ReportVerdict", "config", "report_verdict", "run_checks"]
+__all__ = [
+    "CHECKS_DIR",
+    "REFRAME_PIN",
+    "CaseResult",
+    "ReportVerdict",
+    "config",
+    "report_verdict",
+    "run_checks",
+]

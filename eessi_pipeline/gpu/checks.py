@@ -1,4 +1,4 @@
-"""Run the GPU checks (``checks/gpu``) for an accelerator target with the software checks' runner.
+"""Run the GPU checks (``checks/gpu``) for an accelerator target as a software checks run.
 
 The accelerator target becomes one partition of the generated ReFrame configuration, named after
 it (``zen4_cc90``) with its CPU target's processor description; its accelerator ``modules/all`` is on
@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..checks.rfmconfig import TargetPrefix
-from ..checks.runner import ChecksOutcome, HostRunner, run_checks
+from ..checks.rfmrun import HostRunner
+from ..checks.runner import ChecksOutcome, run_checks
 from ..matrix import PROJECT_ROOT, AccelTarget, Target
 
 GPU_CHECKS_DIR = PROJECT_ROOT / "checks" / "gpu"
