@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from helpers import build_cli_parser
 
+from eessi_pipeline import nslaunch
 from eessi_pipeline.compat.elf import ET_DYN, ET_EXEC, ElfInfo, read_elf
 from eessi_pipeline.compat.ldlist import Listing, parse_list_output
 from eessi_pipeline.compat.relocate import ElfFile
@@ -378,16 +379,17 @@ def test_plan_of_a_compat_stack_refuses_a_container_runtime(stacks, matrix, tmp_
         )  # fmt: skip
 
 
-def test_overlay_view_with_bind_mounts_it_through_nsexec_over_a_skeleton(tmp_path):
+def test_overlay_view_with_bind_mounts_it_after_the_overlay_over_a_skeleton(tmp_path):
     view = OverlayView(REPO, tmp_path, tmp_path / "lower").with_bind(tmp_path / "layer", PREFIX)
     argv = view.wrap(["true"])
-    assert argv[argv.index("--skeleton") + 1] == str(tmp_path / "mounts")
-    inner = argv[argv.index("--") + 1 :]
-    inner = inner[inner.index("--") + 1 :]  # past the unshare options and ovlexec's own "--"
-    assert inner[4:9] == ["--bind", str(tmp_path / "layer"), PREFIX, "--", "true"]
-    assert inner[3].endswith("compat/nsexec.py")
+    spec = nslaunch.from_json(argv[argv.index("--", 5) - 1])
+    overlay, bind = spec.mounts[2:]
+    assert overlay.lower == (str(tmp_path / "stage"), str(tmp_path / "mounts"))
+    assert bind == nslaunch.Mount("bind", PREFIX, source=str(tmp_path / "layer"), readonly=True)
+    assert argv[-2:] == ["--", "true"]
     assert "read-only from" in view.describe()
-    assert "--skeleton" not in OverlayView(REPO, tmp_path, tmp_path / "lower").wrap(["true"])
+    plain = OverlayView(REPO, tmp_path, tmp_path / "lower").mounts()
+    assert plain.mounts[2].lower == (str(tmp_path / "stage"),) and len(plain.mounts) == 3
 
 
 def test_overlay_view_refuses_a_bind_outside_the_cover(tmp_path):
@@ -410,7 +412,8 @@ def test_cli_dry_run_says_the_stack_links_to_the_layer(tmp_path, as_json):
         data = json.loads(out.getvalue())
         assert data["compat_layer"]["prefix"].endswith("/versions/2023.06/compat/linux/x86_64")
         assert list(data["commands"]) == ["compat_layer", "eb", "link", "lmod_cache"]
-        assert "nsexec.py --bind" in data["commands"]["eb"]
+        assert '"kind":"bind","target":"/cvmfs/' in data["commands"]["eb"]
+        assert '"readonly":true' in data["commands"]["eb"]
     else:
         assert "links to the compatibility layer at /cvmfs/" in out.getvalue()
     assert not any(tmp_path.iterdir())

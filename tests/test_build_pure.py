@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import build_cli_json, build_cli_parser
 
+from eessi_pipeline import nslaunch
 from eessi_pipeline.errors import BuildError
 from eessi_pipeline.matrix import load_matrix
 from eessi_pipeline.software.driver import BuildPlan, inputs_digest, lmod_cache_argv, module_check_argv
@@ -270,9 +271,16 @@ def test_overlay_wrap_mounts_at_the_repository_path(tmp_path):
     view = OverlayView("/cvmfs/software.eessi.local", tmp_path, tmp_path / "lower", python="py")
     argv = view.wrap(["eb", "--version"])
     assert argv[:5] == ["unshare", "--mount", "--propagation", "private", "--"]
-    assert argv[argv.index("--cover") + 1] == "/cvmfs"
-    assert argv[argv.index("--upper") + 1] == str(tmp_path / "upper")
-    assert argv[argv.index("--mount", 5) + 1] == "/cvmfs/software.eessi.local"
+    assert argv[5:8] == ["py", "-I", "-S"] and argv[8].endswith("eessi_pipeline/nslaunch.py")
+    spec = nslaunch.from_json(argv[9])
+    assert spec == view.mounts()
+    assert [(m.kind, m.target) for m in spec.mounts] == [
+        ("bind", str(tmp_path / "stage")),
+        ("tmpfs", "/cvmfs"),
+        ("overlay", "/cvmfs/software.eessi.local"),
+    ]
+    assert spec.mounts[0].source == str(tmp_path / "lower")
+    assert spec.mounts[2].upper == str(tmp_path / "upper") and not spec.mounts[2].fuse
     assert argv[-3:] == ["--", "eb", "--version"]
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from helpers import build_cli_json, build_cli_parser
 
+from eessi_pipeline import nslaunch
 from eessi_pipeline.errors import BuildError, UsageError
 from eessi_pipeline.matrix import load_matrix
-from eessi_pipeline.software import ovlexec
 from eessi_pipeline.software.container import (
     ContainerView,
     build_definition,
@@ -132,13 +132,13 @@ def test_overlay_fuse_mode_argv_is_a_user_namespace_with_fuse_overlayfs(tmp_path
     argv = view.wrap(["eb", "--version"])
     assert argv[:7] == namespace_argv(OverlayMode.FUSE_USERNS)
     assert argv[:4] == ["unshare", "--user", "--map-root-user", "--mount"]
-    assert argv[argv.index("--fuse") + 1] == "fuse-overlayfs"
+    assert nslaunch.from_json(argv[11]).mounts[2].fuse == "fuse-overlayfs"
     assert argv[-3:] == ["--", "eb", "--version"] and view.eb_sees_root
 
 
 def test_overlay_kernel_mode_argv_has_no_user_namespace_and_no_fuse(tmp_path):
     argv = OverlayView("/cvmfs/r.local", tmp_path, tmp_path / "lower", python="py").wrap(["true"])
-    assert "--user" not in argv and "--fuse" not in argv
+    assert "--user" not in argv and not nslaunch.from_json(argv[9]).mounts[2].fuse
 
 
 @pytest.mark.parametrize(
@@ -157,23 +157,14 @@ def test_overlay_user_namespace_tar_keeps_no_owners(tmp_path, mode, before, afte
 
 
 def test_fuse_overlayfs_argv_stays_in_the_foreground():
-    assert ovlexec.fuse_overlayfs_argv("fuse-overlayfs", "/s", "/u", "/w", "/cvmfs/r") == [
+    m = nslaunch.Mount("overlay", "/cvmfs/r", lower=("/s",), upper="/u", work="/w", fuse="fuse-overlayfs")
+    assert nslaunch.fuse_overlayfs_argv(m) == [
         "fuse-overlayfs",
         "-f",
         "-o",
         "lowerdir=/s,upperdir=/u,workdir=/w",
         "/cvmfs/r",
     ]
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [["--cover", "/c", "--", "true"], ["--bogus", "x", "--", "true"], []],
-    ids=["missing-options", "unknown-option", "empty"],
-)
-def test_ovlexec_usage_errors_exit_2(argv, capsys):
-    assert ovlexec.main(argv) == 2
-    assert "usage: ovlexec.py" in capsys.readouterr().err
 
 
 # --- the build container (apptainer / singularity) -----------------------------------------------

@@ -110,3 +110,23 @@ def test_mount_real_cvmfs_server_repository_matches_expected_tree(tmp_path: Path
         finally:
             umount(mp, tmp_path / "state")
     assert not is_mounted(mp)
+
+
+def test_run_mounted_shows_the_repository_privately_through_the_launcher(tmp_path: Path) -> None:
+    from eessi_pipeline.cvmfs.nsrun import run_mounted
+
+    repo = Repository(tmp_path / "state", NAME)
+    repo.init()
+    repo.ingest(
+        software_tarball(tmp_path, "2023.06", "x86_64/generic", {"share/greeting": b"hi from cvmfs\n"})
+    )
+    host_view = sorted(os.listdir("/cvmfs")) if os.path.isdir("/cvmfs") else []
+    with serve_directory(repo.paths.state_dir / "srv") as url:
+        config = ClientConfig(NAME, (f"{url}/cvmfs",), tmp_path / "cache", repo.paths.keys.master_public)
+        done = run_mounted(
+            config, repo.paths.state_dir, ["sh", "-c", f"cat /cvmfs/{NAME}/{PREFIX}/share/greeting; exit 5"],
+            capture=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 5, done.stderr
+    assert done.stdout == "hi from cvmfs\n"
+    assert sorted(os.listdir("/cvmfs")) == host_view  # the mount and its tmpfs stayed in the namespace

@@ -4,8 +4,9 @@ A layer built for ``/cvmfs/<repo>/versions/<v>/compat/linux/<family>`` only work
 path.  Until it is published there, :class:`LayerView` runs each command in a private
 mount namespace (``unshare --mount``, plus ``--map-root-user`` for an unprivileged user)
 where an empty tmpfs covers ``/cvmfs`` and the staging tree is bind-mounted read-only at
-the prefix (:mod:`eessi_pipeline.compat.nsexec`).  Nothing is mounted on the host, no
-chroot or container is involved: the layer's binaries run natively, children included.
+the prefix (by :mod:`eessi_pipeline.nslaunch`, with the plan :meth:`LayerView.mounts`).
+Nothing is mounted on the host, no chroot or container is involved: the layer's binaries run
+natively, children included.
 A layer built in place (prefix = staging tree) runs directly.
 """
 
@@ -18,13 +19,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import nslaunch
 from ..errors import CompatError
+from ..nslaunch import Mount, Spec
 from ..proc import CommandResult, run
-from . import nsexec
 
 log = logging.getLogger(__name__)
-
-NSEXEC = str(Path(nsexec.__file__).resolve())
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,16 @@ class LayerView:
             return None
         return top
 
+    def mounts(self) -> Spec:
+        """The launcher's plan (pure): a tmpfs over :attr:`cover` if needed, then the staging tree bound at
+        the prefix, read-only unless :attr:`writable`."""
+        cover = () if self.cover is None else (Mount("tmpfs", self.cover),)
+        return Spec(
+            (*cover, Mount("bind", self.prefix, source=str(self.staging), readonly=not self.writable)),
+            hint="this needs root or user namespaces (unshare --map-root-user); run as root or enable "
+            "unprivileged user namespaces",
+        )
+
     def wrap(self, argv: Sequence[str]) -> list[str]:
         """The argument vector that runs ``argv`` with the layer visible at its prefix (pure)."""
         if self.direct:
@@ -62,13 +72,7 @@ class LayerView:
         ns = ["unshare", "--mount", "--propagation", "private"]
         if not self.as_root:
             ns.append("--map-root-user")
-        inner = [self.python, "-I", "-S", NSEXEC]
-        if self.cover is not None:
-            inner += ["--tmpfs", self.cover]
-        if self.writable:
-            inner.append("--rw")
-        inner += ["--bind", str(self.staging), self.prefix, "--"]
-        return [*ns, "--", *inner, *argv]
+        return [*ns, "--", *nslaunch.command_line(self.mounts(), list(argv), self.python)]
 
     def prepare(self) -> None:
         """Make sure the namespace has a mount point to cover; as root, create ``/cvmfs`` if it is missing."""

@@ -182,6 +182,11 @@ def config_from_dict(d: dict[str, Any]) -> ClientConfig:
     )
 
 
+def fuse_support() -> bool:
+    """Whether mfusepy and libfuse could be loaded (the daemon needs them)."""
+    return fuse is not None
+
+
 def is_mounted(mountpoint: Path) -> bool:
     target = str(mountpoint.resolve()) if mountpoint.exists() else str(mountpoint)
     try:

@@ -2,10 +2,10 @@
 
 Like EESSI's build container (``eessi_container.sh --access rw``), builds see the repository at its
 real path and write into it; the new files land only in the overlay's upper dir in the state dir.
-Each command runs in its own private mount namespace through :mod:`eessi_pipeline.software.ovlexec`, so
-the host's ``/cvmfs`` is never changed.  The lower dir is the repository's content where a CernVM-FS
-client has it mounted at ``/cvmfs/<repo>``, else an empty dir in the state dir (so that everything a
-build installs counts as new).
+Each command runs in its own private mount namespace through :mod:`eessi_pipeline.nslaunch` (the
+plan: :meth:`OverlayView.mounts`), so the host's ``/cvmfs`` is never changed.  The lower dir is the
+repository's content where a CernVM-FS client has it mounted at ``/cvmfs/<repo>``, else an empty dir
+in the state dir (so that everything a build installs counts as new).
 
 How the overlay is mounted depends on who runs the build (:func:`choose_overlay_mode`, pure):
 
@@ -17,9 +17,9 @@ How the overlay is mounted depends on who runs the build (:func:`choose_overlay_
 
 A view may also show directories read-only at paths inside the repository (:meth:`OverlayView.with_bind`,
 used to make a compatibility layer visible at its prefix while a stack is linked to it): each is
-bind-mounted by :mod:`eessi_pipeline.compat.nsexec`, the compatibility layer's own namespace step, run
-inside the overlay's namespace.  Its mount point comes from a skeleton tree (``<root>/mounts``) that is
-the overlay's lowest lower layer, so nothing is created in the upper dir or on the host.
+bind-mounted read-only after the overlay, in the same namespace and by the same launcher.  Its mount
+point comes from a skeleton tree (``<root>/mounts``) that is the overlay's lowest lower layer, so
+nothing is created in the upper dir or on the host.
 
 Inside a user namespace the build runs as the namespace's root (uid 0 mapped to the caller), so
 EasyBuild gets ``--allow-use-as-root-and-accept-consequences`` in every mode; files in the upper dir
@@ -42,14 +42,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..compat.runner import NSEXEC
+from .. import nslaunch
 from ..errors import BuildError
+from ..nslaunch import Mount, Spec
 from ..proc import CommandResult, run
-from . import ovlexec
 
 log = logging.getLogger(__name__)
 
-OVLEXEC = str(Path(ovlexec.__file__).resolve())
 FUSE_OVERLAYFS = "fuse-overlayfs"
 DEV_FUSE = "/dev/fuse"
 KERNEL_USERNS_OVERLAY = (5, 11)  # first Linux release that mounts overlayfs inside a user namespace
@@ -172,21 +171,29 @@ class OverlayView:
         text = f"namespace runtime, {self.mode.value if self.mode else 'no overlay possible'}"
         return text + "".join(f"; {at} read-only from {d}" for d, at in self.binds)
 
+    def mounts(self) -> Spec:
+        """The launcher's plan (pure): the lower dir bound onto the stage (it may lie below the cover), a
+        tmpfs over the cover, the overlay at :attr:`mount` (over the skeleton when there are binds), then
+        each bind read-only, in order."""
+        mode = self.mode or OverlayMode.KERNEL
+        lower = (str(self.stage), str(self.skeleton)) if self.binds else (str(self.stage),)
+        fuse = self.fuse_overlayfs if mode is OverlayMode.FUSE_USERNS else ""
+        return Spec(
+            (
+                Mount("bind", str(self.stage), source=str(self.lower)),
+                Mount("tmpfs", self.cover),
+                Mount(
+                    "overlay", self.mount, lower=lower, upper=str(self.upper), work=str(self.work), fuse=fuse
+                ),
+                *(Mount("bind", at, source=directory, readonly=True) for directory, at in self.binds),
+            ),
+            hint="this needs root or a user namespace",
+        )
+
     def wrap(self, argv: Sequence[str]) -> list[str]:
         """The argv running ``argv`` with the overlay mounted (pure)."""
         mode = self.mode or OverlayMode.KERNEL
-        fuse = ["--fuse", self.fuse_overlayfs] if mode is OverlayMode.FUSE_USERNS else []
-        skeleton = ["--skeleton", str(self.skeleton)] if self.binds else []
-        inner = list(argv)
-        for directory, at in reversed(self.binds):  # the first bind is mounted first
-            inner = [self.python, "-I", "-S", NSEXEC, "--bind", directory, at, "--", *inner]
-        return [
-            *namespace_argv(mode),
-            self.python, "-I", "-S", OVLEXEC,
-            "--cover", self.cover, "--lower", str(self.lower), "--stage", str(self.stage),
-            "--upper", str(self.upper), "--work", str(self.work), "--mount", self.mount, *skeleton, *fuse,
-            "--", *inner,
-        ]  # fmt: skip
+        return [*namespace_argv(mode), *nslaunch.command_line(self.mounts(), list(argv), self.python)]
 
     def prepare(self) -> None:
         if self.mode is None:
