@@ -153,7 +153,7 @@ def _connection(url: str, proxy: str | None, timeout: float) -> tuple[http.clien
     return cls(parts.hostname, parts.port, timeout=timeout), target
 
 
-def _one(  # noqa: C901 (to split: docs/architecture.md)
+def _one(
     url: str, proxy: str | None, headers: Mapping[str, str], limits: HttpLimits, cap: int, end: float
 ) -> tuple[str | None, bytes]:
     """One request: (redirect location, b"") or (None, body)."""
@@ -164,56 +164,83 @@ def _one(  # noqa: C901 (to split: docs/architecture.md)
     watchdog = threading.Timer(remaining, _abort, (conn,))
     watchdog.daemon = True
     watchdog.start()
-    total = 0
+    chunks: list[bytes] = []  # what has arrived so far (the deadline message counts it)
     try:
         conn.request("GET", target, headers=dict(headers))
         response = conn.getresponse()
-        if response.status in _REDIRECTS:
-            location = response.getheader("Location")
-            if not location:
-                raise HttpFetchError(f"{url}: HTTP {response.status} without a Location", response.status)
-            return urljoin(url, location), b""
-        if response.status != 200:
-            raise HttpFetchError(f"{url}: HTTP {response.status} {response.reason}", response.status)
-        announced = response.getheader("Content-Length")
-        length = int(announced) if announced and announced.strip().isdigit() else None
-        if length is not None and length > cap:
-            raise HttpFetchError(f"{url}: announces {length} bytes, more than the limit of {cap} bytes")
-        chunks: list[bytes] = []
-        while True:
-            left = end - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            if conn.sock is not None:
-                conn.sock.settimeout(min(limits.read_timeout, left))
-            block = response.read1(_BLOCK)
-            if not block:
-                break
-            total += len(block)
-            if total > cap:
-                raise HttpFetchError(f"{url}: sent more than the limit of {cap} bytes; stopped reading there")
-            chunks.append(block)
-        if time.monotonic() >= end:
-            raise TimeoutError
-        if length is not None and total != length:
-            raise HttpFetchError(f"{url}: truncated: {total} of the {length} bytes it announced")
-        return None, b"".join(chunks)
+        location = _redirect(url, response)
+        if location is not None:
+            return location, b""
+        return None, _read_body(url, conn, response, limits, cap, end, chunks)
     except HttpFetchError:
         raise
     except http.client.IncompleteRead as e:
         raise HttpFetchError(f"{url}: truncated: {len(e.partial)} bytes, then the connection closed") from e
     except (TimeoutError, OSError, http.client.HTTPException) as e:
-        if time.monotonic() >= end - 0.01:
-            raise HttpFetchError(
-                f"{url}: deadline of {limits.request_deadline:g} s passed after {total} bytes "
-                f"(${DEADLINE_ENV})"
-            ) from e
-        if isinstance(e, TimeoutError):
-            raise HttpFetchError(f"{url}: no data for {limits.read_timeout:g} s (${READ_TIMEOUT_ENV})") from e
-        raise HttpFetchError(f"{url}: cannot be fetched ({e or type(e).__name__})") from e
+        raise _transport_error(url, e, limits, end, sum(len(c) for c in chunks)) from e
     finally:
         watchdog.cancel()
         conn.close()
+
+
+def _redirect(url: str, response: http.client.HTTPResponse) -> str | None:
+    """Where a redirect leads (None for a 200); HttpFetchError for any other status."""
+    if response.status in _REDIRECTS:
+        location = response.getheader("Location")
+        if not location:
+            raise HttpFetchError(f"{url}: HTTP {response.status} without a Location", response.status)
+        return urljoin(url, location)
+    if response.status != 200:
+        raise HttpFetchError(f"{url}: HTTP {response.status} {response.reason}", response.status)
+    return None
+
+
+def _read_body(
+    url: str,
+    conn: http.client.HTTPConnection,
+    response: http.client.HTTPResponse,
+    limits: HttpLimits,
+    cap: int,
+    end: float,
+    chunks: list[bytes],
+) -> bytes:
+    """The body of a 200 response, read into ``chunks`` within ``cap`` bytes and before ``end``."""
+    announced = response.getheader("Content-Length")
+    length = int(announced) if announced and announced.strip().isdigit() else None
+    if length is not None and length > cap:
+        raise HttpFetchError(f"{url}: announces {length} bytes, more than the limit of {cap} bytes")
+    total = 0
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        if conn.sock is not None:
+            conn.sock.settimeout(min(limits.read_timeout, left))
+        block = response.read1(_BLOCK)
+        if not block:
+            break
+        total += len(block)
+        if total > cap:
+            raise HttpFetchError(f"{url}: sent more than the limit of {cap} bytes; stopped reading there")
+        chunks.append(block)
+    if time.monotonic() >= end:
+        raise TimeoutError
+    if length is not None and total != length:
+        raise HttpFetchError(f"{url}: truncated: {total} of the {length} bytes it announced")
+    return b"".join(chunks)
+
+
+def _transport_error(
+    url: str, e: BaseException, limits: HttpLimits, end: float, total: int
+) -> HttpFetchError:
+    """What a timeout or connection failure after ``total`` bytes means: the deadline, a silent read..."""
+    if time.monotonic() >= end - 0.01:
+        return HttpFetchError(
+            f"{url}: deadline of {limits.request_deadline:g} s passed after {total} bytes (${DEADLINE_ENV})"
+        )
+    if isinstance(e, TimeoutError):
+        return HttpFetchError(f"{url}: no data for {limits.read_timeout:g} s (${READ_TIMEOUT_ENV})")
+    return HttpFetchError(f"{url}: cannot be fetched ({e or type(e).__name__})")
 
 
 def http_get(
