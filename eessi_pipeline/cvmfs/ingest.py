@@ -298,54 +298,94 @@ def _read_all(stream: TarballStream, size: int) -> bytes:
 # -- the reading side -------------------------------------------------------------------------------
 
 
-def overlay_stream(txn: Transaction, tarball: Path, opts: IngestOptions) -> StreamResult:  # noqa: C901 (to split: docs/architecture.md)
+class _Members:
+    """What :func:`overlay_stream` keeps while it reads: the judge of each member, the problems found,
+    and what the members that passed leave for after the read (hard-link targets, symlinks, nested
+    catalog markers)."""
+
+    def __init__(self, txn: Transaction, base: str, check: CheckContext | None, pipeline: _Pipeline) -> None:
+        self.txn = txn
+        self.base = base
+        self.pipeline = pipeline
+        self.scanner = _Scanner(check) if check is not None else None
+        self.problems: list[Problem] = []
+        self.regular: dict[str, _File] = {}  # hard-link targets: earlier regular files without problems
+        self.symlinks: list[tuple[str, str, list[str]]] = []
+        self.nested_at: list[str] = []
+
+    def accepts(self, info: tarfile.TarInfo) -> bool:
+        """Judge ``info``; True when it is to be stored (neither it nor any member before has a problem)."""
+        if self.scanner is not None:
+            before = len(self.scanner.problems)
+            self.scanner.add(info)
+            bad = len(self.scanner.problems) > before
+        else:
+            reasons = basic_member_problems(info, self.regular.keys())
+            self.problems.extend(Problem(info.name, r) for r in reasons)
+            bad = bool(reasons)
+        return not (bad or self.problems or (self.scanner is not None and self.scanner.problems))
+
+    def store(self, info: tarfile.TarInfo, stream: TarballStream) -> None:
+        """Put an accepted member into the transaction (a regular file's data through the pipeline)."""
+        txn = self.txn
+        rel = normalise_member_name(info.name)
+        path = f"{self.base}/{rel}"
+        name = rel.rsplit("/", 1)[-1]
+        if info.isdir():
+            mode = stat.S_IFDIR | (info.mode & 0o7777)
+            txn.put(path, Node(name, mode, int(info.mtime), DIR_SIZE, info.uid, info.gid))
+        elif info.issym():
+            node = Node(name, stat.S_IFLNK | 0o777, int(info.mtime), 0, info.uid, info.gid)
+            node.symlink = info.linkname
+            txn.put(path, node)
+            self.symlinks.append((path, info.linkname, rel.split("/")))
+        elif info.islnk():
+            self.pipeline.add_link(path, info, self.regular[normalise_member_name(info.linkname)])
+        else:
+            self.regular[rel] = self.pipeline.add_file(path, info, stream)
+            if name == CATALOG_MARKER:
+                self.nested_at.append(parent_path(path))
+        self.pipeline.collect()
+
+    def note(self, problem: Problem) -> None:
+        """A problem of the archive as a whole (found when the read ends)."""
+        if self.scanner is not None:
+            self.scanner.note(problem)
+        else:
+            self.problems.append(problem)
+
+    def top(self, shown: str) -> str | None:
+        """The tarball's top-level directory (None unchecked); TarballProblems when anything was wrong."""
+        top = None
+        if self.scanner is not None:
+            result = self.scanner.result()
+            self.problems.extend(result.problems)
+            top = result.top_dir
+        if self.problems:
+            raise TarballProblems(shown, self.problems)
+        return top
+
+
+def overlay_stream(txn: Transaction, tarball: Path, opts: IngestOptions) -> StreamResult:
     """Overlay the members of ``tarball`` at ``opts.base`` in ``txn`` in one pass (see the module doc)."""
     shown = tarball.name
-    scanner = _Scanner(opts.check) if opts.check is not None else None
-    problems: list[Problem] = []
-    regular: dict[str, _File] = {}  # hard-link targets: earlier regular files without problems
-    symlinks: list[tuple[str, str, list[str]]] = []
-    nested_at: list[str] = []
     base = opts.base
     try:
         processes = txn.repo.store.workers > 1 and tarball.stat().st_size >= PROCESS_POOL_MIN
     except OSError:
         processes = False  # TarballStream says why
     pipeline = _Pipeline(txn, tarball, opts.chunking, processes)
+    members = _Members(txn, base, opts.check, pipeline)
     try:
         with TarballStream(tarball, shown) as stream:
             txn._step("tarball opened")
             for info in stream.members():
-                if scanner is not None:
-                    before = len(scanner.problems)
-                    scanner.add(info)
-                    bad = len(scanner.problems) > before
-                else:
-                    reasons = basic_member_problems(info, regular.keys())
-                    problems.extend(Problem(info.name, r) for r in reasons)
-                    bad = bool(reasons)
-                if bad or problems or (scanner is not None and scanner.problems):
-                    continue  # keep reading: every problem is reported, nothing more is stored
-                rel = normalise_member_name(info.name)
-                path = f"{base}/{rel}"
-                name = rel.rsplit("/", 1)[-1]
-                if info.isdir():
-                    mode = stat.S_IFDIR | (info.mode & 0o7777)
-                    txn.put(path, Node(name, mode, int(info.mtime), DIR_SIZE, info.uid, info.gid))
-                elif info.issym():
-                    node = Node(name, stat.S_IFLNK | 0o777, int(info.mtime), 0, info.uid, info.gid)
-                    node.symlink = info.linkname
-                    txn.put(path, node)
-                    symlinks.append((path, info.linkname, rel.split("/")))
-                elif info.islnk():
-                    pipeline.add_link(path, info, regular[normalise_member_name(info.linkname)])
-                else:
-                    regular[rel] = pipeline.add_file(path, info, stream)
-                    if name == CATALOG_MARKER:
-                        nested_at.append(parent_path(path))
-                pipeline.collect()
+                if members.accepts(
+                    info
+                ):  # else keep reading: every problem is reported, nothing more is stored
+                    members.store(info, stream)
             for p in stream.finish():
-                (scanner.note if scanner is not None else problems.append)(Problem(p.member, p.reason))
+                members.note(Problem(p.member, p.reason))
             sha256 = stream.sha256
         pipeline.collect(wait=True)
     except StreamError as e:
@@ -361,18 +401,12 @@ def overlay_stream(txn: Transaction, tarball: Path, opts: IngestOptions) -> Stre
             f"{shown}: its bytes have SHA-256 {sha256}, not {opts.expected_sha256} as its gate record says; "
             "the file changed after it was tested: nothing was published, stage the tested tarball again"
         )
-    top = None
-    if scanner is not None:
-        result = scanner.result()
-        problems.extend(result.problems)
-        top = result.top_dir
-    if problems:
-        raise TarballProblems(shown, problems)
+    top = members.top(shown)
     area = f"{base}/{top}" if top else ""
-    link_problems = symlink_problems(txn, symlinks, area, opts.check)
+    link_problems = symlink_problems(txn, members.symlinks, area, opts.check)
     if link_problems:
         raise TarballProblems(shown, link_problems)
-    for mp in sorted(set(nested_at)):
+    for mp in sorted(set(members.nested_at)):
         txn.make_nested(mp)
     return StreamResult(sha256, stream.count, pipeline.files, pipeline.bytes, top)
 
