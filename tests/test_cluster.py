@@ -20,7 +20,9 @@ from eessi_pipeline.cluster.config import (
     resolve_network,
     resolve_ports,
 )
-from eessi_pipeline.cluster.manager import Cluster, ViewMounts, listeners_in_netns
+from eessi_pipeline.cluster.manager import Cluster
+from eessi_pipeline.cluster.netns import listeners_in_netns
+from eessi_pipeline.cluster.view import ViewMounts
 from eessi_pipeline.errors import ClusterError
 from eessi_pipeline.services import sockets
 

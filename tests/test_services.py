@@ -34,17 +34,16 @@ from eessi_pipeline.cvmfs.common import SUFFIX_CATALOG, object_path
 from eessi_pipeline.cvmfs.repository import Repository
 from eessi_pipeline.errors import PipelineError, ServiceError
 from eessi_pipeline.services import nginx, sockets, squid, stratum1
-from eessi_pipeline.services.stack import (
+from eessi_pipeline.services.plans import (
     DEFAULT_PORTS,
     PORT_ENV,
     Ports,
     RunAs,
-    ServiceStatus,
-    Stack,
     find_binary,
     plan_services,
     resolve_ports,
 )
+from eessi_pipeline.services.stack import ServiceStatus, Stack
 
 NAME = "software.eessi.local"
 LOOPBACK = "127.0.0.1"

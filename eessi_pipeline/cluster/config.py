@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ClusterError
+from ..services import sockets
 
 CLUSTER_NAME = "eessi"
 PARTITION = "eessi"
@@ -54,16 +55,6 @@ class ClusterPorts:
     slurmd: int
 
 
-def _port(value: int | str, origin: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise ClusterError(f"{origin}={value!r} is not a port number; give an integer in 1-65535") from None
-    if not 1 <= port <= 65535:
-        raise ClusterError(f"{origin}={port} is not in 1-65535; give another port")
-    return port
-
-
 def resolve_ports(
     *, slurmctld: int | None = None, slurmd: int | None = None, environ: Mapping[str, str]
 ) -> ClusterPorts:
@@ -72,9 +63,9 @@ def resolve_ports(
     chosen: dict[str, int] = {}
     for name, value in given.items():
         if value is not None:
-            chosen[name] = _port(value, PORT_OPTION[name])
+            chosen[name] = sockets.port_number(value, PORT_OPTION[name], ClusterError)
         elif environ.get(PORT_ENV[name]):
-            chosen[name] = _port(environ[PORT_ENV[name]], PORT_ENV[name])
+            chosen[name] = sockets.port_number(environ[PORT_ENV[name]], PORT_ENV[name], ClusterError)
         else:
             chosen[name] = DEFAULT_PORTS[name]
     if chosen["slurmctld"] == chosen["slurmd"]:

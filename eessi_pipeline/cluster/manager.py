@@ -19,28 +19,30 @@ pid file *and* command line (the path of this cluster's ``slurm.conf``), never b
 :meth:`Cluster.expose` shows a build's ``/cvmfs/<repo>`` read-only inside every node's mount namespace
 while checks run there, as a CernVM-FS client shows the published repository on a real cluster's
 compute nodes; the host's ``/cvmfs`` is not touched.
+
+Split by concern: :mod:`.config` (the plan and ``slurm.conf``, pure), :mod:`.netns` (namespace holders,
+the network between them), :mod:`.view` (the nodes' view of a build), :mod:`.status` (what is
+reported), and :mod:`eessi_pipeline.daemons` (pid files, markers, stopping a process tree).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import shutil
 import signal
 import socket
-import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from .. import proc
+from .. import daemons, locks, proc
 from ..errors import ClusterError
+from ..fileio import atomic_write
 from ..services import sockets
-from . import nshold
+from . import netns
 from .config import (
     MAX_NODES,
     PORT_ENV,
@@ -53,18 +55,29 @@ from .config import (
     resolve_network,
     resolve_ports,
 )
+from .netns import listeners_in_netns
+from .status import ClusterStatus, NodeStatus
+from .view import ViewMounts, view_of_overlay
+
+__all__ = [  # the status, view and netns names are also importable from here, as before the split
+    "Cluster",
+    "ClusterStatus",
+    "NodeStatus",
+    "ViewMounts",
+    "cluster_dir",
+    "host_identity",
+    "listeners_in_netns",
+    "view_of_overlay",
+]
 
 log = logging.getLogger(__name__)
 
-NSHOLD = str(Path(nshold.__file__).resolve())
 RECORD = "cluster.json"
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
 COMMAND_TIMEOUT = 60.0
 POLL = 0.1
 LOCK_TIMEOUT = 300.0
-BRIDGE = "eessibr0"
-SBIN = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 INSTALL = (
     "install Debian's Slurm packages (as root: apt-get install --no-install-recommends slurmctld slurmd "
     "slurm-client; bash setup.sh does it)"
@@ -73,11 +86,6 @@ INSTALL = (
 
 def cluster_dir(state_dir: Path) -> Path:
     return state_dir / "cluster"
-
-
-def _which(name: str) -> str | None:
-    path = os.pathsep.join([os.environ.get("PATH", os.defpath), *SBIN])
-    return shutil.which(name, path=path)
 
 
 def host_identity() -> tuple[str, str]:
@@ -97,94 +105,6 @@ def _memory_mib() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 1024
-
-
-@dataclass(frozen=True, slots=True)
-class NodeStatus:
-    name: str
-    address: str
-    state: str  # Slurm's state (idle, allocated, mixed, down, ...) or "not running"
-    pid: int | None
-    listening: bool
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "name": self.name,
-            "address": self.address,
-            "state": self.state,
-            "pid": self.pid,
-            "listening": self.listening,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterStatus:
-    conf: Path
-    nodes: tuple[NodeStatus, ...]
-    ctld_pid: int | None
-    ctld_address: str
-    ctld_port: int
-    ctld_listening: bool
-    network: str | None
-    action: str  # started, restarted, already running, stopped, not running, running
-
-    @property
-    def healthy(self) -> bool:
-        return (
-            self.ctld_pid is not None
-            and self.ctld_listening
-            and all(
-                n.listening and n.state in ("idle", "allocated", "mixed", "completing") for n in self.nodes
-            )
-        )
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "conf": str(self.conf),
-            "action": self.action,
-            "healthy": self.healthy,
-            "slurmctld": {
-                "pid": self.ctld_pid,
-                "address": self.ctld_address,
-                "port": self.ctld_port,
-                "listening": self.ctld_listening,
-            },
-            "network": self.network,
-            "nodes": [n.to_json() for n in self.nodes],
-            "env": {"SLURM_CONF": str(self.conf)},
-        }
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _signal(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-
-
-def _ns_id(pid: int, kind: str) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/ns/{kind}")
-    except OSError:
-        return None
-
-
-def listeners_in_netns(pid: int) -> list[sockets.Listener]:
-    """The listening TCP sockets of ``pid``'s process tree, read in *its* network namespace."""
-    inodes: set[int] = set()
-    for p in sockets.process_tree(pid):
-        inodes |= sockets.socket_inodes(p)
-    found: list[sockets.Listener] = []
-    for protocol in ("tcp", "tcp6"):
-        with contextlib.suppress(OSError):
-            text = Path(f"/proc/{pid}/net/{protocol}").read_text()
-            found += [s for s in sockets.parse_proc_net(text, protocol) if s.inode in inodes]
-    return found
 
 
 class Cluster:
@@ -232,8 +152,8 @@ class Cluster:
             hostname=name,
             host_address=address or "0.0.0.0",
             network=net,
-            slurmctld=_which("slurmctld") or "/usr/sbin/slurmctld",
-            slurmd=_which("slurmd") or "/usr/sbin/slurmd",
+            slurmctld=daemons.which("slurmctld") or "/usr/sbin/slurmctld",
+            slurmd=daemons.which("slurmd") or "/usr/sbin/slurmd",
         )
 
     # -- public --------------------------------------------------------------------------------------
@@ -310,7 +230,7 @@ class Cluster:
             if not os.access(program, os.X_OK):
                 raise ClusterError(f"{program} is not installed; {INSTALL}")
         for client in ("sinfo", "scancel", "nsenter") + (("ip",) if self.plan.namespaced else ()):
-            if _which(client) is None:
+            if daemons.which(client) is None:
                 pkg = {"nsenter": "util-linux", "ip": "iproute2"}.get(client, "slurm-client")
                 raise ClusterError(f"{client} is not installed; install Debian's {pkg} package")
 
@@ -330,42 +250,17 @@ class Cluster:
             "conf": str(self.plan.conf),
             "pids": pids,
         }
-        tmp = self.root / f".{RECORD}.tmp"
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.root / RECORD)
+        atomic_write(self.root / RECORD, json.dumps(data, indent=2) + "\n")
 
     @contextlib.contextmanager
     def _locked(self, name: str = "lock", what: str = "`eessi-pipeline cluster up/down`") -> Iterator[None]:
         self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / name, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            deadline = time.monotonic() + LOCK_TIMEOUT
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise ClusterError(
-                            f"another {what} holds {self.root / name} for {LOCK_TIMEOUT:g} s; wait for it "
-                            "to finish and run this again"
-                        ) from None
-                    time.sleep(POLL)
+        with locks.wait_lock(self.root / name, LOCK_TIMEOUT, what, ClusterError, poll=POLL):
             yield
-        finally:
-            os.close(fd)
 
     def _find(self, pid_file: Path, marker: str) -> int | None:
         """Our process: the pid file's if alive with our command line, else the oldest such process."""
-        pid = _read_pid(pid_file)
-        if pid is not None:
-            info = sockets.process_info(pid)
-            if info is not None and info.alive and marker in info.command + " ":
-                return pid
-        ours = [p for p in sockets.all_processes() if p.alive and marker in p.command + " "]
-        pids = {p.pid for p in ours}
-        masters = sorted(p.pid for p in ours if p.ppid not in pids)
-        return masters[0] if masters else None
+        return daemons.find([daemons.read_pid(pid_file)], marker)
 
     def _holder(self, name: str) -> int | None:
         return self._find(self.plan.holder_pid(name), self.plan.holder_marker(name) + " ")
@@ -378,7 +273,8 @@ class Cluster:
 
     def _listening(self, pid: int, port: int, address: str | None) -> bool:
         return any(
-            s.port == port and (address is None or s.address == address) for s in listeners_in_netns(pid)
+            s.port == port and (address is None or s.address == address)
+            for s in netns.listeners_in_netns(pid)
         )
 
     def _same_config(self) -> bool:
@@ -445,14 +341,12 @@ class Cluster:
             self.root / "ns",
         ):
             d.mkdir(parents=True, exist_ok=True)
-        tmp = self.plan.conf.with_name(".slurm.conf.tmp")
-        tmp.write_text(render_slurm_conf(self.plan), encoding="utf-8")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, self.plan.conf)
+        atomic_write(self.plan.conf, render_slurm_conf(self.plan), 0o644)
         try:
             holders = self._start_holders()
             if self.plan.namespaced:
-                self._wire_network(holders)
+                for argv, what in netns.network_commands(self.plan, holders):
+                    self._run(argv, what)
             ctld = self._start_ctld(holders.get("head"))
             slurmds = {n.name: self._start_slurmd(n, holders[n.name]) for n in self.plan.nodes}
             self._wait_idle()
@@ -470,7 +364,7 @@ class Cluster:
         return self._status(action)
 
     def _holder_names(self) -> list[str]:
-        return (["head"] if self.plan.namespaced else []) + [n.name for n in self.plan.nodes]
+        return netns.holder_names(self.plan)
 
     def _check_ports(self) -> None:
         if self.plan.namespaced:
@@ -478,36 +372,17 @@ class Cluster:
         for name, port in (("slurmctld", self.plan.ports.slurmctld), ("slurmd", self.plan.ports.slurmd)):
             if not sockets.tcp_port_free(self.plan.control_address, port):
                 raise ClusterError(
-                    f"{name}: port {port} on {self.plan.control_address} is already in use by "
-                    f"{sockets.describe_port_owner(port)}; stop that process, or choose another port with "
-                    f"{PORT_OPTION[name]} N or {PORT_ENV[name]}=N"
+                    sockets.port_in_use(
+                        name, self.plan.control_address, port, PORT_OPTION[name], PORT_ENV[name]
+                    )
                 )
 
     def _start_holders(self) -> dict[str, int]:
         holders: dict[str, int] = {}
         for name in self._holder_names():
-            argv = [
-                sys.executable,
-                "-I",
-                "-S",
-                NSHOLD,
-                "--pid-file",
-                str(self.plan.holder_pid(name)),
-                "--marker",
-                f"{self.root}/ns/{name}",
-            ]
-            if name == "head":
-                argv.append("--net")
-            else:
-                node = next(n for n in self.plan.nodes if n.name == name)
-                argv.append("--mount")
-                if node.own_network:
-                    argv.append("--net")
-                if node.hostname:
-                    argv += ["--uts", node.hostname]
             self.plan.holder_pid(name).unlink(missing_ok=True)
-            self._run(argv, f"creating the namespaces of {name}")
-            pid = _read_pid(self.plan.holder_pid(name))
+            self._run(netns.holder_argv(self.plan, self.root, name), f"creating the namespaces of {name}")
+            pid = daemons.read_pid(self.plan.holder_pid(name))
             if pid is None:
                 raise ClusterError(
                     f"the namespace holder of {name} wrote no pid file {self.plan.holder_pid(name)}"
@@ -515,36 +390,11 @@ class Cluster:
             holders[name] = pid
         return holders
 
-    def _wire_network(self, holders: dict[str, int]) -> None:
-        assert self.plan.network is not None
-        prefix = self.plan.network.split("/")[1]
-        head = ["nsenter", "-t", str(holders["head"]), "--net", "--"]
-        self._run([*head, "ip", "link", "add", BRIDGE, "type", "bridge"], "creating the head's bridge")
-        self._run(
-            [*head, "ip", "addr", "add", f"{self.plan.control_address}/{prefix}", "dev", BRIDGE],
-            "addressing the bridge",
-        )
-        self._run([*head, "ip", "link", "set", BRIDGE, "up"], "bringing the bridge up")
-        for node in self.plan.nodes:
-            pid = holders[node.name]
-            veth = f"veth-{node.name}"
-            inside = ["nsenter", "-t", str(pid), "--net", "--"]
-            self._run(
-                [*head, "ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", str(pid)],
-                f"creating {node.name}'s veth pair",
-            )
-            self._run([*head, "ip", "link", "set", veth, "master", BRIDGE, "up"], f"attaching {veth}")
-            self._run(
-                [*inside, "ip", "addr", "add", f"{node.address}/{prefix}", "dev", "eth0"],
-                f"addressing {node.name}",
-            )
-            self._run([*inside, "ip", "link", "set", "eth0", "up"], f"bringing {node.name}'s eth0 up")
-
     def _run(self, argv: Sequence[str], what: str, log_file: Path | None = None) -> proc.CommandResult:
         try:
             return proc.run(argv, timeout=COMMAND_TIMEOUT, cwd=self.root)
         except proc.CommandFailed as e:
-            tail = f"\n(log {log_file}:)\n{_tail(log_file)}" if log_file is not None else ""
+            tail = f"\n(log {log_file}:)\n{daemons.tail(log_file)}" if log_file is not None else ""
             raise ClusterError(f"{what} failed: {e}{tail}") from e
 
     def _start_ctld(self, head: int | None) -> int:
@@ -583,12 +433,12 @@ class Cluster:
                 gone_since = gone_since if gone_since is not None else now
                 if now - gone_since >= 2.0:
                     raise ClusterError(
-                        f"{what} exited during start-up; fix what {log_file} says:\n{_tail(log_file)}"
+                        f"{what} exited during start-up; fix what {log_file} says:\n{daemons.tail(log_file)}"
                     )
             if now >= deadline:
                 raise ClusterError(
                     f"{what} does not listen on port {port} after {self.ready_timeout:g} s; see {log_file}:\n"
-                    f"{_tail(log_file)}"
+                    f"{daemons.tail(log_file)}"
                 )
             time.sleep(POLL)
 
@@ -618,14 +468,8 @@ class Cluster:
                 self._stop([pid], f"slurmd of {node.name}", problems)
             holder = self._holder(node.name)
             if holder is not None:  # job steps and their programs live in the node's mount namespace
-                ns = _ns_id(holder, "mnt")
-                if ns is not None and ns == _ns_id(os.getpid(), "mnt"):
-                    ns = None  # not (yet) a namespace of its own: never sweep this host's processes
-                rest = [
-                    p.pid
-                    for p in sockets.all_processes()
-                    if p.alive and p.pid != holder and ns is not None and _ns_id(p.pid, "mnt") == ns
-                ]
+                ns = netns.own_mount_ns(holder)  # None: not (yet) its own; never sweep this host's
+                rest = netns.processes_in_mount_ns(ns, holder) if ns is not None else []
                 if rest:
                     self._stop(rest, f"processes left on {node.name}", problems, sig=signal.SIGKILL)
                 self._stop([holder], f"namespaces of {node.name}", problems)
@@ -646,29 +490,9 @@ class Cluster:
         return self._status("stopped" if ctld is not None else "not running")
 
     def _stop(self, pids: list[int], what: str, problems: list[str], sig: int = signal.SIGTERM) -> None:
-        tree = sorted({p for pid in pids for p in sockets.process_tree(pid)})
-        for pid in pids:
-            _signal(pid, sig)
-        if self._wait_gone(tree, self.stop_timeout):
-            return
-        left = [p for p in tree if sockets.is_alive(p)]
-        log.warning("%s: %s still running; sending SIGKILL", what, left)
-        for p in left:
-            _signal(p, signal.SIGKILL)
-        if not self._wait_gone(left, 5.0):
-            problems.append(
-                f"{what}: processes {left} survived SIGKILL (look at them with `ps -o pid,stat,cmd -p "
-                f"{','.join(map(str, left))}`)"
-            )
-
-    @staticmethod
-    def _wait_gone(pids: list[int], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while any(sockets.is_alive(p) for p in pids):
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(POLL)
-        return True
+        left = daemons.stop_trees(pids, sig, self.stop_timeout, what, kill_wait=5.0, poll=POLL)
+        if left:
+            problems.append(f"{what}: processes {left} survived SIGKILL ({daemons.survivors_hint(left)})")
 
     # -- the software under test on the nodes ----------------------------------------------------------
 
@@ -682,8 +506,7 @@ class Cluster:
             try:
                 for node in self.plan.nodes:
                     holder = self._holder(node.name)
-                    mnt = _ns_id(holder, "mnt") if holder is not None else None
-                    if holder is None or mnt is None or mnt == _ns_id(os.getpid(), "mnt"):
+                    if holder is None or netns.own_mount_ns(holder) is None:
                         raise ClusterError(  # never mount over this host's /cvmfs
                             f"node {node.name} has no mount namespace of its own; run `eessi-pipeline "
                             "cluster down` and `cluster up`"
@@ -706,61 +529,3 @@ class Cluster:
             proc.run(
                 ["nsenter", "-t", str(holder), "--mount", "--", *argv], timeout=COMMAND_TIMEOUT, check=False
             )
-
-
-@dataclass(frozen=True, slots=True)
-class ViewMounts:
-    """A read-only ``/cvmfs/<repo>`` for the nodes: ``layers`` stacked (first on top) at ``mount``, below
-    an empty tmpfs at ``cover``, and ``binds`` (directory, path) shown read-only on it (pure)."""
-
-    cover: str
-    mount: str
-    layers: tuple[str, ...]
-    binds: tuple[tuple[str, str], ...] = ()
-    label: str = "eessi-view"
-
-    def mount_argvs(self) -> list[list[str]]:
-        lower = ":".join(self.layers)
-        out = [
-            ["mount", "-t", "tmpfs", "-o", "mode=0755,size=1m", f"{self.label}-cover", self.cover],
-            ["mkdir", "-p", self.mount],
-            ["mount", "-t", "overlay", "-o", f"ro,lowerdir={lower}", self.label, self.mount],
-        ]
-        out += [["mount", "--bind", "-o", "ro", d, at] for d, at in self.binds]
-        return out
-
-    def unmount_argvs(self) -> list[list[str]]:
-        return [["umount", "-R", "-l", self.cover]]
-
-
-def view_of_overlay(view: object) -> ViewMounts:
-    """The nodes' read-only view of a build's :class:`~eessi_pipeline.software.overlay.OverlayView`: its
-    upper dir over the repository's content (the lower dir) over the skeleton of mount points."""
-    from ..software.overlay import OverlayView
-
-    if not isinstance(view, OverlayView):
-        raise ClusterError(
-            "jobs on the embedded cluster can see a namespace build's overlay only, "
-            f"not {type(view).__name__}; "
-            "build with --runtime namespace"
-        )
-    if view.lower.resolve().is_relative_to(Path(view.cover)):
-        raise ClusterError(
-            f"the build's lower layer {view.lower} lies under {view.cover}, which the nodes' view covers; "
-            "unmount the CernVM-FS client there while checks run on the embedded cluster"
-        )
-    layers = [str(view.upper.resolve()), str(view.lower.resolve())]
-    if view.binds:
-        layers.append(str(view.skeleton.resolve()))
-    binds = tuple((str(Path(d).resolve()), at) for d, at in view.binds)
-    return ViewMounts(view.cover, view.mount, tuple(layers), binds)
-
-
-def _tail(path: Path | None, n: int = 15) -> str:
-    if path is None:
-        return ""
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return "(no log)"
-    return "\n".join(lines[-n:]) or "(empty log)"

@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import PipelineError
+
 log = logging.getLogger(__name__)
 
 PROC = Path("/proc")
@@ -206,3 +208,23 @@ def describe_port_owner(port: int) -> str:
     if owners:
         return ", ".join(str(p) for p in owners)
     return "a process this user cannot see (try `ss -ltnp` as root)"
+
+
+def port_in_use(name: str, address: str, port: int, option: str, env_var: str) -> str:
+    """The error text for a daemon whose port is taken: who holds it and how to choose another."""
+    return (
+        f"{name}: port {port} on {address} is already in use by {describe_port_owner(port)}; stop that "
+        f"process, or choose another port with {option} N or {env_var}=N"
+    )
+
+
+def port_number(value: int | str, origin: str, error: type[PipelineError], what: str = "") -> int:
+    """``value`` (from ``origin``, an option or environment variable) as a TCP port, else ``error``;
+    ``what`` names the daemon the port is for in the message."""
+    try:
+        port = int(value)
+    except ValueError:
+        raise error(f"{origin}={value!r} is not a port number; give an integer in 1-65535") from None
+    if not 1 <= port <= 65535:
+        raise error(f"{origin}={port} is not in 1-65535; give another port{f' for {what}' if what else ''}")
+    return port

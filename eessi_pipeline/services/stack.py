@@ -22,43 +22,66 @@ path, or squid's per-directory service name), so a recycled pid is never signall
 Started as root, the nginx workers run as the owner of the state directory (so they read what
 its owner can, whatever the modes of the directories above), and squid, which refuses to run as
 root, as Debian's ``proxy`` user in a runtime directory given to that user (see ``squid``).
+What each service is (ports, configuration, argv) comes from :mod:`.plans`; pid files, markers and
+stopping a process tree from :mod:`eessi_pipeline.daemons`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
-import grp
 import hashlib
 import http.client
 import json
 import logging
 import os
-import pwd
-import shutil
-import signal
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import proc
+from .. import daemons, locks, proc
 from ..errors import ServiceError
 from ..fileio import atomic_write
-from . import nginx, sockets, squid, stratum1
+from . import sockets, squid, stratum1
+from .plans import (
+    DEFAULT_PORTS,
+    LOOPBACK,
+    PORT_ENV,
+    PORT_OPTION,
+    SERVICES,
+    Ports,
+    RunAs,
+    ServicePlan,
+    find_binary,
+    plan_services,
+    resolve_ports,
+    run_as_for,
+    services_dir,
+)
+
+__all__ = [  # the plans' names are also importable from here, as before the split
+    "DEFAULT_PORTS",
+    "LOOPBACK",
+    "PORT_ENV",
+    "PORT_OPTION",
+    "READY_TIMEOUT",
+    "SERVICES",
+    "STOP_TIMEOUT",
+    "Ports",
+    "RunAs",
+    "ServicePlan",
+    "ServiceStatus",
+    "Stack",
+    "find_binary",
+    "plan_services",
+    "resolve_ports",
+    "run_as_for",
+    "services_dir",
+]
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("stratum0", "stratum1", "proxy")
-LOOPBACK = "127.0.0.1"
-DEFAULT_PORTS: Mapping[str, int] = {"stratum0": 18080, "stratum1": 18081, "proxy": 13128}
-PORT_ENV: Mapping[str, str] = {
-    "stratum0": "EESSI_PIPELINE_STRATUM0_PORT",
-    "stratum1": "EESSI_PIPELINE_STRATUM1_PORT",
-    "proxy": "EESSI_PIPELINE_PROXY_PORT",
-}
-PORT_OPTION: Mapping[str, str] = {name: f"--{name}-port" for name in SERVICES}
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 60.0
@@ -66,226 +89,9 @@ KILL_WAIT = 5.0
 EXIT_GRACE = 1.0
 """Seconds without any process of a starting daemon before the start counts as failed."""
 POLL_INTERVAL = 0.05
-SQUID_USERS = ("proxy", "nobody")
-"""Who squid runs as when started as root: Debian's squid user, else nobody."""
 RECORD_NAME = "service.json"
 LOCK_NAME = "lock"
 LOCK_TIMEOUT = 120.0
-SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
-"""Where Debian puts nginx and squid; not on an ordinary user's PATH."""
-LOG_TAIL_LINES = 15
-
-
-# --- ports ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Ports:
-    stratum0: int
-    stratum1: int
-    proxy: int
-
-    def of(self, name: str) -> int:
-        return {"stratum0": self.stratum0, "stratum1": self.stratum1, "proxy": self.proxy}[name]
-
-
-def _port_value(name: str, value: int | str, origin: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise ServiceError(f"{origin}={value!r} is not a port number; give an integer in 1-65535") from None
-    if not 1 <= port <= 65535:
-        raise ServiceError(f"{origin}={port} is not in 1-65535; give another port for {name}")
-    return port
-
-
-def resolve_ports(
-    *,
-    stratum0: int | None = None,
-    stratum1: int | None = None,
-    proxy: int | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> Ports:
-    """Ports from the command line, else ``EESSI_PIPELINE_<NAME>_PORT``, else the defaults."""
-    env = os.environ if environ is None else environ
-    given = {"stratum0": stratum0, "stratum1": stratum1, "proxy": proxy}
-    chosen: dict[str, int] = {}
-    for name in SERVICES:
-        value = given[name]
-        if value is not None:
-            chosen[name] = _port_value(name, value, PORT_OPTION[name])
-        elif env.get(PORT_ENV[name]):
-            chosen[name] = _port_value(name, env[PORT_ENV[name]], PORT_ENV[name])
-        else:
-            chosen[name] = DEFAULT_PORTS[name]
-    seen: dict[int, str] = {}
-    for name, port in chosen.items():
-        if port in seen:
-            raise ServiceError(
-                f"{seen[port]} and {name} would both use port {port}; give them different ports "
-                f"({PORT_OPTION[seen[port]]}, {PORT_OPTION[name]} or {PORT_ENV[name]})"
-            )
-        seen[port] = name
-    return Ports(**chosen)
-
-
-def find_binary(name: str, environ: Mapping[str, str] | None = None) -> str:
-    """``name`` on PATH or in the sbin directories; the bare name when absent (the start then says
-    how to install it)."""
-    env = os.environ if environ is None else environ
-    path = os.pathsep.join([env.get("PATH", os.defpath), *SBIN_DIRS])
-    return shutil.which(name, path=path) or name
-
-
-# --- plans: what each service is, computed without side effects -----------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RunAs:
-    """Who the workers run as when the daemons start as root; all None when not root."""
-
-    nginx_user: str | None = None
-    nginx_group: str | None = None
-    squid_user: str | None = None
-    squid_uid: int | None = None
-    squid_gid: int | None = None
-
-
-def run_as_for(state_dir: Path, euid: int | None = None) -> RunAs:
-    """As root: nginx workers as the state directory's owner, squid as ``proxy`` (or nobody)."""
-    if (os.geteuid() if euid is None else euid) != 0:
-        return RunAs()
-    st = state_dir.stat()
-    try:
-        user = pwd.getpwuid(st.st_uid).pw_name
-        group = grp.getgrgid(st.st_gid).gr_name
-    except KeyError:
-        raise ServiceError(
-            f"{state_dir} belongs to uid {st.st_uid}/gid {st.st_gid}, which have no name; nginx needs a user "
-            "name for its workers: chown the state directory to a named user"
-        ) from None
-    for candidate in SQUID_USERS:
-        try:
-            entry = pwd.getpwnam(candidate)
-        except KeyError:
-            continue
-        return RunAs(user, group, entry.pw_name, entry.pw_uid, entry.pw_gid)
-    raise ServiceError(
-        f"squid refuses to run as root and none of the users {', '.join(SQUID_USERS)} exists; "
-        "install Debian's squid package (it creates `proxy`) or create one of them"
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class ServicePlan:
-    """Everything about one service: its configuration, the programs to run, and where to look."""
-
-    name: str
-    kind: str  # nginx or squid
-    port: int
-    url: str
-    runtime_dir: Path
-    make_dirs: tuple[Path, ...]  # created before the start (nginx does not create its temp dir's parent)
-    config_path: Path
-    config_text: str
-    pid_path: Path
-    log_path: Path  # where start-up errors go
-    check_argv: tuple[str, ...]
-    start_argv: tuple[str, ...]
-    init_argv: tuple[str, ...] | None  # squid -N -z, run while ``init_done`` does not exist
-    init_done: Path | None
-    cwd: Path
-    marker: str  # part of our daemon's command line
-    stop_signal: int
-    probe_path: str  # an HTTP request that shows the service answers (any status will do)
-    owner: tuple[int, int] | None  # give the runtime directory to (uid, gid) before starting
-    shm_glob: str | None  # /dev/shm leftovers of a crashed instance
-
-
-def services_dir(state_dir: Path) -> Path:
-    return state_dir / "services"
-
-
-def plan_services(
-    state_dir: Path,
-    ports: Ports,
-    run_as: RunAs = RunAs(),
-    *,
-    nginx_binary: str = "nginx",
-    squid_binary: str = "squid",
-) -> tuple[ServicePlan, ...]:
-    """The three services for ``state_dir`` (absolute) and ``ports``; pure."""
-    if not state_dir.is_absolute():
-        raise ServiceError(f"state directory {state_dir} must be absolute here; resolve it first")
-    plans: list[ServicePlan] = []
-    web_roots = {"stratum0": state_dir / "srv", "stratum1": stratum1.Stratum1Paths(state_dir).srv}
-    for name in ("stratum0", "stratum1"):
-        server = nginx.NginxServer(
-            name=name,
-            port=ports.of(name),
-            web_root=web_roots[name],
-            runtime_dir=services_dir(state_dir) / name,
-            geo_api=name == "stratum1",
-            host=LOOPBACK,
-            user=run_as.nginx_user,
-            group=run_as.nginx_group,
-        )
-        plans.append(
-            ServicePlan(
-                name=name,
-                kind="nginx",
-                port=server.port,
-                url=server.url,
-                runtime_dir=server.runtime_dir,
-                make_dirs=(server.runtime_dir, server.temp_dir, server.web_root / "cvmfs"),
-                config_path=server.config_path,
-                config_text=nginx.render_config(server),
-                pid_path=server.pid_path,
-                log_path=server.error_log,
-                check_argv=nginx.check_argv(server, nginx_binary),
-                start_argv=nginx.start_argv(server, nginx_binary),
-                init_argv=None,
-                init_done=None,
-                cwd=server.runtime_dir,
-                marker=str(server.config_path),
-                stop_signal=signal.SIGQUIT,
-                probe_path="/cvmfs/info/v1/repositories.json",
-                owner=None,
-                shm_glob=None,
-            )
-        )
-    proxy = squid.SquidProxy(
-        port=ports.proxy,
-        runtime_dir=services_dir(state_dir) / "proxy",
-        host=LOOPBACK,
-        effective_user=run_as.squid_user,
-    )
-    owner = (run_as.squid_uid, run_as.squid_gid)
-    plans.append(
-        ServicePlan(
-            name="proxy",
-            kind="squid",
-            port=proxy.port,
-            url=proxy.url,
-            runtime_dir=proxy.runtime_dir,
-            make_dirs=(proxy.runtime_dir,),
-            config_path=proxy.config_path,
-            config_text=squid.render_config(proxy),
-            pid_path=proxy.pid_path,
-            log_path=proxy.cache_log,
-            check_argv=squid.check_argv(proxy, squid_binary),
-            start_argv=squid.start_argv(proxy, squid_binary),
-            init_argv=squid.init_cache_argv(proxy, squid_binary),
-            init_done=proxy.cache_dir / "00",
-            cwd=proxy.runtime_dir,
-            marker=f"-n {proxy.service_name} ",
-            stop_signal=signal.SIGTERM,
-            probe_path="/",
-            owner=(owner[0], owner[1]) if owner[0] is not None and owner[1] is not None else None,
-            shm_glob=f"{proxy.service_name}-*",
-        )
-    )
-    return tuple(plans)
 
 
 # --- status ----------------------------------------------------------------------------------------------
@@ -315,21 +121,6 @@ class ServiceStatus:
             "config": str(self.config),
             "log": str(self.log),
         }
-
-
-def _tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return "(no log)"
-    return "\n".join(lines[-n:]) or "(empty log)"
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _http_answers(port: int, path: str) -> bool:
@@ -386,23 +177,10 @@ class Stack:
         """One ``up`` or ``down`` at a time per state directory (flock: released if we die)."""
         directory = services_dir(self.state_dir)
         directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            deadline = time.monotonic() + LOCK_TIMEOUT
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise ServiceError(
-                            f"another `eessi-pipeline stratum up/down` holds {directory / LOCK_NAME} for "
-                            f"{LOCK_TIMEOUT:g} s; wait for it to finish and run this again"
-                        ) from None
-                    time.sleep(0.1)
+        with locks.wait_lock(
+            directory / LOCK_NAME, LOCK_TIMEOUT, "`eessi-pipeline stratum up/down`", ServiceError, poll=0.1
+        ):
             yield
-        finally:
-            os.close(fd)
 
     def up(self) -> tuple[ServiceStatus, ...]:
         """Bring every service up (see module doc); returns their status, action says what happened."""
@@ -493,16 +271,9 @@ class Stack:
         our command line, else the oldest ancestor among the live processes with our command line
         (pid files are written a moment after the daemon forks, and can be lost)."""
         recorded = self._record(plan.runtime_dir).get("pid")
-        for pid in (_read_pid(plan.pid_path), recorded if isinstance(recorded, int) else None):
-            if pid is None:
-                continue
-            info = sockets.process_info(pid)
-            if info is not None and info.alive and plan.marker in info.command + " ":
-                return pid
-        ours = [p for p in sockets.all_processes() if p.alive and plan.marker in p.command + " "]
-        pids = {p.pid for p in ours}
-        masters = sorted(p.pid for p in ours if p.ppid not in pids)
-        return masters[0] if masters else None
+        return daemons.find(
+            (daemons.read_pid(plan.pid_path), recorded if isinstance(recorded, int) else None), plan.marker
+        )
 
     def _same_config(self, plan: ServicePlan) -> bool:
         try:
@@ -535,19 +306,19 @@ class Stack:
 
     def _port_taken(self, plan: ServicePlan) -> ServiceError:
         return ServiceError(
-            f"{plan.name}: port {plan.port} on {LOOPBACK} is already in use by "
-            f"{sockets.describe_port_owner(plan.port)}; stop that process, or choose another port with "
-            f"{PORT_OPTION[plan.name]} N or {PORT_ENV[plan.name]}=N"
+            sockets.port_in_use(plan.name, LOOPBACK, plan.port, PORT_OPTION[plan.name], PORT_ENV[plan.name])
         )
 
     def _run(self, plan: ServicePlan, argv: tuple[str, ...], what: str) -> None:
         try:
             proc.run(argv, timeout=COMMAND_TIMEOUT, cwd=plan.cwd)
         except proc.CommandFailed as e:
-            if "Address already in use" in e.output_tail or "Address already in use" in _tail(plan.log_path):
+            if "Address already in use" in e.output_tail or "Address already in use" in daemons.tail(
+                plan.log_path
+            ):
                 raise self._port_taken(plan) from e
             raise ServiceError(
-                f"{plan.name}: {what} failed: {e}\n(log {plan.log_path}:)\n{_tail(plan.log_path)}"
+                f"{plan.name}: {what} failed: {e}\n(log {plan.log_path}:)\n{daemons.tail(plan.log_path)}"
             ) from e
 
     def _prepare_runtime(self, plan: ServicePlan) -> None:
@@ -615,7 +386,7 @@ class Stack:
                 if now - gone_since >= EXIT_GRACE:
                     raise ServiceError(
                         f"{plan.name}: {plan.kind} exited during start-up; fix what its log "
-                        f"{plan.log_path} says:\n{_tail(plan.log_path)}"
+                        f"{plan.log_path} says:\n{daemons.tail(plan.log_path)}"
                     )
             if now >= deadline:
                 if pid is not None:
@@ -623,17 +394,9 @@ class Stack:
                         self._stop(plan)
                 raise ServiceError(
                     f"{plan.name}: no HTTP answer on {LOOPBACK}:{plan.port} after {self.ready_timeout:g} s; "
-                    f"see {plan.log_path}:\n{_tail(plan.log_path)}"
+                    f"see {plan.log_path}:\n{daemons.tail(plan.log_path)}"
                 )
             time.sleep(POLL_INTERVAL)
-
-    def _wait_gone(self, pids: list[int], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while any(sockets.is_alive(p) for p in pids):
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(POLL_INTERVAL)
-        return True
 
     def _stop(self, plan: ServicePlan) -> int | None:
         """Stop the daemon and wait for its whole process tree; the pid stopped, or None."""
@@ -641,21 +404,15 @@ class Stack:
         if pid is None:
             self._forget(plan)
             return None
-        tree = sockets.process_tree(pid)
-        log.info("stopping %s (pid %d, %d processes)", plan.name, pid, len(tree))
-        _signal(pid, plan.stop_signal)
-        if not self._wait_gone(tree, self.stop_timeout):
-            left = [p for p in tree if sockets.is_alive(p)]
-            log.warning(
-                "%s: %s still running after %g s; sending SIGKILL", plan.name, left, self.stop_timeout
+        log.info("stopping %s (pid %d, %d processes)", plan.name, pid, len(sockets.process_tree(pid)))
+        left = daemons.stop_trees(
+            [pid], plan.stop_signal, self.stop_timeout, plan.name, kill_wait=KILL_WAIT, poll=POLL_INTERVAL
+        )
+        if left:
+            raise ServiceError(
+                f"{plan.name}: processes {left} survived SIGKILL; {daemons.survivors_hint(left)} (a process "
+                "stuck in the kernel cannot be killed)"
             )
-            for p in left:
-                _signal(p, signal.SIGKILL)
-            if not self._wait_gone(left, KILL_WAIT):
-                raise ServiceError(
-                    f"{plan.name}: processes {left} survived SIGKILL; look at them with `ps -o pid,stat,cmd "
-                    f"-p {','.join(map(str, left))}` (a process stuck in the kernel cannot be killed)"
-                )
         self._forget(plan)
         return pid
 
@@ -668,8 +425,3 @@ class Stack:
         if record.get("pid") is not None:
             record["pid"] = None
             atomic_write(plan.runtime_dir / RECORD_NAME, json.dumps(record, indent=2) + "\n")
-
-
-def _signal(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
