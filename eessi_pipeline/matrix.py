@@ -106,7 +106,7 @@ class AccelTarget:
     """A CPU target with one of its accelerators: ``zen4_cc90`` at ``x86_64/amd/zen4/accel/nvidia/cc90``.
 
     EESSI installs GPU software in the accelerator subdirectory of the CPU target's prefix; its
-    tarball names that whole subdirectory (``tarnames.software_tarball``)."""
+    tarball names that whole subdirectory (``cvmfs.tarname.software_tarball``)."""
 
     cpu: Target
     accel: Accelerator
@@ -128,7 +128,7 @@ class AccelTarget:
         return self.cpu.versions
 
     def tarball(self, version: str, epoch: int | str) -> str:
-        from .tarnames import software_tarball
+        from .cvmfs.tarname import software_tarball
 
         return software_tarball(version, self.subdir, epoch)
 

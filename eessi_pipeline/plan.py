@@ -12,8 +12,8 @@ from typing import Any
 
 from .arch.cpuinfo import HostCpu
 from .arch.select import Verdict, article, check_build_node
+from .cvmfs.tarname import EPOCH_PLACEHOLDER, software_tarball
 from .matrix import Matrix, Target
-from .tarnames import EPOCH_PLACEHOLDER, software_tarball
 
 
 @dataclass(frozen=True, slots=True)

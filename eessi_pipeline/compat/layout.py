@@ -19,8 +19,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cvmfs.tarname import compat_tarball
 from ..errors import CompatError
-from ..tarnames import compat_tarball
 
 OS = "linux"
 _VERSION = re.compile(r"^20[0-9]{2}\.(0[1-9]|1[0-2])$")

@@ -1,8 +1,9 @@
-"""EESSI tarball file names: :func:`parse_tarball_name` splits one into its parts (the form and the
-decisions behind it are in :mod:`.tarcheck`'s documentation, under **Name**), and :func:`printable`
-shows any name safely in a one-line message.
+"""EESSI tarball file names, in one place: :func:`parse_tarball_name` splits one into its parts (the
+form and the decisions behind it are in :mod:`.tarcheck`'s documentation, under **Name**), and
+:func:`printable` shows any name safely in a one-line message.
 
 Moved here from :mod:`.tarcheck`, which still exports every public name of this module.
+:func:`software_tarball`, :func:`compat_tarball` and :func:`init_tarball` write them.
 """
 
 from __future__ import annotations
@@ -163,3 +164,22 @@ def printable(text: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+# -- writing names (the parser above reads them) ------------------------------------------------------
+
+NAME_OS = "linux"
+EPOCH_PLACEHOLDER = "<epoch seconds>"
+
+
+def software_tarball(version: str, subdir: str, epoch: int | str) -> str:
+    """A software layer's tarball for ``subdir`` (``x86_64/amd/zen3`` or ``…/accel/nvidia/cc90``)."""
+    return f"eessi-{version}-software-{NAME_OS}-{subdir.replace('/', '-')}-{epoch}.tar.gz"
+
+
+def compat_tarball(version: str, family: str, epoch: int | str) -> str:
+    return f"eessi-{version}-compat-{NAME_OS}-{family}-{epoch}.tar.gz"
+
+
+def init_tarball(version: str, epoch: int | str) -> str:
+    return f"eessi-{version}-init-{epoch}.tar.gz"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..cvmfs.tarname import EPOCH_PLACEHOLDER
 from ..matrix import AccelTarget, Matrix
 from ..software.stacks import StackConfig
-from ..tarnames import EPOCH_PLACEHOLDER
 from .stack import GPU_STACK
 
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..cvmfs.tarname import software_tarball
 from ..errors import BuildError
 from ..fileio import file_sha256
-from ..tarnames import software_tarball
 
 SKIPPED_DIRS = ("software/.locks",)
 
