@@ -12,9 +12,10 @@ import hashlib
 import sqlite3
 import stat
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from ..errors import RepositoryError
 from .common import (
@@ -31,12 +32,39 @@ from .common import (
     md5path,
     object_path,
 )
-from .manifest import Manifest
+from .manifest import Manifest, SignedText
 from .readmodel import MANIFEST_NAME, REFLOG_NAME, WHITELIST_NAME, Entry, LoadedCatalog, NestedRef, norm_path
+from .sources import Source
 from .verify import certificate_fingerprint, verify_manifest_signature, verify_whitelist_signature
+from .whitelist import Whitelist
 
-if TYPE_CHECKING:
-    from .reader import RepositoryReader
+
+class RepositoryReader(Protocol):
+    """What verification needs of a reader (``reader.RepositoryReader`` is one; this module imports
+    none of it, so the two do not import each other)."""
+
+    source: Source
+    manifest: Manifest
+    manifest_signed: SignedText
+    whitelist: Whitelist
+    whitelist_signed: SignedText
+    master_public_key_pem: bytes | None
+    now: dt.datetime | None
+
+    def fetch_object(
+        self, hex_hash: str, suffix: str = "", compressed: bool = True, size: int | None = None
+    ) -> bytes: ...
+
+    def load_catalog(self, hex_hash: str, prefix: str, expected_size: int | None = None) -> LoadedCatalog: ...
+
+    def root_catalog(self) -> LoadedCatalog: ...
+
+    def lookup(self, path: str) -> Entry | None: ...
+
+    def tags(self) -> list[Any]: ...
+
+    def walk(self) -> Iterator[Entry]: ...
+
 
 __all__ = ["VerifyReport", "check_signatures", "verify"]
 
