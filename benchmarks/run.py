@@ -366,7 +366,8 @@ def bench_client(work: Path, total_mb: int) -> dict[str, Any]:
     ):
         return {"skipped": "nginx and squid are not installed (run `bash setup.sh`)"}
     from eessi_pipeline.services import stratum1
-    from eessi_pipeline.services.stack import Ports, Stack
+    from eessi_pipeline.services.plans import Ports
+    from eessi_pipeline.services.stack import Stack
 
     corpus = Corpus(5)
     rng = random.Random(6)

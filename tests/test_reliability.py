@@ -367,7 +367,8 @@ def _network(root: Path, files: dict[str, bytes]) -> Iterator[tuple[str, str, Pa
     """Embedded Stratum 0 + 1 (nginx) and squid on free ports, as tests/infra/conftest.py brings them up;
     yields (Stratum 1 base URL, proxy URL, master key, stack)."""
     from eessi_pipeline.services import stratum1
-    from eessi_pipeline.services.stack import Ports, Stack
+    from eessi_pipeline.services.plans import Ports
+    from eessi_pipeline.services.stack import Stack
 
     state = root / "state"
     repo = Repository(state, NAME)

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cluster.config import PARTITION
-from ..cluster.manager import Cluster, view_of_overlay
+from ..cluster.manager import Cluster
+from ..cluster.view import view_of_overlay
 from ..matrix import Target
 from ..proc import CommandResult
 from .references import ChecksError

@@ -8,7 +8,8 @@ import sys
 from typing import Any, TextIO
 
 from ..cluster.config import PORT_ENV, resolve_ports
-from ..cluster.manager import Cluster, ClusterStatus
+from ..cluster.manager import Cluster
+from ..cluster.status import ClusterStatus
 from ..errors import UsageError
 from ..proc import run_echoed
 from ..settings import resolve_settings

@@ -53,7 +53,8 @@ from ..initscript import render as render_init
 from ..layers import ENTRY_POINTS, ensure_host_injections, gate_compat, use_spec
 from ..matrix import PROJECT_ROOT, Matrix, Target, load_matrix
 from ..proc import run_echoed
-from ..services.stack import Stack, resolve_ports
+from ..services.plans import resolve_ports
+from ..services.stack import Stack
 from ..settings import Settings, resolve_settings
 from ..software.stacks import load_stacks
 from .options import add_setting, add_stack_version

@@ -11,15 +11,8 @@ from typing import Any, TextIO
 from ..cvmfs.repository import RepoPaths
 from ..errors import ServiceError
 from ..services import stratum1
-from ..services.stack import (
-    DEFAULT_PORTS,
-    PORT_ENV,
-    READY_TIMEOUT,
-    STOP_TIMEOUT,
-    ServiceStatus,
-    Stack,
-    resolve_ports,
-)
+from ..services.plans import DEFAULT_PORTS, PORT_ENV, resolve_ports
+from ..services.stack import READY_TIMEOUT, STOP_TIMEOUT, ServiceStatus, Stack
 from ..settings import resolve_settings
 from .options import add_setting
 from .output import emit_json

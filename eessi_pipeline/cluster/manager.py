@@ -55,20 +55,10 @@ from .config import (
     resolve_network,
     resolve_ports,
 )
-from .netns import listeners_in_netns
 from .status import ClusterStatus, NodeStatus
-from .view import ViewMounts, view_of_overlay
+from .view import ViewMounts
 
-__all__ = [  # the status, view and netns names are also importable from here, as before the split
-    "Cluster",
-    "ClusterStatus",
-    "NodeStatus",
-    "ViewMounts",
-    "cluster_dir",
-    "host_identity",
-    "listeners_in_netns",
-    "view_of_overlay",
-]
+__all__ = ["Cluster", "cluster_dir", "host_identity"]
 
 log = logging.getLogger(__name__)
 

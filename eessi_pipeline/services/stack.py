@@ -45,7 +45,6 @@ from ..errors import ServiceError
 from ..fileio import atomic_write
 from . import sockets, squid, stratum1
 from .plans import (
-    DEFAULT_PORTS,
     LOOPBACK,
     PORT_ENV,
     PORT_OPTION,
@@ -60,25 +59,7 @@ from .plans import (
     services_dir,
 )
 
-__all__ = [  # the plans' names are also importable from here, as before the split
-    "DEFAULT_PORTS",
-    "LOOPBACK",
-    "PORT_ENV",
-    "PORT_OPTION",
-    "READY_TIMEOUT",
-    "SERVICES",
-    "STOP_TIMEOUT",
-    "Ports",
-    "RunAs",
-    "ServicePlan",
-    "ServiceStatus",
-    "Stack",
-    "find_binary",
-    "plan_services",
-    "resolve_ports",
-    "run_as_for",
-    "services_dir",
-]
+__all__ = ["COMMAND_TIMEOUT", "READY_TIMEOUT", "STOP_TIMEOUT", "ServiceStatus", "Stack"]
 
 log = logging.getLogger(__name__)
 

@@ -85,7 +85,8 @@ def network(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactor
     from eessi_pipeline.cvmfs.replica import snapshot
     from eessi_pipeline.cvmfs.repository import Repository
     from eessi_pipeline.services import stratum1
-    from eessi_pipeline.services.stack import Ports, Stack
+    from eessi_pipeline.services.plans import Ports
+    from eessi_pipeline.services.stack import Stack
 
     root = tmp_path_factory.mktemp("infra")
     state = root / "state"

@@ -19,7 +19,8 @@ from eessi_pipeline.cvmfs.mount import is_mounted, mount, umount
 from eessi_pipeline.cvmfs.reader import verify_repository
 from eessi_pipeline.cvmfs.replica import snapshot
 from eessi_pipeline.services import stratum1
-from eessi_pipeline.services.stack import Ports, Stack
+from eessi_pipeline.services.plans import Ports
+from eessi_pipeline.services.stack import Stack
 
 REF_NAME = "reference.eessi.local"
 
