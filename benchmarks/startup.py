@@ -22,6 +22,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,20 @@ def _commands() -> dict[str, tuple[list[str], dict[str, str]]]:
 
 
 def _once(argv: list[str], env: dict[str, str]) -> float:
+    """Wall time of one run.  ``Popen.wait()`` without a timeout blocks in waitpid: with a timeout,
+    Python polls with sleeps of up to 50 ms, which would round every figure up to the next 50 ms."""
     t0 = time.perf_counter()
-    quiet = subprocess.DEVNULL
-    subprocess.run(argv, env=env, stdout=quiet, stderr=quiet, check=True, timeout=60)
-    return time.perf_counter() - t0
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    watchdog = threading.Timer(60, proc.kill)
+    watchdog.start()
+    try:
+        code = proc.wait()
+    finally:
+        watchdog.cancel()
+    elapsed = time.perf_counter() - t0
+    if code != 0:
+        raise SystemExit(f"startup: {' '.join(argv)} exited {code}")
+    return elapsed
 
 
 def measure(runs: int) -> dict[str, list[float]]:

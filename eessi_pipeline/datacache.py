@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from . import __version__
 from .fileio import atomic_write
 
 NO_CACHE_ENV = "EESSI_PIPELINE_NO_CACHE"
+SCHEMAS = Path(__file__).resolve().parent / "schemas"  # package data, shipped with the modules
 MAX_CACHED_BYTES = 4 * 1024 * 1024  # larger files are checked every time, never cached
 
 
@@ -35,7 +35,7 @@ def cache_dir(environ: Mapping[str, str] | None = None) -> Path:
 def cache_key(data: bytes, kind: str) -> str:
     """What a validated form depends on: the file, the schema and the program (pure but for the
     schema file, which ships with the package)."""
-    schema = resources.files("eessi_pipeline").joinpath("schemas", f"{kind}.schema.json").read_bytes()
+    schema = (SCHEMAS / f"{kind}.schema.json").read_bytes()
     h = hashlib.sha256()
     for part in (__version__.encode(), kind.encode(), schema, data):
         h.update(len(part).to_bytes(8, "big"))

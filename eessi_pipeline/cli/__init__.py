@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +139,8 @@ def _log_unexpected(state_dir: str | None) -> Path | None:
         log_dir.mkdir(parents=True, exist_ok=True)
         path = log_dir / "eessi-pipeline.log"
         with path.open("a", encoding="utf-8") as fh:
+            import traceback
+
             fh.write(traceback.format_exc())
         return path
     except OSError:
@@ -159,9 +159,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         args = parser.parse_args(words)
     except SystemExit as e:  # argparse: --help (0) or usage error (2)
         return int(e.code) if isinstance(e.code, int) else 2
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    if args.verbose:  # without -v, Python's last-resort handler prints warnings and errors as they are
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     handler: Handler = args.handler
     # Nothing this program creates (state, keys, staging, repository) may be writable by group or others,
     # whatever umask it was started with; explicit modes elsewhere only ever remove bits from this.

@@ -6,7 +6,6 @@ Imports stay cheap: ``detect`` loads the matrix, archspec and the cpuinfo reader
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from typing import Any, TextIO
@@ -15,12 +14,9 @@ from ..arch.cpuinfo import CPUINFO_ENV, MACHINE_ENV, read_host_cpu
 from ..arch.select import OVERRIDE_ENV, check_build_node, require_build_node, select_from_environ, why_not
 from ..errors import UsageError
 from ..matrix import MATRIX_ENV, Matrix, load_matrix
-from ..plan import make_plan
 from ..settings import Settings, resolve_settings
 from .options import add_stack_version
 from .output import emit_json
-
-log = logging.getLogger(__name__)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -80,8 +76,9 @@ def cmd_detect(args: argparse.Namespace, out: TextIO) -> int:
         from ..arch.accel import query_nvidia_smi
 
         acc = query_nvidia_smi(args.nvidia_smi, env)
-        for note in acc.notes:
-            log.info("%s", note)
+        if args.verbose:
+            for note in acc.notes:
+                sys.stderr.write(f"note: {note}\n")
         if acc.subdir:
             out.write(acc.subdir + "\n")
         return 0
@@ -91,8 +88,6 @@ def cmd_detect(args: argparse.Namespace, out: TextIO) -> int:
         env[MACHINE_ENV] = args.machine
     host = read_host_cpu(args.cpuinfo, env)
     sel = select_from_environ(host, m, settings.version, env)
-    for note in sel.notes:
-        log.info("%s", note)
     explanation = why_not(host, m, args.why_not, sel.version) if args.why_not else None
     if args.json:
         data = sel.to_json()
@@ -155,6 +150,8 @@ def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
         )
     target = m.target(args.target)
     host = read_host_cpu(args.cpuinfo) if not args.no_host else None
+    from ..plan import make_plan  # only `plan` needs it (it brings the tarball-name rules)
+
     plan = make_plan(m, target, settings.version, settings.repository, host)
     if args.json:
         emit_json(plan.to_json(), out)
