@@ -29,6 +29,8 @@ import reframe.utility.sanity as sn
 import yaml
 from reframe.core.builtins import parameter, performance_function, run_after, sanity_function, variable
 
+from eessi_pipeline.checks.rfmlib import installed_modules, load_references
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODULEPATH = os.environ.get("EESSI_PIPELINE_MODULEPATH") or os.environ.get("MODULEPATH", "").split(":")[0]
 REFERENCES = os.environ.get("EESSI_PIPELINE_REFERENCES") or os.path.join(
@@ -59,17 +61,6 @@ def _gpu_missing() -> str:
 GPU_MISSING = _gpu_missing()
 
 
-def installed_modules(modulepath: str) -> list[str]:
-    """``name/version`` of every Lua module file under ``modulepath``."""
-    found = []
-    if os.path.isdir(modulepath):
-        for name in sorted(os.listdir(modulepath)):
-            d = os.path.join(modulepath, name)
-            if os.path.isdir(d):
-                found += [f"{name}/{f[:-4]}" for f in sorted(os.listdir(d)) if f.endswith(".lua")]
-    return found
-
-
 def smoke_entry(name: str) -> tuple[str, str, str]:
     """``(command, regex, description)`` of a GPU module's smoke check (matrices/smoke.yaml)."""
     with open(SMOKE_FILE, encoding="utf-8") as fh:
@@ -80,16 +71,6 @@ def smoke_entry(name: str) -> tuple[str, str, str]:
         root = "EBROOT" + name.replace("+", "plus").replace("-", "min").replace(".", "").upper()
         return fb["command"].replace("{ebroot}", root), fb["expect"], fb["description"]
     return spec["command"], spec["expect"], spec["description"]
-
-
-def load_references(check: str, target: str) -> dict[str, Any]:
-    try:
-        with open(REFERENCES, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
-    except OSError:
-        return {}
-    metrics = ((data.get("checks") or {}).get(check) or {}).get(target) or {}
-    return {m: (r["value"], r.get("lower"), r.get("upper"), r["unit"]) for m, r in metrics.items()}
 
 
 class gpu_check(rfm.RunOnlyRegressionTest):
@@ -164,7 +145,7 @@ class gpu_bandwidth_check(gpu_device_check):
     @run_after("setup")
     def set_references(self) -> None:
         self.reference_key = "gpu_bandwidth_check/1_gpu"
-        self.reference = {"*": load_references(self.reference_key, self.target_name())}
+        self.reference = {"*": load_references(REFERENCES, self.reference_key, self.target_name())}
 
     @sanity_function
     def assert_correct(self) -> Any:

@@ -25,6 +25,8 @@ import reframe.utility.sanity as sn
 import yaml
 from reframe.core.builtins import parameter, performance_function, run_after, sanity_function, variable
 
+from eessi_pipeline.checks.rfmlib import installed_modules, load_references
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODULEPATH = os.environ.get("EESSI_PIPELINE_MODULEPATH") or os.environ.get("MODULEPATH", "").split(":")[0]
 REFERENCES = os.environ.get("EESSI_PIPELINE_REFERENCES") or os.path.join(
@@ -59,27 +61,6 @@ def smoke_for(name: str, fallback: dict[str, Any], modules: dict[str, Any]) -> t
 
 
 SMOKE_FALLBACK, SMOKE = load_smoke(SMOKE_FILE)
-
-
-def installed_modules(modulepath: str) -> list[str]:
-    """``name/version`` of every Lua module file under ``modulepath``."""
-    found = []
-    if os.path.isdir(modulepath):
-        for name in sorted(os.listdir(modulepath)):
-            d = os.path.join(modulepath, name)
-            if os.path.isdir(d):
-                found += [f"{name}/{f[:-4]}" for f in sorted(os.listdir(d)) if f.endswith(".lua")]
-    return found
-
-
-def load_references(check: str, target: str) -> dict[str, Any]:
-    try:
-        with open(REFERENCES, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
-    except OSError:
-        return {}
-    metrics = ((data.get("checks") or {}).get(check) or {}).get(target) or {}
-    return {m: (r["value"], r.get("lower"), r.get("upper"), r["unit"]) for m, r in metrics.items()}
 
 
 class eessi_check(rfm.RunOnlyRegressionTest):
@@ -158,7 +139,7 @@ class stream_check(eessi_check):
         self.num_cpus_per_task = threads
         self.env_vars = {"OMP_NUM_THREADS": str(threads), "OMP_PROC_BIND": "close"}
         self.executable_opts = [str(self.array_mib)]
-        self.reference = {"*": load_references(self.reference_key, self.target_name())}
+        self.reference = {"*": load_references(REFERENCES, self.reference_key, self.target_name())}
 
     @sanity_function
     def assert_validates(self) -> Any:
