@@ -41,6 +41,8 @@ def content_hash(compressed: bytes) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
+    """One piece of a chunked file: an uncompressed byte range and its ``…P`` object."""
+
     offset: int
     size: int
     hash: str

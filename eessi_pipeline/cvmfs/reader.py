@@ -39,6 +39,7 @@ from .common import (
 )
 from .http import HttpLimits
 from .manifest import Manifest, SignedText, parse_manifest
+from .objects import Chunk
 from .readmodel import (
     ALGO_TAGS,
     HASH_RE,
@@ -49,7 +50,6 @@ from .readmodel import (
     SIGNED_FILE_MAX_BYTES,
     WHITELIST_NAME,
     CatalogReferences,
-    Chunk,
     Entry,
     LoadedCatalog,
     NestedRef,

@@ -29,6 +29,7 @@ from .common import (
     SUFFIX_PARTIAL,
     object_path,
 )
+from .objects import Chunk  # one piece of a chunked file: the writer's and the reader's
 
 MANIFEST_NAME = ".cvmfspublished"
 WHITELIST_NAME = ".cvmfswhitelist"
@@ -38,15 +39,6 @@ SIGNED_FILE_MAX_BYTES = 1 << 20  # .cvmfspublished and .cvmfswhitelist are a few
 HASH_RE = re.compile(r"^([0-9a-f]{40})(-rmd160|-shake128)?$")
 ALGO_TAGS = {0: "", 1: "-rmd160", 2: "-shake128"}  # flags bits 8-10: (shash algorithm - 1)
 _COMPRESSION_NONE = 1  # flags bits 11-13
-
-
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    """One piece of a chunked file: an uncompressed byte range and its ``…P`` object."""
-
-    offset: int
-    size: int
-    hash: str
 
 
 @dataclass(frozen=True, slots=True)
