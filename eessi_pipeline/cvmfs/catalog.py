@@ -9,12 +9,11 @@ statistics rows; :func:`read_catalog` loads one back for the next transaction.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .common import (
     CATALOG_SCHEMA,
@@ -32,6 +31,7 @@ from .common import (
     parent_path,
 )
 from .objects import Chunk
+from .sqlitedb import query_db, write_db
 
 DDL = (
     "CREATE TABLE properties (key TEXT, value TEXT, CONSTRAINT pk_properties PRIMARY KEY (key))",
@@ -139,79 +139,70 @@ def add_subtree(stats: dict[str, int], child: dict[str, int]) -> None:
 
 def write_catalog(doc: CatalogDoc, stats: dict[str, int], tmp_dir: Path) -> bytes:
     """Serialise ``doc`` into SQLite bytes (uncompressed)."""
-    fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix="catalog.", suffix=".sqlite")
-    os.close(fd)
-    try:
-        db = sqlite3.connect(tmp)
-        try:
-            db.execute("PRAGMA journal_mode=DELETE")
-            for ddl in DDL:
-                db.execute(ddl)
-            props = {"schema": CATALOG_SCHEMA, "schema_revision": str(CATALOG_SCHEMA_REVISION)}
-            if doc.root:
-                props["root_prefix"] = doc.root
-            else:
-                props.setdefault("TTL", str(DEFAULT_TTL))
-            props.update(doc.properties)
-            db.executemany("INSERT INTO properties (key, value) VALUES (?, ?)", sorted(props.items()))
-            rows = []
-            chunk_rows = []
-            for path in sorted(doc.entries):
-                node = doc.entries[path]
-                a, b = md5path(path)
-                pa, pb = (0, 0) if path == "" else md5path(parent_path(path))
-                flags = entry_flags(node, path == doc.root and doc.root != "")
-                digest = bytes.fromhex(node.hash) if node.hash else None
-                rows.append(
-                    (a, b, pa, pb, node.linkcount, digest, node.size, node.mode, node.mtime, None, flags,
-                     node.name, node.symlink, node.uid, node.gid, node.xattr)
-                )  # fmt: skip
-                for c in node.chunks:
-                    chunk_rows.append((a, b, c.offset, c.size, bytes.fromhex(c.hash)))
-            db.executemany(
-                "INSERT INTO catalog VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
-            )
-            db.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?)", chunk_rows)
-            db.executemany(
-                "INSERT INTO nested_catalogs VALUES (?, ?, ?)",
-                [(p, h, s) for p, (h, s) in sorted(doc.nested.items())],
-            )
-            db.executemany("INSERT INTO statistics VALUES (?, ?)", sorted(stats.items()))
-            db.commit()
-        finally:
-            db.close()
-        return Path(tmp).read_bytes()
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+
+    def fill(db: sqlite3.Connection) -> None:
+        for ddl in DDL:
+            db.execute(ddl)
+        props = {"schema": CATALOG_SCHEMA, "schema_revision": str(CATALOG_SCHEMA_REVISION)}
+        if doc.root:
+            props["root_prefix"] = doc.root
+        else:
+            props.setdefault("TTL", str(DEFAULT_TTL))
+        props.update(doc.properties)
+        db.executemany("INSERT INTO properties (key, value) VALUES (?, ?)", sorted(props.items()))
+        rows = []
+        chunk_rows = []
+        for path in sorted(doc.entries):
+            node = doc.entries[path]
+            a, b = md5path(path)
+            pa, pb = (0, 0) if path == "" else md5path(parent_path(path))
+            flags = entry_flags(node, path == doc.root and doc.root != "")
+            digest = bytes.fromhex(node.hash) if node.hash else None
+            rows.append(
+                (a, b, pa, pb, node.linkcount, digest, node.size, node.mode, node.mtime, None, flags,
+                 node.name, node.symlink, node.uid, node.gid, node.xattr)
+            )  # fmt: skip
+            for c in node.chunks:
+                chunk_rows.append((a, b, c.offset, c.size, bytes.fromhex(c.hash)))
+        db.executemany("INSERT INTO catalog VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        db.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?)", chunk_rows)
+        db.executemany(
+            "INSERT INTO nested_catalogs VALUES (?, ?, ?)",
+            [(p, h, s) for p, (h, s) in sorted(doc.nested.items())],
+        )
+        db.executemany("INSERT INTO statistics VALUES (?, ?)", sorted(stats.items()))
+
+    return write_db(b"", tmp_dir, "catalog.", fill)
+
+
+_Tables = tuple[
+    dict[str, str],
+    list[Any],
+    dict[tuple[int, int], list[Chunk]],
+    dict[str, tuple[str, int]],
+    dict[str, int],
+]
+
+
+def _catalog_tables(db: sqlite3.Connection) -> _Tables:
+    """Properties, entry rows, chunks by entry, nested catalogs and statistics of an open catalog."""
+    props = dict(db.execute("SELECT key, value FROM properties").fetchall())
+    rows = db.execute(
+        "SELECT md5path_1, md5path_2, parent_1, parent_2, hardlinks, hash, size, mode, mtime, flags, "
+        "name, symlink, uid, gid, xattr FROM catalog"
+    ).fetchall()
+    chunks: dict[tuple[int, int], list[Chunk]] = {}
+    for a, b, off, size, h in db.execute("SELECT md5path_1, md5path_2, offset, size, hash FROM chunks"):
+        chunks.setdefault((a, b), []).append(Chunk(off, size, bytes(h).hex()))
+    nested = {p: (h, int(s)) for p, h, s in db.execute("SELECT path, sha1, size FROM nested_catalogs")}
+    statistics = dict(db.execute("SELECT counter, value FROM statistics").fetchall())
+    return props, rows, chunks, nested, statistics
 
 
 def read_catalog(data: bytes, tmp_dir: Path) -> CatalogDoc:
     """Load catalog bytes back into a :class:`CatalogDoc` (full paths rebuilt from parent links)."""
-    fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix="catalog.", suffix=".sqlite")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    try:
-        db = sqlite3.connect(f"file:{tmp}?mode=ro", uri=True)
-        try:
-            props = dict(db.execute("SELECT key, value FROM properties").fetchall())
-            root = props.get("root_prefix", "")
-            rows = db.execute(
-                "SELECT md5path_1, md5path_2, parent_1, parent_2, hardlinks, hash, size, mode, mtime, flags, "
-                "name, symlink, uid, gid, xattr FROM catalog"
-            ).fetchall()
-            chunks: dict[tuple[int, int], list[Chunk]] = {}
-            for a, b, off, size, h in db.execute(
-                "SELECT md5path_1, md5path_2, offset, size, hash FROM chunks"
-            ):
-                chunks.setdefault((a, b), []).append(Chunk(off, size, bytes(h).hex()))
-            nested = {
-                p: (h, int(s)) for p, h, s in db.execute("SELECT path, sha1, size FROM nested_catalogs")
-            }
-            statistics = dict(db.execute("SELECT counter, value FROM statistics").fetchall())
-        finally:
-            db.close()
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    props, rows, chunks, nested, statistics = query_db(data, tmp_dir, "catalog.", _catalog_tables)
+    root = props.get("root_prefix", "")
     by_key = {(r[0], r[1]): r for r in rows}
     paths: dict[tuple[int, int], str] = {}
 
