@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import sqlite3
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from .sqlitedb import query_db, write_db
 
 HISTORY_DDL = (
     "CREATE TABLE properties (key TEXT, value TEXT, CONSTRAINT pk_properties PRIMARY KEY (key))",
@@ -28,32 +29,41 @@ REF_CATALOG, REF_CERTIFICATE, REF_HISTORY, REF_METAINFO = 0, 1, 2, 3
 
 @dataclass(frozen=True, slots=True)
 class Tag:
+    """A row of the history database's ``tags`` table."""
+
     name: str
-    hash: str
+    hash: str  # root catalog hash of the tagged revision
     revision: int
     timestamp: int
+    channel: int
     description: str
     size: int
+    branch: str
 
 
-def _with_db(data: bytes | None, tmp_dir: Path, ddl: tuple[str, ...], fn: object) -> bytes:
-    fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix="db.", suffix=".sqlite")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data or b"")
-    try:
-        db = sqlite3.connect(tmp)
-        try:
-            db.execute("PRAGMA journal_mode=DELETE")
-            if not data:
-                for stmt in ddl:
-                    db.execute(stmt)
-            fn(db)  # type: ignore[operator]
-            db.commit()
-        finally:
-            db.close()
-        return Path(tmp).read_bytes()
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+TAG_COLUMNS = "name, hash, revision, timestamp, channel, description, size, branch"
+
+
+def tags_in(db: sqlite3.Connection) -> list[Tag]:
+    """Every row of an open history database's ``tags`` table, in the database's order (NULLs as 0
+    or ""); sqlite3.DatabaseError when there is no such table."""
+    rows = db.execute(f"SELECT {TAG_COLUMNS} FROM tags").fetchall()
+    return [
+        Tag(str(n), str(h), int(r or 0), int(t or 0), int(c or 0), str(d or ""), int(s or 0), str(b or ""))
+        for n, h, r, t, c, d, s, b in rows
+    ]
+
+
+def _with_db(
+    data: bytes | None, tmp_dir: Path, ddl: tuple[str, ...], fn: Callable[[sqlite3.Connection], None]
+) -> bytes:
+    def fill(db: sqlite3.Connection) -> None:
+        if not data:
+            for stmt in ddl:
+                db.execute(stmt)
+        fn(db)
+
+    return write_db(data or b"", tmp_dir, "db.", fill)
 
 
 def auto_tag_name(existing: set[str], when: dt.datetime) -> str:
@@ -122,17 +132,5 @@ def add_reflog_refs(
 
 
 def read_tags(data: bytes, tmp_dir: Path) -> list[Tag]:
-    fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix="db.", suffix=".sqlite")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    try:
-        db = sqlite3.connect(f"file:{tmp}?mode=ro", uri=True)
-        try:
-            rows = db.execute(
-                "SELECT name, hash, revision, timestamp, description, size FROM tags"
-            ).fetchall()
-        finally:
-            db.close()
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return sorted((Tag(*r) for r in rows), key=lambda t: (t.revision, t.name))
+    """The tags of history database bytes, by revision then name."""
+    return sorted(query_db(data, tmp_dir, "db.", tags_in), key=lambda t: (t.revision, t.name))

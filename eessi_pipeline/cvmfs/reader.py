@@ -37,6 +37,7 @@ from .common import (
     md5path,
     object_path,
 )
+from .history import Tag, tags_in
 from .http import HttpLimits
 from .manifest import Manifest, SignedText, parse_manifest
 from .objects import Chunk
@@ -53,7 +54,6 @@ from .readmodel import (
     Entry,
     LoadedCatalog,
     NestedRef,
-    Tag,
     catalog_references,
     content_digest,
     decode_text,
@@ -370,18 +370,10 @@ class RepositoryReader:
         if db is None:
             return []
         try:
-            rows = db.execute(
-                "SELECT name, hash, revision, timestamp, channel, description, size, branch FROM tags"
-            ).fetchall()
+            tags = tags_in(db)
         except sqlite3.DatabaseError as e:
             where = object_path(self.manifest.history or "", SUFFIX_HISTORY)
             raise RepositoryError(f"history database ({where}): no readable 'tags' table ({e})") from e
-        tags = [
-            Tag(
-                str(n), str(h), int(r or 0), int(t or 0), int(c or 0), str(d or ""), int(s or 0), str(b or "")
-            )
-            for n, h, r, t, c, d, s, b in rows
-        ]
         tags.sort(key=lambda t: (t.revision, t.timestamp, t.name))
         return tags
 

@@ -1,4 +1,4 @@
-"""What the reader reads: the entries, chunks and tags of a repository, a catalog it has opened,
+"""What the reader reads: the entries and chunks of a repository, a catalog it has opened,
 the helpers that turn catalog rows and object bytes into them, and the references of a catalog object
 as the replicator needs them (:func:`catalog_references`).
 
@@ -95,20 +95,6 @@ class Entry:
     @property
     def permissions(self) -> int:
         return stat.S_IMODE(self.mode)
-
-
-@dataclass(frozen=True, slots=True)
-class Tag:
-    """A row of the history database's ``tags`` table."""
-
-    name: str
-    hash: str  # root catalog hash of the tagged revision
-    revision: int
-    timestamp: int
-    channel: int
-    description: str
-    size: int
-    branch: str
 
 
 @dataclass(frozen=True, slots=True)
