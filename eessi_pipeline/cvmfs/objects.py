@@ -213,6 +213,17 @@ def _umask() -> int:
     return 0o777
 
 
+@contextlib.contextmanager
+def _removed_on_failure(tmp: str) -> Iterator[None]:
+    """Remove the temporary file ``tmp`` when the block fails (interrupts included), then re-raise."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 class ObjectStore:
     """The ``data/`` tree of one repository directory."""
 
@@ -253,7 +264,7 @@ class ObjectStore:
             return h
         tmp = f"{self._root}/data/txn/{h}{suffix}.{os.getpid()}.{threading.get_ident()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
+        with _removed_on_failure(tmp):
             try:
                 if self._fix_mode:
                     os.fchmod(fd, 0o644)  # objects are world-readable whatever the umask
@@ -263,10 +274,6 @@ class ObjectStore:
             finally:
                 os.close(fd)
             os.replace(tmp, dest)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
         self._count_new(dest)
         return h
 
@@ -283,7 +290,7 @@ class ObjectStore:
         comp = zlib.compressobj(ZLIB_LEVEL)
         sha = hashlib.sha1()
         tmp = f"{self._root}/data/txn/stream.{os.getpid()}.{threading.get_ident()}"
-        try:
+        with _removed_on_failure(tmp):
             with open(tmp, "wb") as fh:
                 for piece in pieces:
                     out = comp.compress(piece)
@@ -299,10 +306,6 @@ class ObjectStore:
                 return h
             os.chmod(tmp, 0o644)
             os.replace(tmp, dest)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
         self._count_new(dest)
         return h
 
