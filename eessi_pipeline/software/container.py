@@ -38,6 +38,7 @@ from ..errors import BuildError
 from ..matrix import PROJECT_ROOT
 from ..proc import CommandResult, run
 from .easybuild import LMOD_CMD
+from .overlay import OverlayDirs, repository_mount
 from .runtime import Runtime, RuntimeChoice
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,7 @@ def build_image(
 
 
 @dataclass(frozen=True, slots=True)
-class ContainerView:
+class ContainerView(OverlayDirs):
     """``/cvmfs/<repo>`` writable inside the build container; new files land in ``root/upper``."""
 
     runtime: Runtime
@@ -208,8 +209,7 @@ class ContainerView:
     def create(
         cls, choice: RuntimeChoice, binary: str, repository: str, root: Path, state: Path
     ) -> ContainerView:
-        mount = f"/cvmfs/{repository}"
-        lower = Path(mount) if os.path.ismount(mount) else root / "lower"
+        mount, lower = repository_mount(repository, root)
         binds = collapse_binds([PROJECT_ROOT, sys.prefix, sys.base_prefix, state])
         return cls(
             choice.runtime,
@@ -222,14 +222,6 @@ class ContainerView:
             os.geteuid() == 0,
             state / "container",
         )
-
-    @property
-    def upper(self) -> Path:
-        return self.root / "upper"
-
-    @property
-    def work(self) -> Path:
-        return self.root / "work"
 
     @property
     def sif(self) -> Path | str:

@@ -112,8 +112,31 @@ def namespace_argv(mode: OverlayMode) -> list[str]:
     return ["unshare", "--mount", "--propagation", "private", "--"]
 
 
+def repository_mount(repository: str, root: Path) -> tuple[str, Path]:
+    """``/cvmfs/<repo>`` and an overlay's lower layer there: the repository when it is mounted, else
+    the empty ``root/lower``."""
+    mount = f"/cvmfs/{repository}"
+    return mount, Path(mount) if os.path.ismount(mount) else root / "lower"
+
+
+class OverlayDirs:
+    """The writable half of an overlay kept under ``root``: ``upper`` (what the build adds) and
+    ``work`` (overlayfs's own); for the overlay view and the container view."""
+
+    __slots__ = ()
+    root: Path
+
+    @property
+    def upper(self) -> Path:
+        return self.root / "upper"
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+
 @dataclass(frozen=True, slots=True)
-class OverlayView:
+class OverlayView(OverlayDirs):
     """A writable overlay at ``mount`` (``/cvmfs/<repo>``); ``root`` holds lower, stage, upper and work.
 
     ``mode`` None means no overlay can be mounted by this user; ``refusal`` then says why and what to do.
@@ -130,20 +153,11 @@ class OverlayView:
 
     @classmethod
     def for_repository(cls, repository: str, root: Path) -> OverlayView:
-        mount = f"/cvmfs/{repository}"
-        lower = Path(mount) if os.path.ismount(mount) else root / "lower"
+        mount, lower = repository_mount(repository, root)
         mode, reason = host_overlay_mode()
         log.debug("build overlay for %s: %s", mount, reason)
         fuse = shutil.which(FUSE_OVERLAYFS) or FUSE_OVERLAYFS
         return cls(mount, root, lower, mode, "" if mode else reason, fuse)
-
-    @property
-    def upper(self) -> Path:
-        return self.root / "upper"
-
-    @property
-    def work(self) -> Path:
-        return self.root / "work"
 
     @property
     def stage(self) -> Path:
