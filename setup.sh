@@ -34,7 +34,7 @@ done
 # Debian packages the pipeline needs.  Later parts of the pipeline add theirs here.
 PACKAGES=(python3 python3-venv python3-pip git ca-certificates openssh-client
           fuse3 fuse-overlayfs lmod patchelf nginx squid build-essential bzip2
-          slurmctld slurmd slurm-client iproute2)
+          slurmctld slurmd slurm-client iproute2 qemu-user-static)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -63,6 +63,32 @@ if ((${#missing[@]})); then
     echo "[setup] install them with: sudo apt-get install ${missing[*]}  (then run this script again)" >&2
     exit 1
   fi
+fi
+
+# aarch64 through emulation (README, "aarch64 on an x86_64 machine"): the kernel hands every Arm
+# executable to qemu-aarch64-static.  Fix-binary mode (flag F) opens the interpreter now, so it also
+# works inside the mount namespaces and chroots where builds and client mounts run.
+register_emulator() {
+  local family=$1 binfmt=/proc/sys/fs/binfmt_misc conf line flags
+  conf=/usr/lib/binfmt.d/qemu-$family.conf
+  [[ $(uname -m) != "$family" && -r $conf ]] || return 0
+  if [[ ! -e $binfmt/register ]]; then
+    mount -t binfmt_misc binfmt_misc "$binfmt" 2>/dev/null || {
+      echo "[setup] cannot mount binfmt_misc at $binfmt: $family targets will not build here" >&2; return 0; }
+  fi
+  if [[ -e $binfmt/qemu-$family ]]; then
+    flags=$(sed -n 's/^flags: //p' "$binfmt/qemu-$family")
+    [[ $flags == *F* ]] && return 0
+    echo "[setup] re-registering qemu-$family in fix-binary mode (it had flags '$flags')"
+    echo -1 > "$binfmt/qemu-$family"
+  fi
+  line=$(grep -v '^#' "$conf" | head -n1)
+  [[ ${line##*:} == *F* ]] || line="${line}F"
+  echo "$line" > "$binfmt/register"
+  echo "[setup] registered $(qemu-$family-static --version | head -n1) for $family programs (binfmt_misc, fix-binary)"
+}
+if [[ $(id -u) -eq 0 ]]; then
+  register_emulator aarch64
 fi
 
 PYTHON=${PYTHON:-python3}

@@ -1,16 +1,19 @@
 """What the pipeline would do for one target: a pure function, shown by ``eessi-pipeline plan``.
 
 Each step says whether this host can carry it out: building and testing a target needs a build
-node of its family that runs its instructions natively (``check-node``); publishing and
+node of its family that runs its instructions natively, or a generic target of another family under
+registered emulation (``check-node``); publishing and
 distributing run anywhere the staged tarballs and the repository are.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .arch.cpuinfo import HostCpu
+from .arch.emulation import Emulator
 from .arch.select import Verdict, article, check_build_node
 from .cvmfs.tarname import EPOCH_PLACEHOLDER, software_tarball
 from .matrix import Matrix, Target
@@ -38,7 +41,11 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         node = None
         if self.build_node is not None:
-            node = {"ok": self.build_node.ok, "reasons": list(self.build_node.reasons)}
+            node = {
+                "ok": self.build_node.ok,
+                "reasons": list(self.build_node.reasons),
+                "emulated_by": self.build_node.emulated_by or None,
+            }
         return {
             "target": self.target.name,
             "subdir": self.target.subdir,
@@ -72,14 +79,16 @@ def make_plan(
     version: str | None,
     repository: str,
     host: HostCpu | None = None,
+    emulators: Mapping[str, Emulator] | None = None,
 ) -> Plan:
     ver = matrix.version(version).name
     prefix = f"/cvmfs/{repository}/versions/{ver}/software/linux/{target.subdir}"
-    node = check_build_node(host, target, matrix) if host is not None else None
+    node = check_build_node(host, target, matrix, emulators) if host is not None else None
     in_version = ver in target.versions
-    family_here = "" if host is None or host.family == target.family else (
+    emulated = f" (emulated: {node.emulated_by})" if node is not None and node.emulated_by else ""
+    family_here = "" if host is None or host.family == target.family or emulated else (
         f"this host is {host.family}; the {target.family} layer is built on {article(target.family)} "
-        f"{target.family} node"
+        f"{target.family} node or under emulation (`bash setup.sh` registers qemu-user-static)"
     )  # fmt: skip
     native_here = "" if node is None or node.ok else "this host cannot build it: " + "; ".join(node.reasons)
     not_target = "" if in_version else f"{target.subdir} is not a target of stack version {ver}"
@@ -94,19 +103,19 @@ def make_plan(
         _step(
             "compat",
             f"compatibility layer for {target.family} at /cvmfs/{repository}/versions/{ver}/compat/linux/"
-            f"{target.family}, gated by its own tests and published first",
+            f"{target.family}, gated by its own tests and published first{emulated}",
             f"eessi-pipeline compat build --family {target.family}",
             family_here,
         ),
         _step(
             "build",
-            f"EasyBuild installations of the target's easystack for {target.subdir} under {prefix}",
+            f"EasyBuild installations of the target's easystack for {target.subdir} under {prefix}{emulated}",
             f"eessi-pipeline build --target {target.name}",
             not_target or native_here,
         ),
         _step(
             "test",
-            f"acceptance tests marked {target.marker} (pytest + ReFrame), signed gate record",
+            f"acceptance tests marked {target.marker} (pytest + ReFrame), signed gate record{emulated}",
             f"pytest -m {target.marker}",
             not_target or native_here,
         ),

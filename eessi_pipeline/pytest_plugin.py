@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from .arch.cpuinfo import HostCpu, read_host_cpu
+from .arch.emulation import emulators_for
 from .arch.select import Selection, Verdict, check_build_node, require_build_node, select_from_environ
 from .errors import PipelineError
 from .matrix import Matrix, Target, load_matrix
@@ -206,12 +207,13 @@ def build_node(
     eessi_version: str,
 ) -> Verdict:
     """The build-node verdict for ``arch_target``: fails or skips when this host may not build it."""
-    verdict = check_build_node(host_cpu, arch_target, eessi_matrix)
+    emulators = emulators_for(host_cpu, arch_target)
+    verdict = check_build_node(host_cpu, arch_target, eessi_matrix, emulators)
     if verdict.ok:
         return verdict
     message = f"not a build node for {arch_target.name}: {'; '.join(verdict.reasons)}"
     try:
-        require_build_node(host_cpu, arch_target, eessi_matrix, eessi_version)
+        require_build_node(host_cpu, arch_target, eessi_matrix, eessi_version, emulators)
     except PipelineError as e:
         message = str(e)
     if explicitly_selected(request.config.getoption("markexpr"), arch_target):

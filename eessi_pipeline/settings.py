@@ -266,6 +266,12 @@ SETTINGS: tuple[Setting, ...] = (
         "IMAGE",
     ),
     Setting(
+        "emulation",
+        "EESSI_PIPELINE_EMULATION",
+        "auto",
+        "auto: build generic targets of other CPU families under registered qemu-user; off: native only",
+    ),
+    Setting(
         "check_targets",
         "EESSI_PIPELINE_CHECK_TARGETS",
         "x86_64_generic,zen4",

@@ -27,6 +27,7 @@ import archspec.cpu
 from ..errors import BuildNodeError, SelectionError
 from ..matrix import Matrix, Target
 from .cpuinfo import HostCpu
+from .emulation import Emulator
 
 #: Environment variable that forces the software subdirectory (EESSI's name).
 OVERRIDE_ENV = "EESSI_SOFTWARE_SUBDIR_OVERRIDE"
@@ -40,6 +41,7 @@ class Verdict:
     ok: bool
     reasons: tuple[str, ...] = ()
     ignored_missing: tuple[str, ...] = ()
+    emulated_by: str = ""  # e.g. "qemu-aarch64 7.2" when the host runs the target only through emulation
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,24 +222,59 @@ def why_not(host: HostCpu, matrix: Matrix, name: str, version: str | None = None
     )
 
 
-def check_build_node(host: HostCpu, target: Target, matrix: Matrix) -> Verdict:
-    """May this host build ``target`` natively?  Generic targets build anywhere in their family."""
+def check_build_node(
+    host: HostCpu,
+    target: Target,
+    matrix: Matrix,
+    emulators: Mapping[str, Emulator] | None = None,
+) -> Verdict:
+    """May this host build ``target``?  Pure: ``emulators`` is what :func:`host_emulators` found.
+
+    Generic targets build anywhere in their family.  A generic target of another family builds
+    under emulation when an emulator for that family is registered; tuned targets of another
+    family never do (their point is performance, which emulation cannot show).
+    """
     if target.is_generic and host.family == target.family:
         return Verdict(target, True)
+    if host.family != target.family and emulators and target.family in emulators:
+        emu = emulators[target.family]
+        if target.is_generic:
+            return Verdict(target, True, emulated_by=emu.label)
+        return Verdict(
+            target,
+            False,
+            (
+                f"it is {article(target.family)} {target.family} target and the host is {host.family}; "
+                f"{emu.label} could run it, but tuned targets are built natively only "
+                f"(emulation builds {target.family}/generic)",
+            ),
+        )
     return check_target(host, target, matrix)
 
 
-def require_build_node(host: HostCpu, target: Target, matrix: Matrix, version: str | None = None) -> None:
-    """Raise :class:`BuildNodeError` with the next step when this host may not build ``target``."""
-    v = check_build_node(host, target, matrix)
+def require_build_node(
+    host: HostCpu,
+    target: Target,
+    matrix: Matrix,
+    version: str | None = None,
+    emulators: Mapping[str, Emulator] | None = None,
+) -> Verdict:
+    """The verdict when this host may build ``target``, else :class:`BuildNodeError` with the next step."""
+    v = check_build_node(host, target, matrix, emulators)
     if v.ok:
-        return
+        return v
     sel = select_target(host, matrix, version)
     runner = ", ".join(matrix.runner_for(target)) or "a matching machine"
+    hint = ""
+    if host.family != target.family and not emulators and target.is_generic:
+        hint = (
+            f" (or emulate it: `bash setup.sh` as root installs and registers qemu-user-static for "
+            f"{target.family})"
+        )
     raise BuildNodeError(
-        f"cannot build {target.name} ({target.subdir}) natively on this host "
+        f"cannot build {target.name} ({target.subdir}) on this host "
         f"({host.model_name or host.vendor}, best target {sel.subdir}): {'; '.join(v.reasons)}; "
-        f"run it on a {target.name} node (CI runner labels: {runner}) or build one of: "
+        f"run it on a {target.name} node (CI runner labels: {runner}){hint} or build one of: "
         f"{', '.join(sel.candidates)}"
     )
 

@@ -11,7 +11,8 @@ import sys
 from typing import Any, TextIO
 
 from ..arch.cpuinfo import CPUINFO_ENV, MACHINE_ENV, read_host_cpu
-from ..arch.select import OVERRIDE_ENV, check_build_node, require_build_node, select_from_environ, why_not
+from ..arch.emulation import emulators_for
+from ..arch.select import OVERRIDE_ENV, require_build_node, select_from_environ, why_not
 from ..errors import UsageError
 from ..matrix import MATRIX_ENV, Matrix, load_matrix
 from ..settings import Settings, resolve_settings
@@ -152,7 +153,8 @@ def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
     host = read_host_cpu(args.cpuinfo) if not args.no_host else None
     from ..plan import make_plan  # only `plan` needs it (it brings the tarball-name rules)
 
-    plan = make_plan(m, target, settings.version, settings.repository, host)
+    emulators = emulators_for(host, target) if host is not None else {}
+    plan = make_plan(m, target, settings.version, settings.repository, host, emulators)
     if args.json:
         emit_json(plan.to_json(), out)
         return 0
@@ -160,8 +162,11 @@ def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
     out.write(f"  install prefix: {plan.install_prefix}\n")
     out.write(f"  tarball:        {plan.tarball_pattern}\n")
     if plan.build_node is not None:
-        verdict = "yes" if plan.build_node.ok else "no: " + "; ".join(plan.build_node.reasons)
-        out.write(f"  this host can build it natively: {verdict}\n")
+        node = plan.build_node
+        verdict = "yes" if node.ok else "no: " + "; ".join(node.reasons)
+        if node.emulated_by:
+            verdict = f"yes, emulated ({node.emulated_by}): proves function, not performance"
+        out.write(f"  this host can build it: {verdict}\n")
     for i, s in enumerate(plan.steps, 1):
         state = "ready" if s.available else "cannot run here"
         out.write(f"  {i}. [{state}] {s.name}: {s.detail}\n")
@@ -176,12 +181,22 @@ def cmd_check_node(args: argparse.Namespace, out: TextIO) -> int:
     settings = _settings(args)
     target = m.target(args.target)
     host = read_host_cpu(args.cpuinfo)
-    require_build_node(host, target, m, settings.version)  # raises BuildNodeError with the next step
-    verdict = check_build_node(host, target, m)
+    emulators = emulators_for(host, target)
+    verdict = require_build_node(host, target, m, settings.version, emulators)  # or BuildNodeError
+    emulator = emulators.get(target.family) if verdict.emulated_by else None
     if args.json:
-        emit_json({"target": target.name, "ok": verdict.ok, "reasons": list(verdict.reasons)}, out)
+        doc: dict[str, object] = {"target": target.name, "ok": verdict.ok, "reasons": list(verdict.reasons)}
+        doc["emulated"] = emulator is not None
+        doc["emulator"] = emulator.to_json() if emulator else None
+        emit_json(doc, out)
+    elif emulator is not None:
+        out.write(
+            f"yes, emulated ({emulator.label}): this host builds {target.name} ({target.subdir}) through "
+            f"{emulator.interpreter} (binfmt_misc entry {emulator.entry}, fix-binary); "
+            "the results prove function, not performance\n"
+        )
     else:
-        out.write(f"this host can build {target.name} ({target.subdir}) natively\n")
+        out.write(f"yes, natively: this host can build {target.name} ({target.subdir})\n")
     return 0
 
 

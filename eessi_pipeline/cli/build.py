@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..arch.cpuinfo import read_host_cpu
+from ..arch.emulation import emulators_for
 from ..arch.select import require_build_node
 from ..matrix import load_matrix
 from ..settings import resolve_settings
@@ -120,7 +121,8 @@ def cmd_build(args: argparse.Namespace, out: TextIO) -> int:
     runtime = resolve_runtime(args.runtime, args.image, os.environ)
     matrix = load_matrix()
     target = matrix.target(args.target)
-    require_build_node(read_host_cpu(args.cpuinfo), target, matrix, settings.version)
+    host = read_host_cpu(args.cpuinfo)
+    require_build_node(host, target, matrix, settings.version, emulators_for(host, target))
     stacks = load_stacks(Path(args.stacks) if args.stacks else None)
     plan = BuildPlan.create(
         matrix,

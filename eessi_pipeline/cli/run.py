@@ -36,6 +36,7 @@ from typing import Any, TextIO
 
 from ..acceptance import TestRunFailed, failure_line, pipeline_env, run_acceptance
 from ..arch.cpuinfo import read_host_cpu
+from ..arch.emulation import emulators_for
 from ..arch.select import require_build_node, select_from_environ
 from ..checks.procmaps import session_problems
 from ..checks.smoke import SmokeTable, load_smoke
@@ -129,7 +130,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     )
     if target is None:
         raise PipelineError("the matrix builds no target for this host's CPU family: nothing to run")
-    require_build_node(host, target, matrix, version)
+    require_build_node(host, target, matrix, version, emulators_for(host, target))
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = settings.state_dir / "runs" / f"{target.name}-{stamp}"
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from ..acceptance import TIMEOUT, TestRunFailed, failure_line, run_acceptance
 from ..arch.cpuinfo import read_host_cpu
+from ..arch.emulation import emulators_for
 from ..arch.select import require_build_node
 from ..matrix import Target, load_matrix
 from ..settings import resolve_settings
@@ -30,7 +31,8 @@ def cmd_test(args: argparse.Namespace, out: TextIO) -> int:
     )
     matrix = load_matrix()
     target = matrix.target(args.target)
-    require_build_node(read_host_cpu(None), target, matrix, settings.version)
+    host = read_host_cpu(None)
+    require_build_node(host, target, matrix, settings.version, emulators_for(host, target))
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = Path(args.run_dir) if args.run_dir else settings.state_dir / "runs" / f"{target.name}-{stamp}"
     site = Path(args.site).resolve() if args.site else None
