@@ -1,5 +1,5 @@
 """The smoke checks as data (matrices/smoke.yaml): schema, regexes, coverage of every easystack module,
-and the ReFrame check file reading the same file the same way."""
+and the ReFrame check files reading the same file through the same loader."""
 
 from __future__ import annotations
 
@@ -147,10 +147,16 @@ def test_ebroot_variable_is_easybuilds_name(name: str, variable: str) -> None:
     assert "EBROOT" + filetools.convert_name(name, upper=True) == variable
 
 
-def _import_check_file(name: str) -> types.ModuleType:
-    """checks/software/software_checks.py, imported as ReFrame's loader would (needs reframe)."""
+CHECK_FILES = {
+    "software": ROOT / "checks" / "software" / "software_checks.py",
+    "gpu": ROOT / "checks" / "gpu" / "gpu_checks.py",
+}
+
+
+def _import_check_file(name: str, kind: str = "software") -> types.ModuleType:
+    """A ReFrame check file under checks/, imported as ReFrame's loader would (needs reframe)."""
     pytest.importorskip("reframe")
-    spec = importlib.util.spec_from_file_location(name, ROOT / "checks" / "software" / "software_checks.py")
+    spec = importlib.util.spec_from_file_location(name, CHECK_FILES[kind])
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -161,24 +167,27 @@ def _import_check_file(name: str) -> types.ModuleType:
     return module
 
 
-def test_check_file_reads_the_smoke_file_like_the_loader(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("kind", sorted(CHECK_FILES))
+def test_check_file_reads_the_smoke_file_like_the_loader(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("EESSI_PIPELINE_SMOKE", raising=False)
-    check_file = _import_check_file("software_checks_default")
+    check_file = _import_check_file(f"{kind}_checks_default", kind)
     table = load_smoke()
     assert Path(check_file.SMOKE_FILE).resolve() == SMOKE_FILE.resolve()
     for name in [*(c.module for c in table.checks), "NotListed-1"]:
-        expected = table.check_for(name)
-        got = check_file.smoke_for(name, check_file.SMOKE_FALLBACK, check_file.SMOKE)
-        assert got == (expected.command, expected.expect, expected.description), name
-        assert check_file.ebroot_variable(name) == ebroot_variable(name)
+        assert check_file.SMOKE.check_for(name) == table.check_for(name), name
+    assert check_file.SMOKE.check_for("NotListed-1").command == (
+        table.fallback.command.replace("{ebroot}", ebroot_variable("NotListed-1"))
+    )
 
 
+@pytest.mark.parametrize("kind", sorted(CHECK_FILES))
 def test_check_file_smoke_path_follows_the_environment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     other = tmp_path / "smoke.yaml"
     other.write_text(yaml.safe_dump(_data(zlib={"description": "d", "command": "echo hi", "expect": "hi"})))
     monkeypatch.setenv("EESSI_PIPELINE_SMOKE", str(other))
-    check_file = _import_check_file("software_checks_env")
-    assert check_file.SMOKE == {"zlib": {"description": "d", "command": "echo hi", "expect": "hi"}}
-    assert check_file.smoke_for("zlib", check_file.SMOKE_FALLBACK, check_file.SMOKE)[0] == "echo hi"
+    check_file = _import_check_file(f"{kind}_checks_env", kind)
+    assert Path(check_file.SMOKE_FILE) == other
+    assert [c.module for c in check_file.SMOKE.checks] == ["zlib"]
+    assert check_file.SMOKE.check_for("zlib").command == "echo hi"

@@ -26,19 +26,12 @@ from typing import Any
 
 import reframe as rfm
 import reframe.utility.sanity as sn
-import yaml
-from reframe.core.builtins import parameter, performance_function, run_after, sanity_function, variable
+from reframe.core.builtins import parameter, performance_function, run_after, sanity_function
 
-from eessi_pipeline.checks.rfmlib import installed_modules, load_references
+from eessi_pipeline.checks import rfmlib
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-MODULEPATH = os.environ.get("EESSI_PIPELINE_MODULEPATH") or os.environ.get("MODULEPATH", "").split(":")[0]
-REFERENCES = os.environ.get("EESSI_PIPELINE_REFERENCES") or os.path.join(
-    HERE, "..", "..", "matrices", "references.yaml"
-)
-SMOKE_FILE = os.environ.get("EESSI_PIPELINE_SMOKE") or os.path.join(
-    HERE, "..", "..", "matrices", "smoke.yaml"
-)
+MODULEPATH, REFERENCES, SMOKE_FILE = rfmlib.check_paths()
+SMOKE = rfmlib.smoke_table(SMOKE_FILE)
 ACCEL_CC = os.environ.get("EESSI_PIPELINE_ACCEL_CC", "")
 ELEMENTS = 1 << 27  # 1 GiB per array of doubles: well past any GPU cache
 
@@ -61,43 +54,25 @@ def _gpu_missing() -> str:
 GPU_MISSING = _gpu_missing()
 
 
-def smoke_entry(name: str) -> tuple[str, str, str]:
-    """``(command, regex, description)`` of a GPU module's smoke check (matrices/smoke.yaml)."""
-    with open(SMOKE_FILE, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
-    spec = (data.get("modules") or {}).get(name)
-    if not spec or spec.get("fallback"):
-        fb = data["fallback"]
-        root = "EBROOT" + name.replace("+", "plus").replace("-", "min").replace(".", "").upper()
-        return fb["command"].replace("{ebroot}", root), fb["expect"], fb["description"]
-    return spec["command"], spec["expect"], spec["description"]
-
-
-class gpu_check(rfm.RunOnlyRegressionTest):
+class gpu_check(rfmlib.TargetCheck):
     valid_systems = ["*"]
-    valid_prog_environs = ["*"]
-    time_limit = "5m"
-    target = variable(str, value=os.environ.get("EESSI_PIPELINE_TARGET", ""))
-    reference_key = variable(str, value="")
-
-    def target_name(self) -> Any:
-        return self.target or self.current_partition.name
 
 
 @rfm.simple_test
 class gpu_module_smoke_check(gpu_check):
     """A GPU module loads with Lmod and its program runs (no GPU needed)."""
 
-    module = parameter(installed_modules(MODULEPATH))
+    module = parameter(rfmlib.installed_modules(MODULEPATH))
     tags = {"smoke", "gpu"}
 
     @run_after("init")
     def set_command(self) -> None:
-        command, self.expect, what = smoke_entry(self.module.split("/", 1)[0])
-        self.descr = f"smoke: {self.module} loads; {what}"
+        smoke = SMOKE.check_for(self.module.split("/", 1)[0])
+        self.expect = smoke.expect
+        self.descr = f"smoke: {self.module} loads; {smoke.description}"
         self.modules = [self.module]
         self.executable = "bash"
-        self.executable_opts = ["-c", "'" + command.replace("'", "'\"'\"'") + "'"]
+        self.executable_opts = ["-c", rfmlib.sh_quote(smoke.command)]
 
     @sanity_function
     def assert_runs(self) -> Any:
@@ -145,7 +120,7 @@ class gpu_bandwidth_check(gpu_device_check):
     @run_after("setup")
     def set_references(self) -> None:
         self.reference_key = "gpu_bandwidth_check/1_gpu"
-        self.reference = {"*": load_references(REFERENCES, self.reference_key, self.target_name())}
+        self.reference = {"*": rfmlib.load_references(REFERENCES, self.reference_key, self.target_name())}
 
     @sanity_function
     def assert_correct(self) -> Any:

@@ -11,85 +11,49 @@ Environment read at load time:
 * ``EESSI_PIPELINE_TARGET``: the target name the references are looked up for (default: the
   partition's name);
 * ``EESSI_PIPELINE_REFERENCES``: the references file (default: ``matrices/references.yaml``);
-* ``EESSI_PIPELINE_SMOKE``: the smoke commands per module (default: ``matrices/smoke.yaml``; the
-  pipeline validates it with ``eessi_pipeline.checks.smoke`` before ReFrame runs).
+* ``EESSI_PIPELINE_SMOKE``: the smoke commands per module (default: ``matrices/smoke.yaml``; read
+  with ``eessi_pipeline.checks.smoke``, the loader the pipeline validated it with before ReFrame ran).
+
+What the check files share (these paths, the smoke table, references, the base class
+``TargetCheck``) is in ``eessi_pipeline/checks/rfmlib.py``.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import reframe as rfm
 import reframe.utility.sanity as sn
-import yaml
 from reframe.core.builtins import parameter, performance_function, run_after, sanity_function, variable
 
-from eessi_pipeline.checks.rfmlib import installed_modules, load_references
+from eessi_pipeline.checks import rfmlib
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-MODULEPATH = os.environ.get("EESSI_PIPELINE_MODULEPATH") or os.environ.get("MODULEPATH", "").split(":")[0]
-REFERENCES = os.environ.get("EESSI_PIPELINE_REFERENCES") or os.path.join(
-    HERE, "..", "..", "matrices", "references.yaml"
-)
-SMOKE_FILE = os.environ.get("EESSI_PIPELINE_SMOKE") or os.path.join(
-    HERE, "..", "..", "matrices", "smoke.yaml"
-)
+MODULEPATH, REFERENCES, SMOKE_FILE = rfmlib.check_paths()
+SMOKE = rfmlib.smoke_table(SMOKE_FILE)
 # scale -> (nodes, cores per node; 0 = all of the node)
 SCALES = {"1_core": (1, 1), "2_cores": (1, 2), "1_node": (1, 0), "2_nodes": (2, 0)}
 
 
-def load_smoke(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(fallback, modules)`` of the smoke file: each ``{command, expect, description}``."""
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
-    return data.get("fallback") or {}, data.get("modules") or {}
-
-
-def ebroot_variable(name: str) -> str:
-    """EasyBuild's root variable of a module name (- becomes MIN, + PLUS, dots go)."""
-    return "EBROOT" + name.replace("+", "plus").replace("-", "min").replace(".", "").upper()
-
-
-def smoke_for(name: str, fallback: dict[str, Any], modules: dict[str, Any]) -> tuple[str, str, str]:
-    """``(command, regex, description)`` of a module's smoke check."""
-    spec = modules.get(name) or {"fallback": True}
-    if spec.get("fallback"):
-        command = fallback["command"].replace("{ebroot}", ebroot_variable(name))
-        return command, fallback["expect"], spec.get("description") or fallback["description"]
-    return spec["command"], spec["expect"], spec["description"]
-
-
-SMOKE_FALLBACK, SMOKE = load_smoke(SMOKE_FILE)
-
-
-class eessi_check(rfm.RunOnlyRegressionTest):
+class eessi_check(rfmlib.TargetCheck):
     valid_systems = ["+cpu"]
-    valid_prog_environs = ["*"]
-    time_limit = "5m"
-    target = variable(str, value=os.environ.get("EESSI_PIPELINE_TARGET", ""))
-    reference_key = variable(str, value="")
-
-    def target_name(self) -> Any:
-        return self.target or self.current_partition.name
 
 
 @rfm.simple_test
 class module_smoke_check(eessi_check):
     """The module loads with Lmod and its program runs."""
 
-    module = parameter(installed_modules(MODULEPATH))
+    module = parameter(rfmlib.installed_modules(MODULEPATH))
     tags = {"smoke"}
 
     @run_after("init")
     def set_command(self) -> None:
-        name = self.module.split("/", 1)[0]
-        command, self.expect, what = smoke_for(name, SMOKE_FALLBACK, SMOKE)
-        self.descr = f"smoke: {self.module} loads; {what}"
+        smoke = SMOKE.check_for(self.module.split("/", 1)[0])
+        self.expect = smoke.expect
+        self.descr = f"smoke: {self.module} loads; {smoke.description}"
         self.modules = [self.module]
         self.reference_key = f"module_smoke_check/{self.module}"
         self.executable = "bash"
-        self.executable_opts = ["-c", _sh_quote(command)]
+        self.executable_opts = ["-c", rfmlib.sh_quote(smoke.command)]
 
     @sanity_function
     def assert_runs(self) -> Any:
@@ -99,10 +63,6 @@ class module_smoke_check(eessi_check):
         else:  # ReFrame's squeue scheduler learns no exit code; srun reports a failed task on stderr
             checks.append(sn.assert_not_found(r"srun: error: .*[Ee]xit", self.stderr))
         return sn.all(checks)
-
-
-def _sh_quote(text: str) -> str:
-    return "'" + text.replace("'", "'\"'\"'") + "'"
 
 
 @rfm.simple_test
@@ -139,7 +99,7 @@ class stream_check(eessi_check):
         self.num_cpus_per_task = threads
         self.env_vars = {"OMP_NUM_THREADS": str(threads), "OMP_PROC_BIND": "close"}
         self.executable_opts = [str(self.array_mib)]
-        self.reference = {"*": load_references(REFERENCES, self.reference_key, self.target_name())}
+        self.reference = {"*": rfmlib.load_references(REFERENCES, self.reference_key, self.target_name())}
 
     @sanity_function
     def assert_validates(self) -> Any:

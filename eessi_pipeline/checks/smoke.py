@@ -1,9 +1,10 @@
 """Smoke checks per module as data: ``matrices/smoke.yaml`` (module name → command, regex, description).
 
-The ReFrame check file (``checks/software/software_checks.py``) reads the same file with a plain
-``yaml.safe_load`` at load time; this loader is the strict one: it validates against
-``schemas/smoke.schema.json``, compiles every regex, and tells which modules of the stacks have no
-entry (:func:`uncovered`), so that a module added to an easystack without a smoke check is refused
+The one loader of that file, for the pipeline and for the ReFrame check files
+(``checks/software/software_checks.py``, ``checks/gpu/gpu_checks.py``, through
+``checks/rfmlib.py``): it validates against ``schemas/smoke.schema.json``, compiles every regex,
+resolves the generic fallback for a module, and tells which modules of the stacks have no entry
+(:func:`uncovered`), so that a module added to an easystack without a smoke check is refused
 before ReFrame runs.  Errors name file, key and fix.
 """
 
