@@ -122,6 +122,20 @@ def test_readme_settings_table_is_the_generated_one() -> None:
     assert readme.split(marker, 1)[1].startswith(settings_markdown())
 
 
+def test_shared_options_are_declared_only_in_cli_options() -> None:
+    """``--json``, ``--stack-version`` and the table's settings come from cli/options.py's helpers;
+    a command that spelled one out itself could drift from the others."""
+    spelled = re.compile(r"""add_argument\(\s*["'](--json|--stack-version|--state-dir|--repo)["']""")
+    found = []
+    for path in (PROJECT_ROOT / "eessi_pipeline").rglob("*.py"):
+        if path.name == "options.py" and path.parent.name == "cli":
+            continue
+        found += [
+            f"{path.relative_to(PROJECT_ROOT)}: {m.group(1)}" for m in spelled.finditer(path.read_text())
+        ]
+    assert found == []
+
+
 def test_every_pipeline_variable_is_in_the_settings_table() -> None:
     """A setting read from the environment anywhere in the package is declared once, in the table."""
     from eessi_pipeline.settings import INTERNAL_ENV, SETTINGS

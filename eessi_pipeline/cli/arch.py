@@ -16,7 +16,7 @@ from ..arch.select import OVERRIDE_ENV, require_build_node, select_from_environ,
 from ..errors import UsageError
 from ..matrix import MATRIX_ENV, Matrix, load_matrix
 from ..settings import Settings, resolve_settings
-from .options import add_stack_version
+from .options import add_json, add_stack_version
 from .output import emit_json
 
 
@@ -207,7 +207,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         help=f"architecture matrix (default: ${MATRIX_ENV} or matrices/targets.yaml)",
     )
     add_stack_version(p)
-    p.add_argument("--json", action="store_true", help="print JSON for machines")
+    add_json(p)
 
 
 def add_arch_parsers(sub: Any) -> None:

@@ -25,7 +25,7 @@ from ..software.driver import BuildPlan, ensure_build, lmod_cache_argv, resolve_
 from ..software.easybuild import eb_install_argv
 from ..software.runtime import IMAGE_ENV, RUNTIME_ENV, Runtime, require_binary, resolve_runtime
 from ..software.stacks import load_stacks
-from .options import add_setting, add_stack_version
+from .options import add_json, add_setting, add_stack_version
 from .output import emit_json
 
 DRY_RUN_GCC = "12.2.0"  # --dry-run shows the flags for Debian 12's gcc instead of asking gcc
@@ -225,5 +225,5 @@ def add_build_parser(sub: Any) -> None:
                    "(`eessi-pipeline cluster up`) or on --site's partition for the target")  # fmt: skip
     p.add_argument("--site", help="with --scheduler slurm: a real cluster's site file")
     p.add_argument("--dry-run", action="store_true", help="show what would run, change nothing")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json(p, "machine-readable output")
     p.set_defaults(handler=cmd_build)

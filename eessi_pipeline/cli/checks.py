@@ -29,6 +29,7 @@ from ..checks.references import (
 from ..checks.report import REPORT_FIX, RunResult, load_report
 from ..matrix import load_matrix
 from ..yamlio import load_yaml
+from .options import add_json
 from .output import emit_json
 
 
@@ -142,7 +143,7 @@ def add_checks_parser(sub: Any) -> None:
     )
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write the report into")
     p.add_argument("--title", default=DEFAULT_TITLE, help=f"report title (default: {DEFAULT_TITLE})")
-    p.add_argument("--json", action="store_true", help="print the written paths as JSON")
+    add_json(p, "print the written paths as JSON")
     p.add_argument("--dry-run", action="store_true", help="read the reports, print what would be written")
     p.set_defaults(handler=cmd_checks_report)
 

@@ -19,7 +19,7 @@ from ..errors import RepositoryError, UsageError
 from ..initscript import build_init_tarball
 from ..matrix import load_matrix
 from ..settings import resolve_settings
-from .options import add_setting, add_stack_version
+from .options import add_json, add_setting, add_stack_version
 from .output import write_bytes
 
 STRATUM1_PORT_ENV = "EESSI_PIPELINE_STRATUM1_PORT"
@@ -114,7 +114,7 @@ def add_client_parser(sub: Any) -> None:
         p.add_argument(
             "--cache-dir", metavar="DIR", help="local object cache (default: <state>/client-cache)"
         )
-        p.add_argument("--json", action="store_true")
+        add_json(p)
         add_limit_options(p)  # issue 16
 
     p = csub.add_parser("mount", help="mount the repository read-only with FUSE (default /cvmfs/<repo>)")

@@ -13,7 +13,7 @@ from ..cluster.status import ClusterStatus
 from ..errors import UsageError
 from ..proc import run_echoed
 from ..settings import resolve_settings
-from .options import add_setting
+from .options import add_json, add_setting
 from .output import emit_json
 
 
@@ -115,17 +115,17 @@ def add_cluster_parser(sub: Any) -> None:
     up.add_argument(
         "--network", metavar="CIDR", help="private network of a multi-node cluster (10.213.7.0/24)"
     )
-    up.add_argument("--json", action="store_true", help="print the status as JSON")
+    add_json(up, "print the status as JSON")
     up.set_defaults(handler=cmd_up)
     down = verbs.add_parser("down", help="cancel the jobs, stop every daemon, remove the namespaces")
     add_setting(down, "state_dir")
-    down.add_argument("--json", action="store_true")
+    add_json(down)
     down.set_defaults(handler=cmd_down)
     status = verbs.add_parser(
         "status", help="daemons, listening addresses, node states (exit 1 unless ready)"
     )
     add_setting(status, "state_dir")
-    status.add_argument("--json", action="store_true")
+    add_json(status)
     status.set_defaults(handler=cmd_status)
     ex = verbs.add_parser("exec", help="run a Slurm client command against the cluster (sinfo, sbatch, srun)")
     add_setting(ex, "state_dir")

@@ -19,7 +19,7 @@ from ..compat.state import ensure_layer, read_record
 from ..errors import CompatError
 from ..matrix import load_matrix
 from ..settings import resolve_settings
-from .options import add_setting, add_stack_version
+from .options import add_json, add_setting, add_stack_version
 from .output import emit_json
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def add_compat_parser(sub: Any) -> None:
         )
         add_setting(p, "state_dir")
         p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N", help="parallel jobs")
-        p.add_argument("--json", action="store_true", help="print JSON for machines")
+        add_json(p)
 
     p = csub.add_parser(
         "build", help="build (or reuse) the layer and pack it; print the layer's and the tarball's paths"

@@ -22,7 +22,7 @@ from ..gate.record import RECORD_SUFFIX, CaseResult, parse_junit
 from ..gate.staging import Staging
 from ..gate.write import write_record
 from ..settings import resolve_settings
-from .options import add_setting
+from .options import add_json, add_setting
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -179,7 +179,7 @@ def add_gate_parsers(sub: Any) -> None:
     )
     p.add_argument("tarballs", nargs="*", metavar="TARBALL", help="only these (default: everything staged)")
     p.add_argument("--dry-run", action="store_true", help="say what would happen, change nothing")
-    p.add_argument("--json", action="store_true")
+    add_json(p)
     p.add_argument(
         "--no-distribute", action="store_true", help="skip the Stratum 1 snapshot and post-publish checks"
     )

@@ -181,7 +181,7 @@ def cmd_checks(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def add_gpu_parser(sub: Any) -> None:
-    from .options import add_stack_version
+    from .options import add_json, add_stack_version
 
     p = sub.add_parser(
         "gpu", help="NVIDIA GPUs: host driver libraries, the CUDA stack of accelerator targets"
@@ -207,7 +207,7 @@ def add_gpu_parser(sub: Any) -> None:
     q.add_argument("--nvidia-smi", metavar="PROGRAM", help="the nvidia-smi to ask for the driver version")
     q.add_argument("--family", metavar="FAMILY", help="CPU family (default: this machine's)")
     q.add_argument("--dry-run", action="store_true", help="show what would be linked, write nothing")
-    q.add_argument("--json", action="store_true", help="print JSON for machines")
+    add_json(q)
     q.set_defaults(handler=cmd_link_drivers)
 
     b = gsub.add_parser(
@@ -226,7 +226,7 @@ def add_gpu_parser(sub: Any) -> None:
         "accelerator tarball for the gate",
     )
     add_stack_version(b)
-    b.add_argument("--json", action="store_true", help="print JSON for machines")
+    add_json(b)
     b.set_defaults(handler=cmd_build)
 
     c = gsub.add_parser("checks", help="run the ReFrame GPU checks of an accelerator target's GPU stack")
@@ -235,7 +235,7 @@ def add_gpu_parser(sub: Any) -> None:
     )
     c.add_argument("--prefix", metavar="DIR", help="where `gpu build --prefix` installed it")
     add_stack_version(c)
-    c.add_argument("--json", action="store_true", help="print JSON for machines")
+    add_json(c)
     c.set_defaults(handler=cmd_checks)
 
     p = gsub.add_parser("plan", help="what the pipeline does for an accelerator target (no side effects)")
@@ -243,5 +243,5 @@ def add_gpu_parser(sub: Any) -> None:
         "--target", default="zen4_cc90", metavar="NAME", help="accelerator target (default: zen4_cc90)"
     )
     add_stack_version(p)
-    p.add_argument("--json", action="store_true", help="print JSON for machines")
+    add_json(p)
     p.set_defaults(handler=cmd_plan)

@@ -51,3 +51,11 @@ def add_setting(p: argparse.ArgumentParser, name: str, help: str | None = None, 
     if name == "state_dir":
         kwargs.setdefault("default", argparse.SUPPRESS)
     p.add_argument(s.flag, metavar=s.metavar, help=text, **kwargs)
+
+
+JSON_HELP = "print JSON for machines"
+
+
+def add_json(p: argparse.ArgumentParser, help: str = JSON_HELP) -> None:
+    """``--json``: the command prints its result as JSON instead of lines for people."""
+    p.add_argument("--json", action="store_true", help=help)

@@ -17,7 +17,7 @@ from ..cvmfs.tarcheck import DEFAULT_MAX_MEMBER_SIZE, check_tarball
 from ..errors import RepositoryError, UsageError
 from ..settings import resolve_settings
 from ..trust import refuse_if_writable
-from .options import add_setting
+from .options import add_json, add_setting
 from .output import emit_json, write_bytes
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ def add_repo_parser(sub: Any) -> None:
         add_setting(p, "state_dir")
         if with_repo:
             add_setting(p, "repository")
-        p.add_argument("--json", action="store_true", help="print JSON for machines")
+        add_json(p)
 
     p = rsub.add_parser("init", help="create keys and an empty repository; print its directory")
     p.add_argument("name", metavar="NAME", help="fully qualified repository name, e.g. software.eessi.local")

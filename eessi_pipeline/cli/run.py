@@ -58,7 +58,7 @@ from ..services.plans import resolve_ports
 from ..services.stack import Stack
 from ..settings import Settings, resolve_settings
 from ..software.stacks import load_stacks
-from .options import add_setting, add_stack_version
+from .options import add_json, add_setting, add_stack_version
 
 INIT_TESTS = "tests/test_initscript.py"
 
@@ -263,5 +263,5 @@ def add_run_parser(sub: Any) -> None:
     add_setting(p, "repository")
     add_setting(p, "state_dir")
     p.add_argument("--keep-running", action="store_true", help="leave the Stratum services running")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    add_json(p, "print a JSON summary")
     p.set_defaults(handler=cmd_run)

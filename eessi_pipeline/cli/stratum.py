@@ -14,7 +14,7 @@ from ..services import stratum1
 from ..services.plans import DEFAULT_PORTS, PORT_ENV, resolve_ports
 from ..services.stack import READY_TIMEOUT, STOP_TIMEOUT, ServiceStatus, Stack
 from ..settings import resolve_settings
-from .options import add_setting
+from .options import add_json, add_setting
 from .output import emit_json
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def add_stratum_parser(sub: Any) -> None:
 
     def common(p: argparse.ArgumentParser) -> None:
         add_setting(p, "state_dir")
-        p.add_argument("--json", action="store_true", help="print JSON for machines")
+        add_json(p)
 
     p = ssub.add_parser("up", help="start the services (idempotent); print one `NAME URL` line each")
     for name in ("stratum0", "stratum1", "proxy"):

@@ -22,7 +22,7 @@ from ..arch.emulation import emulators_for
 from ..arch.select import require_build_node
 from ..matrix import Target, load_matrix
 from ..settings import resolve_settings
-from .options import add_setting, add_stack_version
+from .options import add_json, add_setting, add_stack_version
 
 
 def cmd_test(args: argparse.Namespace, out: TextIO) -> int:
@@ -80,5 +80,5 @@ def add_test_parser(sub: Any) -> None:
                    help="ReFrame checks as local processes (default) or as Slurm jobs on the embedded "
                    "cluster (`eessi-pipeline cluster up`) or --site's partition")  # fmt: skip
     p.add_argument("--site", metavar="FILE", help="with --scheduler slurm: a real cluster's site file")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    add_json(p, "print a JSON summary")
     p.set_defaults(handler=cmd_test)
