@@ -41,7 +41,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import CompatError
+from ..arch.select import article
+from ..errors import CompatError, PipelineError
 from ..proc import CommandFailed, run
 from . import apt as apt_mod
 from . import elf, prefixfiles, relocate
@@ -145,11 +146,16 @@ class DebianBackend:
             )
         host = _MACHINE_FAMILY.get(platform.machine(), platform.machine())
         if host != request.spec.family:
-            raise CompatError(
-                f"the debian backend builds layers for this host's family ({host}) only: compiling locales "
-                f"runs the layer's own localedef; build the {request.spec.family} layer on a "
-                f"{request.spec.family} host"
-            )
+            from ..arch.emulation import probe  # another family: its programs run under qemu-user
+
+            try:
+                probe(request.spec.family)
+            except PipelineError as e:
+                raise CompatError(
+                    f"the {request.spec.family} layer runs its own programs (localedef, the checks) and this "
+                    f"host is {host}: {e}; or build it on {article(request.spec.family)} "
+                    f"{request.spec.family} host"
+                ) from None
 
     # -- build ----------------------------------------------------------------------------------------------
     def build(self, request: BuildRequest, work: Path) -> BuildOutcome:
