@@ -25,6 +25,9 @@ REFLOG_DDL = (
     "CREATE TABLE refs (hash TEXT, type INTEGER, timestamp INTEGER, CONSTRAINT pk_refs PRIMARY KEY (hash))",
 )
 REF_CATALOG, REF_CERTIFICATE, REF_HISTORY, REF_METAINFO = 0, 1, 2, 3
+# a new database of each kind: its tables, schema revision and first rows (cvmfs's own values)
+_NEW_HISTORY = (HISTORY_DDL, "3", ("INSERT INTO branches VALUES ('', NULL, 0)",))
+_NEW_REFLOG = (REFLOG_DDL, "0", ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +58,25 @@ def tags_in(db: sqlite3.Connection) -> list[Tag]:
 
 
 def _with_db(
-    data: bytes | None, tmp_dir: Path, ddl: tuple[str, ...], fn: Callable[[sqlite3.Connection], None]
+    data: bytes | None,
+    tmp_dir: Path,
+    new: tuple[tuple[str, ...], str, tuple[str, ...]],
+    fqrn: str,
+    fn: Callable[[sqlite3.Connection], None],
 ) -> bytes:
+    """``data`` after ``fn``; without data, a new database first: ``new`` is its (tables, schema
+    revision, first rows), and its properties name the schema and the repository."""
+
     def fill(db: sqlite3.Connection) -> None:
         if not data:
+            ddl, schema_revision, first_rows = new
             for stmt in ddl:
+                db.execute(stmt)
+            db.executemany(
+                "INSERT INTO properties VALUES (?, ?)",
+                [("schema", "1.0"), ("schema_revision", schema_revision), ("fqrn", fqrn)],
+            )
+            for stmt in first_rows:
                 db.execute(stmt)
         fn(db)
 
@@ -85,12 +102,6 @@ def add_publish_tags(
     ts = int(when.timestamp())
 
     def update(db: sqlite3.Connection) -> None:
-        if not data:
-            db.executemany(
-                "INSERT INTO properties VALUES (?, ?)",
-                [("schema", "1.0"), ("schema_revision", "3"), ("fqrn", fqrn)],
-            )
-            db.execute("INSERT INTO branches VALUES ('', NULL, 0)")
         if previous_history:
             db.execute(
                 "INSERT OR REPLACE INTO properties VALUES ('previous_revision', ?)", (previous_history,)
@@ -112,7 +123,7 @@ def add_publish_tags(
             (root_hash, revision, ts, root_size),
         )
 
-    return _with_db(data, tmp_dir, HISTORY_DDL, update)
+    return _with_db(data, tmp_dir, _NEW_HISTORY, fqrn, update)
 
 
 def add_reflog_refs(
@@ -121,14 +132,9 @@ def add_reflog_refs(
     ts = int(when.timestamp())
 
     def update(db: sqlite3.Connection) -> None:
-        if not data:
-            db.executemany(
-                "INSERT INTO properties VALUES (?, ?)",
-                [("schema", "1.0"), ("schema_revision", "0"), ("fqrn", fqrn)],
-            )
         db.executemany("INSERT OR IGNORE INTO refs VALUES (?, ?, ?)", [(h, t, ts) for h, t in refs])
 
-    return _with_db(data, tmp_dir, REFLOG_DDL, update)
+    return _with_db(data, tmp_dir, _NEW_REFLOG, fqrn, update)
 
 
 def read_tags(data: bytes, tmp_dir: Path) -> list[Tag]:
