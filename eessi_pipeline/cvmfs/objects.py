@@ -15,7 +15,7 @@ import hashlib
 import os
 import threading
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,20 +71,28 @@ def chunk_boundaries_pure(
     if n <= minimum:
         return [n]
     threshold = 0xFFFFFFFF // average
-    cuts: list[int] = []
-    start = 0
-    while n - start > minimum:
-        limit = min(start + maximum, n)
-        scan = start + minimum - 32
+
+    def cut_after(start: int, limit: int) -> int:
         x = 0
-        cut = limit
-        for i in range(scan, limit):
+        for i in range(start + minimum - 32, limit):
             x = ((x << 1) ^ data[i]) & 0xFFFFFFFF
             if i + 1 >= start + minimum:
                 signed = x - 0x100000000 if x & 0x80000000 else x
                 if abs(signed - 0x7FFFFFFF) < threshold:
-                    cut = i + 1
-                    break
+                    return i + 1
+        return limit
+
+    return _cuts(n, minimum, maximum, cut_after)
+
+
+def _cuts(n: int, minimum: int, maximum: int, cut_after: Callable[[int, int], int]) -> list[int]:
+    """The end offsets of the chunks of ``n`` bytes: from each chunk's start, ``cut_after(start,
+    limit)`` says where the chunk ends (``limit``, ``maximum`` bytes on or the end of the data, when
+    no byte qualifies); the rest makes one last chunk once no more than ``minimum`` bytes remain."""
+    cuts: list[int] = []
+    start = 0
+    while n - start > minimum:
+        cut = cut_after(start, min(start + maximum, n))
         if cut >= n:
             break
         cuts.append(cut)
@@ -145,18 +153,12 @@ def chunk_boundaries(
     if np is None or minimum < 32 or maximum < minimum or average < 2:
         return chunk_boundaries_pure(data, minimum, average, maximum)
     candidates = _xor32_candidates(data, 0xFFFFFFFF // average)
-    cuts: list[int] = []
-    start = 0
-    while n - start > minimum:
-        limit = min(start + maximum, n)
+
+    def cut_after(start: int, limit: int) -> int:
         k = bisect.bisect_left(candidates, start + minimum - 1)
-        cut = candidates[k] + 1 if k < len(candidates) and candidates[k] < limit else limit
-        if cut >= n:
-            break
-        cuts.append(cut)
-        start = cut
-    cuts.append(n)
-    return cuts
+        return candidates[k] + 1 if k < len(candidates) and candidates[k] < limit else limit
+
+    return _cuts(n, minimum, maximum, cut_after)
 
 
 def usable_cores() -> int:
