@@ -36,12 +36,12 @@ it reports ``OK``.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ServiceError
+from .sockets import require_loopback_port
 
 META_MAX_AGE = 61
 """Seconds: ``.cvmfs*`` files and JSON (squid caches nothing that expires within 60 s)."""
@@ -73,13 +73,7 @@ class NginxServer:
     worker_processes: int = 1
 
     def __post_init__(self) -> None:
-        if not ipaddress.ip_address(self.host).is_loopback:
-            raise ServiceError(
-                f"{self.name}: refusing to listen on {self.host}: the embedded servers bind to loopback only "
-                "(use 127.0.0.1)"
-            )
-        if not 1 <= self.port <= 65535:
-            raise ServiceError(f"{self.name}: port {self.port} is not in 1-65535; choose another port")
+        require_loopback_port(self.name, self.host, self.port, "the embedded servers bind")
         for path in (self.web_root, self.runtime_dir):
             if not path.is_absolute() or _UNSAFE & set(str(path)):
                 raise ServiceError(

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import PipelineError
+from ..errors import PipelineError, ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,16 @@ PROC = Path("/proc")
 TCP_LISTEN = "0A"
 UDP_UNCONNECTED = "07"
 PROTOCOLS = ("tcp", "tcp6", "udp", "udp6")
+
+
+def require_loopback_port(who: str, host: str, port: int, binder: str) -> None:
+    """Refuse to listen on ``host:port`` unless the host is a loopback address and the port a TCP
+    port; ``who`` starts the message, ``binder`` says what keeps to loopback ("the embedded servers
+    bind")."""
+    if not ipaddress.ip_address(host).is_loopback:
+        raise ServiceError(f"{who}: refusing to listen on {host}: {binder} to loopback only (use 127.0.0.1)")
+    if not 1 <= port <= 65535:
+        raise ServiceError(f"{who}: port {port} is not in 1-65535; choose another port")
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ServiceError
+from .sockets import require_loopback_port
 
 CONFIG_NAME = "squid.conf"
 PID_NAME = "squid.pid"
@@ -61,13 +62,7 @@ class SquidProxy:
     destinations: tuple[str, ...] = DEFAULT_DESTINATIONS  # networks it may forward to
 
     def __post_init__(self) -> None:
-        if not ipaddress.ip_address(self.host).is_loopback:
-            raise ServiceError(
-                f"proxy: refusing to listen on {self.host}: the embedded proxy binds to loopback only "
-                "(use 127.0.0.1)"
-            )
-        if not 1 <= self.port <= 65535:
-            raise ServiceError(f"proxy: port {self.port} is not in 1-65535; choose another port")
+        require_loopback_port("proxy", self.host, self.port, "the embedded proxy binds")
         if self.cache_dir_mb < 1024:
             raise ServiceError(
                 f"proxy: a cache of {self.cache_dir_mb} MB cannot hold the 1024 MB objects CVMFS allows; "
