@@ -166,3 +166,16 @@ def test_check_node_answers_emulated_on_this_host() -> None:
         cmd, capture_output=True, text=True, timeout=60, env={**os.environ, "EESSI_PIPELINE_EMULATION": "off"}
     )
     assert off.returncode != 0 and "cannot build aarch64_generic" in off.stderr
+
+
+def test_gate_record_writer_names_the_emulator_itself() -> None:
+    """The writer decides emulation from the tested subdir and this host, not from what a caller claims."""
+    from eessi_pipeline.gate.write import emulator_of
+
+    assert emulator_of("x86_64", "software", "x86_64/amd/zen3") == ""
+    assert emulator_of("x86_64", "init", "") == ""
+    emu = _registered_aarch64()
+    if emu is None or os.uname().machine != "x86_64":
+        pytest.skip("no qemu-aarch64 registered in binfmt_misc here (`bash setup.sh` as root registers it)")
+    assert emulator_of("x86_64", "software", "aarch64/generic") == emu.label
+    assert emulator_of("x86_64", "compat", "aarch64") == emu.label

@@ -470,3 +470,73 @@ def test_staging_same_tarball_again_refreshes_its_record_or_keeps_it_published(t
     other = software_tarball(tmp_path / "rebuilt", "2023.06", ZEN3, {"modules/all/x/1.lua": b"-- changed"})
     with pytest.raises(GateRefused, match="already staged \\(ingested\\) with other contents"):
         staging.stage(other, record, sig)
+
+
+# --------------------------------------------------------------------------- records made under emulation
+
+A64 = "aarch64/generic"
+
+
+def emulated_green(subdir: str = A64) -> tuple[TarballFacts, GateRecord]:
+    facts, record = green()
+    name = f"eessi-2023.06-software-linux-{subdir.replace('/', '-')}-1700000000.tar.gz"
+    facts = dataclasses.replace(facts, name=name, content_roots=(f"2023.06/software/linux/{subdir}",))
+    record = dataclasses.replace(
+        record, tarball=name, target=subdir, emulated=True, emulator="qemu-aarch64 7.2"
+    )
+    return facts, record
+
+
+def test_emulated_generic_record_publishes_by_default() -> None:
+    facts, record = emulated_green()
+    assert POLICY.emulated_records == "generic"
+    assert decide(facts, record, SIGNED, POLICY, NOW).accept
+
+
+def test_emulated_tuned_record_needs_a_native_run() -> None:
+    facts, record = emulated_green("aarch64/neoverse_n1")
+    (reason,) = decide(facts, record, SIGNED, POLICY, NOW).reasons
+    assert "aarch64/neoverse_n1 ran under qemu-aarch64 7.2: a tuned target needs a native run" in reason
+    assert decide(facts, record, SIGNED, dataclasses.replace(POLICY, emulated_records="all"), NOW).accept
+    native = dataclasses.replace(record, emulated=False, emulator="")
+    assert decide(facts, native, SIGNED, POLICY, NOW).accept
+
+
+def test_policy_none_takes_native_records_only() -> None:
+    facts, record = emulated_green()
+    (reason,) = decide(
+        facts, record, SIGNED, dataclasses.replace(POLICY, emulated_records="none"), NOW
+    ).reasons
+    assert "native records only" in reason
+
+
+def test_emulated_performance_is_recorded_not_judged() -> None:
+    facts, record = emulated_green()
+    slow = (PerfVerdict("stream_check", "Triad", 90.0, 9000.0, -0.5, None, "MB/s", False),)
+    record = dataclasses.replace(record, reframe=ReframeSummary("b" * 64, 3, 0, slow))
+    assert decide(facts, record, SIGNED, POLICY, NOW).accept
+    native = dataclasses.replace(record, emulated=False)
+    assert "outside" in decide(facts, native, SIGNED, POLICY, NOW).reasons[0]
+    failing = dataclasses.replace(record, reframe=ReframeSummary("b" * 64, 3, 1, slow))
+    assert decide(facts, failing, SIGNED, POLICY, NOW).reasons == ("ReFrame reports 1 failure(s)",)
+
+
+def test_emulated_record_round_trip_and_bad_type(tmp_path: Path) -> None:
+    t = software_tarball(tmp_path, "2023.06", A64, {"bin/x": b"x"})
+    record = make_record(
+        t, "software", A64, "x86_64/generic", (CaseResult("a::b", "passed"),), None, {}, NOW,
+        emulator="qemu-aarch64 7.2",
+    )  # fmt: skip
+    assert record.emulated and record.to_json()["emulated"] is True
+    p = tmp_path / "r.json"
+    p.write_bytes(record.canonical())
+    assert load_record(p) == record
+    data = json.loads(p.read_text())
+    data["emulated"] = "yes"
+    p.write_text(json.dumps(data))
+    with pytest.raises(GateRefused, match="'emulated' is not true/false"):
+        load_record(p)
+
+
+def test_the_shipped_policy_publishes_emulated_generic_only() -> None:
+    assert load_policy().emulated_records == "generic"

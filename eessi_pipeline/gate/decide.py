@@ -114,6 +114,8 @@ def rule_reframe(c: Case) -> list[str]:
     reasons = ["the ReFrame report has zero test cases"] if rf.cases == 0 else []
     if rf.failures:
         reasons.append(f"ReFrame reports {rf.failures} failure(s)")
+    if c.record.emulated:  # values measured under qemu say nothing about the target: recorded, not judged
+        return reasons
     for p in rf.performance:
         if rule.require_references and p.reference is None:
             value = f"{p.value:g} {p.unit}".strip()
@@ -142,6 +144,20 @@ def rule_layout(c: Case) -> list[str]:
     return reasons
 
 
+def rule_emulation(c: Case) -> list[str]:
+    """A record made under emulation publishes only what the policy's ``emulated_records`` allows."""
+    if not c.record.emulated or c.policy.emulated_records == "all":
+        return []
+    how = c.record.emulator or "emulation"
+    if c.policy.emulated_records == "none":
+        return [f"the tests ran under {how}; the policy takes native records only (emulated_records: none)"]
+    subdir = c.record.target
+    if c.facts.content_type == "software" and not subdir.endswith("/generic"):
+        return [f"the tests of {subdir} ran under {how}: a tuned target needs a native run "
+                "(the policy lets emulated records publish generic targets only)"]  # fmt: skip
+    return []
+
+
 def rule_freshness(c: Case) -> list[str]:
     age_h = (c.now - c.record.created_at).total_seconds() / 3600
     if age_h > c.policy.max_record_age_hours:
@@ -156,7 +172,8 @@ def rule_approval(c: Case) -> list[str]:
 
 
 # The gate's rules, in the order their reasons are reported; each is pure and returns its reasons.
-RULES = (rule_signature, rule_binding, rule_tests, rule_reframe, rule_layout, rule_freshness, rule_approval)
+RULES = (rule_signature, rule_binding, rule_tests, rule_reframe, rule_emulation, rule_layout, rule_freshness,
+         rule_approval)  # fmt: skip
 
 
 def decide(

@@ -13,6 +13,9 @@ from ..yamlio import load_yaml
 
 ACCEL_RULE = "software-accel"
 
+#: What a record made under emulation may publish: nothing, generic targets only (the default), anything.
+EMULATED_CHOICES = ("none", "generic", "all")
+
 
 @dataclass(frozen=True, slots=True)
 class ContentRule:
@@ -31,6 +34,7 @@ class Policy:
     signature_namespace: str
     content_types: dict[str, ContentRule]
     post_publish_checks: str
+    emulated_records: str = "generic"  # one of EMULATED_CHOICES
 
     def rule(self, content_type: str) -> ContentRule | None:
         return self.content_types.get(content_type)
@@ -59,4 +63,4 @@ def load_policy(path: Path | str | None = None) -> Policy:
              for k, v in data["content_types"].items()}  # fmt: skip
     return Policy(p, hashlib.sha256(p.read_bytes()).hexdigest(), data["max_record_age_hours"],
                   data["require_approval"], data["allowed_signers"], data["signature_namespace"], rules,
-                  data["post_publish_checks"])  # fmt: skip
+                  data["post_publish_checks"], data.get("emulated_records", "generic"))  # fmt: skip

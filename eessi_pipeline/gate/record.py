@@ -74,6 +74,10 @@ class GateRecord:
     version: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
     target_name: str = ""  # the matrix name of ``target`` (zen3), what test ids are parametrised by
+    # the tests ran under user-mode emulation of the target's CPU family (qemu-user through binfmt_misc):
+    # they prove function, not performance; the policy decides what such a record may publish
+    emulated: bool = False
+    emulator: str = ""  # e.g. "qemu-aarch64 7.2" when emulated
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,6 +133,9 @@ def _check_shape(data: object, where: str) -> dict[str, Any]:
     for key in ("digests", "tools", "extra"):
         if not isinstance(data.get(key, {}), dict):
             raise GateRefused(f"{where}: not a valid gate record ({key!r} is not an object)")
+    if not isinstance(data.get("emulated", False), bool) or not isinstance(data.get("emulator", ""), str):
+        raise GateRefused(f"{where}: not a valid gate record ('emulated' is not true/false or 'emulator' "
+                          "not a string)")  # fmt: skip
     if data.get("reframe") is not None and not isinstance(data["reframe"], dict):
         raise GateRefused(f"{where}: not a valid gate record ('reframe' is not an object)")
     parse_created(data["created"], where)
@@ -155,6 +162,7 @@ def record_from_json(data: object, where: str) -> GateRecord:
             reframe=reframe, tools=dict(data.get("tools", {})), created=data["created"],
             version=int(data.get("version", 1)), extra=dict(data.get("extra", {})),
             target_name=str(data.get("target_name", "")),
+            emulated=data.get("emulated", False), emulator=data.get("emulator", ""),
         )  # fmt: skip
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise GateRefused(f"{where}: not a valid gate record ({type(e).__name__}: {e}); write it with "
@@ -250,7 +258,7 @@ def tool_versions() -> dict[str, str]:
 def make_record(
     tarball: Path, content_type: str, target: str, host_cpu: str, tests: tuple[CaseResult, ...],
     reframe: ReframeSummary | None, digests: dict[str, str], now: dt.datetime | None = None,
-    target_name: str = "",
+    target_name: str = "", emulator: str = "",
 ) -> GateRecord:  # fmt: skip
     now = now or dt.datetime.now(dt.UTC)
     return GateRecord(
@@ -258,4 +266,5 @@ def make_record(
         content_type=content_type, target=target, host_cpu=host_cpu, digests=digests, tests=tests,
         reframe=reframe, tools=tool_versions(),
         created=now.replace(microsecond=0).isoformat(), target_name=target_name,
+        emulated=bool(emulator), emulator=emulator,
     )  # fmt: skip

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from .. import inputs
 from ..arch.cpuinfo import read_host_cpu
+from ..arch.emulation import probe
 from ..arch.select import select_target
-from ..errors import GateRefused
+from ..errors import BuildNodeError, GateRefused
 from ..matrix import load_matrix
 from . import signing
 from .admit import admit
@@ -53,6 +54,17 @@ def target_from_roots(content_type: str, roots: tuple[str, ...]) -> str:
     return ""
 
 
+def emulator_of(host_family: str, content_type: str, subdir: str) -> str:
+    """The emulator the tests ran under ('' when native): the tested family is not this host's."""
+    family = subdir.split("/", 1)[0] if content_type in ("software", "compat") else ""
+    if not family or family == host_family:
+        return ""
+    try:
+        return probe(family).label
+    except BuildNodeError as e:
+        raise GateRefused(f"the tests of {subdir} cannot have run on this {host_family} host: {e}") from None
+
+
 def write_record(
     tarball: Path,
     tests: tuple[CaseResult, ...],
@@ -71,10 +83,12 @@ def write_record(
     subdir = target or facts.named_target or target_from_roots(facts.content_type, facts.content_roots)
     names = [t.name for t in matrix.targets if t.subdir == subdir]
     names = names or [at.name for at in matrix.every_accel_target() if at.subdir == subdir]  # GPU targets
-    host = select_target(read_host_cpu(None), matrix).subdir
+    host_cpu = read_host_cpu(None)
+    host = select_target(host_cpu, matrix).subdir
     digests = {"matrix": matrix.sha256, "policy": policy.sha256}
+    emulator = emulator_of(host_cpu.family, facts.content_type, subdir)
     record = make_record(tarball, facts.content_type, subdir, host, tests, reframe, digests,
-                         target_name=names[0] if names else "")  # fmt: skip
+                         target_name=names[0] if names else "", emulator=emulator)  # fmt: skip
     path = Path(f"{tarball}{RECORD_SUFFIX}")
     path.write_bytes(record.canonical())
     if key is None:  # the embedded default: this machine's own build-node key, trusted locally
