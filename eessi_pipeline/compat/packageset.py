@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,11 @@ class Link:
     target: str
 
 
+def _once_each(names: Iterable[str]) -> tuple[str, ...]:
+    """``names`` in their first order, each once."""
+    return tuple(dict.fromkeys(names))
+
+
 @dataclass(frozen=True, slots=True)
 class PackageSet:
     """A loaded, checked package set."""
@@ -132,11 +138,7 @@ class PackageSet:
     @property
     def debian_packages(self) -> tuple[str, ...]:
         """The Debian packages named by the set (roots of the dependency closure), in order, once each."""
-        seen: dict[str, None] = {}
-        for p in self.packages:
-            for d in p.debian:
-                seen.setdefault(d, None)
-        return tuple(seen)
+        return _once_each(d for p in self.packages for d in p.debian)
 
     @property
     def pypi_requirements(self) -> tuple[str, ...]:
@@ -144,11 +146,7 @@ class PackageSet:
 
     @property
     def gentoo_atoms(self) -> tuple[str, ...]:
-        seen: dict[str, None] = {}
-        for p in self.packages:
-            for a in p.gentoo:
-                seen.setdefault(a, None)
-        return tuple(seen)
+        return _once_each(a for p in self.packages for a in p.gentoo)
 
     @property
     def tools(self) -> tuple[Tool, ...]:
