@@ -10,7 +10,7 @@ import posixpath
 import re
 import stat
 import tarfile
-from collections.abc import Set
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 
 from .tarname import TYPES_WITH_ARCH, VERSION_SUFFIX, TarballName, printable
@@ -110,22 +110,20 @@ def normalise_member_name(name: str) -> str:
     return "/".join(_components(name))
 
 
+_KINDS: tuple[tuple[Callable[[tarfile.TarInfo], bool], str], ...] = (
+    (tarfile.TarInfo.isreg, "regular file"),
+    (tarfile.TarInfo.isdir, "directory"),
+    (tarfile.TarInfo.issym, "symlink"),
+    (tarfile.TarInfo.islnk, "hard link"),
+    (tarfile.TarInfo.ischr, "character device"),
+    (tarfile.TarInfo.isblk, "block device"),
+    (tarfile.TarInfo.isfifo, "fifo"),
+)
+
+
 def _kind(info: tarfile.TarInfo) -> str:
-    if info.isreg():
-        return "regular file"
-    if info.isdir():
-        return "directory"
-    if info.issym():
-        return "symlink"
-    if info.islnk():
-        return "hard link"
-    if info.ischr():
-        return "character device"
-    if info.isblk():
-        return "block device"
-    if info.isfifo():
-        return "fifo"
-    return f"member of unsupported type {info.type!r}"
+    """What the member is, in words (for messages)."""
+    return next((kind for test, kind in _KINDS if test(info)), f"member of unsupported type {info.type!r}")
 
 
 def _text_problems(what: str, text: str) -> list[str]:
