@@ -20,7 +20,7 @@ import json
 import stat
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,11 +170,18 @@ def ensure_host_injections(state_dir: Path, repository: str) -> int | None:
 
 
 def use_spec(
-    repository: str, version: str, family: str, entry: str, modules: tuple[str, ...], smoke: SmokeTable
+    repository: str,
+    version: str,
+    family: str,
+    entry: str,
+    modules: tuple[str, ...],
+    smoke: SmokeTable,
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """What :mod:`eessi_pipeline.checks.procmaps` runs for one init entry point (pure): the layer's
     bash sources ``versions/<v>/init/<entry>``, lists and loads every module; then each module's smoke
-    command runs in that environment."""
+    command runs in that environment.  ``env``: variables the session starts with (an emulated
+    session presents another machine: ``EESSI_MACHINE_TYPE``, ``EESSI_PROC_CPUINFO``)."""
     prefix = f"/cvmfs/{repository}/versions/{version}"
     setup = [
         "set -e",
@@ -189,4 +196,5 @@ def use_spec(
         "bash": f"{prefix}/compat/linux/{family}/bin/bash",
         "setup": "\n".join(setup) + "\n",
         "commands": [{"module": m, "command": smoke.check_for(m.split("/")[0]).command} for m in modules],
+        "env": dict(env or {}),
     }

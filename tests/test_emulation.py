@@ -179,3 +179,48 @@ def test_gate_record_writer_names_the_emulator_itself() -> None:
         pytest.skip("no qemu-aarch64 registered in binfmt_misc here (`bash setup.sh` as root registers it)")
     assert emulator_of("x86_64", "software", "aarch64/generic") == emu.label
     assert emulator_of("x86_64", "compat", "aarch64") == emu.label
+
+
+def test_the_emulated_arm_machine_gets_neoverse_n1_then_generic() -> None:
+    """The cpuinfo an emulated client session presents: EESSI's Graviton2 case, so the init script
+    falls back to aarch64/generic in a repository without neoverse_n1 software."""
+    from eessi_pipeline.arch.cpuinfo import parse_cpuinfo
+    from eessi_pipeline.arch.emulation import machine_cpuinfo
+    from eessi_pipeline.arch.select import select_target
+
+    host = parse_cpuinfo(machine_cpuinfo("aarch64").read_text())
+    assert host.family == "aarch64"
+    assert select_target(host, MATRIX, "2023.06").candidates == ("aarch64/neoverse_n1", "aarch64/generic")
+    with pytest.raises(BuildNodeError, match="no machine description"):
+        machine_cpuinfo("riscv64")
+
+
+def test_emulated_session_allows_exactly_the_emulator_files() -> None:
+    from eessi_pipeline.checks.procmaps import ProcessMaps, foreign_files
+
+    qemu = "/usr/bin/qemu-aarch64-static"
+    procs = [ProcessMaps(7, qemu, ("/cvmfs/r/versions/2023.06/compat/linux/aarch64/bin/bash", qemu + ".bak"))]
+    assert foreign_files(procs, ["/cvmfs/r", qemu]) == [f"{qemu} (pid 7) maps {qemu}.bak"]
+    assert len(foreign_files(procs, ["/cvmfs/r"])) == 2  # without the allowance the emulator is foreign
+
+
+def test_use_spec_carries_the_session_environment() -> None:
+    from eessi_pipeline.checks.smoke import load_smoke
+    from eessi_pipeline.layers import use_spec
+
+    env = {"EESSI_MACHINE_TYPE": "aarch64", "EESSI_PROC_CPUINFO": "/x/aarch64.cpuinfo"}
+    spec = use_spec("r", "2023.06", "aarch64", "bash", ("zlib/1.2.13",), load_smoke(), env)
+    assert spec["env"] == env and spec["bash"] == "/cvmfs/r/versions/2023.06/compat/linux/aarch64/bin/bash"
+    assert use_spec("r", "2023.06", "x86_64", "bash", (), load_smoke())["env"] == {}
+
+
+def test_emulated_session_on_this_host() -> None:
+    from eessi_pipeline.cli.run import emulated_session
+
+    assert emulated_session(os.uname().machine).emulator is None
+    if _registered_aarch64() is None or os.uname().machine != "x86_64":
+        pytest.skip("no qemu-aarch64 registered in binfmt_misc here (`bash setup.sh` as root registers it)")
+    s = emulated_session("aarch64")
+    assert s.emulator is not None and s.env["EESSI_MACHINE_TYPE"] == "aarch64"
+    assert Path(s.env["EESSI_PROC_CPUINFO"]).is_file()
+    assert os.path.realpath(s.emulator.interpreter) in s.emulator_files

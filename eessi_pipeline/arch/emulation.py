@@ -29,6 +29,7 @@ from ..matrix import Target
 from .cpuinfo import HostCpu
 
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
+MACHINES_DIR = Path(__file__).resolve().parent / "machines"  # an Arm machine's cpuinfo, see README there
 _ENTRY_LIMIT = 64 * 1024
 
 #: ELF ``e_machine`` of each family we can emulate (byte 18-19 of the header, little endian).
@@ -224,3 +225,11 @@ def emulators_for(
     if host.family == target.family or not emulation_enabled(os.environ if environ is None else environ):
         return {}
     return host_emulators(host.family)
+
+
+def machine_cpuinfo(family: str) -> Path:
+    """The ``/proc/cpuinfo`` text an emulated session of ``family`` presents (qemu-user shows the host's)."""
+    path = MACHINES_DIR / f"{family}.cpuinfo"
+    if not path.is_file():
+        raise BuildNodeError(f"no machine description for an emulated {family} session ({path} is missing)")
+    return path

@@ -79,12 +79,16 @@ def mapped_files(maps: str) -> tuple[str, ...]:
 
 
 def foreign_files(processes: Sequence[ProcessMaps], allowed: Sequence[str]) -> list[str]:
-    """``<exe> (pid N) maps <file>`` for each program or mapped file outside the ``allowed`` dirs (pure)."""
+    """``<exe> (pid N) maps <file>`` for each program or mapped file outside the ``allowed`` dirs (pure).
+
+    An entry of ``allowed`` admits itself and everything below it (a directory, or one file such as the
+    qemu-user interpreter of an emulated session)."""
     roots = tuple(a.rstrip("/") + "/" for a in allowed)
+    exact = {a.rstrip("/") for a in allowed}
     problems = []
     for p in processes:
         for f in (p.exe, *p.files):
-            if f.startswith(_NOT_FILES) or f.startswith(roots):
+            if f.startswith(_NOT_FILES) or f.startswith(roots) or f in exact:
                 continue
             problems.append(f"{p.exe} (pid {p.pid}) maps {f}")
     return problems
@@ -218,6 +222,7 @@ def main(argv: Sequence[str]) -> int:
     bash, env_file = spec["bash"], Path(argv[1]).with_suffix(".env")
     base_env = {k: v for k, v in os.environ.items() if k in ("HOME", "USER", "TERM", "LANG")}
     base_env["PATH"] = "/usr/bin:/bin"
+    base_env.update(spec.get("env", {}))  # e.g. an emulated session's EESSI_MACHINE_TYPE, EESSI_PROC_CPUINFO
     script = spec["setup"] + f"\nenv -0 > {json.dumps(str(env_file))}\n"
     setup = run_sampled([bash, "-c", script], base_env)
     env: dict[str, str] = {}

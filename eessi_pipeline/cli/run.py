@@ -31,12 +31,13 @@ import json
 import os
 import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from ..acceptance import TestRunFailed, failure_line, pipeline_env, run_acceptance
 from ..arch.cpuinfo import read_host_cpu
-from ..arch.emulation import emulators_for
+from ..arch.emulation import Emulator, emulators_for, machine_cpuinfo, probe
 from ..arch.select import require_build_node, select_from_environ
 from ..checks.procmaps import session_problems
 from ..checks.smoke import SmokeTable, load_smoke
@@ -200,11 +201,16 @@ def _use(settings: Settings, stack: Stack, target: Target, version: str, run_dir
     smoke = load_smoke()
     config = _client_config(settings, stack)
     allowed = [f"/cvmfs/{settings.repository}"]
+    session = emulated_session(target.family)
+    if session.emulator is not None:
+        allowed += session.emulator_files  # the kernel hands every Arm program to qemu-user: it maps qemu
+        shown = " ".join(f"{k}={v}" for k, v in sorted(session.env.items()))
+        _say(f"use: an {target.family} machine under {session.emulator.label} ({shown})")
     entries: dict[str, Any] = {}
     for entry in ENTRY_POINTS:
         _say(f"use: /cvmfs/{settings.repository} mounted by the client in a private namespace; "
              f"init/{entry}, module avail, load, smoke commands, /proc/<pid>/maps of each")  # fmt: skip
-        spec = use_spec(settings.repository, version, target.family, entry, modules, smoke)
+        spec = use_spec(settings.repository, version, target.family, entry, modules, smoke, session.env)
         name = entry.replace("/", "-")
         spec_file, out_file = run_dir / f"use-{name}.spec.json", run_dir / f"use-{name}.json"
         spec_file.write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
@@ -229,6 +235,26 @@ def _use(settings: Settings, stack: Stack, target: Target, version: str, run_dir
             )
         entries[entry] = {"output": output, "result": str(out_file)}
     return {"output": entries["bash"]["output"], "modules": list(modules), "entries": entries}
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """How a client session presents the target's machine: natively, or emulated with an Arm cpuinfo."""
+
+    emulator: Emulator | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    emulator_files: tuple[str, ...] = ()
+
+
+def emulated_session(family: str) -> Session:
+    """A native session for this host's family; for another family, its emulator and machine files."""
+    if family == read_host_cpu(None).family:
+        return Session()
+    emulator = probe(family)  # BuildNodeError with the fix when none is registered
+    cpuinfo = machine_cpuinfo(family)
+    env = {"EESSI_MACHINE_TYPE": family, "EESSI_PROC_CPUINFO": str(cpuinfo)}
+    files = tuple(sorted({emulator.interpreter, os.path.realpath(emulator.interpreter)}))
+    return Session(emulator, env, files)
 
 
 def setup_data_dirs(family: str) -> tuple[str, ...]:
