@@ -133,6 +133,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 REPORT_PROPERTY = "eessi_report"
 
 
+def add_state_option(parser: pytest.Parser, flag: str, env: str, what: str) -> None:
+    """A ``--eessi-<layer>-state DIR`` option: where tests keep ``what`` they build, between runs."""
+    parser.getgroup("eessi-pipeline").addoption(
+        flag, metavar="DIR", help=f"state directory of {what} (default: ${env}, .state/test)"
+    )
+
+
+def state_dir_of(config: pytest.Config, flag: str, env: str) -> Path:
+    """The directory of such an option, else ``$env``, else ``<rootdir>/.state/test``."""
+    chosen = config.getoption(flag) or os.environ.get(env)
+    return Path(chosen) if chosen else Path(config.rootpath) / ".state" / "test"
+
+
 def report_link(item: pytest.Item, path: Path) -> None:
     """Name a report people should read; the run's summary lists it (also under pytest-xdist)."""
     item.user_properties.append((REPORT_PROPERTY, str(path)))

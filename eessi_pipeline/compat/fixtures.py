@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from ..pytest_plugin import add_state_option, session_version, state_dir_of
 from .backend import BuildRequest, get_backend
 from .layout import LayerSpec
 from .packageset import load_package_set
@@ -49,16 +50,11 @@ class CompatLayer:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.getgroup("eessi-pipeline").addoption(
-        "--eessi-compat-state",
-        metavar="DIR",
-        help=f"state directory of the compatibility layers tests build (default: ${STATE_ENV}, .state/test)",
-    )
+    add_state_option(parser, "--eessi-compat-state", STATE_ENV, "the compatibility layers tests build")
 
 
 def compat_state_dir(config: pytest.Config) -> Path:
-    chosen = config.getoption("--eessi-compat-state") or os.environ.get(STATE_ENV)
-    return Path(chosen) if chosen else Path(config.rootpath) / ".state" / "test"
+    return state_dir_of(config, "--eessi-compat-state", STATE_ENV)
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +62,6 @@ def compat_layer(pytestconfig: pytest.Config) -> Callable[[str], CompatLayer]:
     """Factory: the built (or reused) compatibility layer of a CPU family, built with the debian backend."""
     cache: dict[str, CompatLayer] = {}
     state = compat_state_dir(pytestconfig)
-    from ..pytest_plugin import session_version
     from ..settings import REPOSITORY_ENV
 
     version = session_version(pytestconfig)

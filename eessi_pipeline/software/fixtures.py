@@ -10,14 +10,13 @@ EasyBuild version, hooks, flags) is unchanged.  The state directory is ``--eessi
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from ..matrix import load_matrix
-from ..pytest_plugin import session_version
+from ..pytest_plugin import add_state_option, session_version, state_dir_of
 from ..settings import DEFAULT_REPOSITORY
 from .driver import BuildPlan, BuildResult, ensure_build
 from .stacks import load_stacks
@@ -26,16 +25,11 @@ STATE_ENV = "EESSI_PIPELINE_BUILD_TEST_STATE"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.getgroup("eessi-pipeline").addoption(
-        "--eessi-build-state",
-        metavar="DIR",
-        help=f"state directory of the software builds tests make (default: ${STATE_ENV}, .state/test)",
-    )
+    add_state_option(parser, "--eessi-build-state", STATE_ENV, "the software builds tests make")
 
 
 def build_state_dir(config: pytest.Config) -> Path:
-    chosen = config.getoption("--eessi-build-state") or os.environ.get(STATE_ENV)
-    return Path(chosen) if chosen else Path(config.rootpath) / ".state" / "test"
+    return state_dir_of(config, "--eessi-build-state", STATE_ENV)
 
 
 @pytest.fixture(scope="session")
