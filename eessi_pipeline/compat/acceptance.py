@@ -210,12 +210,7 @@ def tool_verdict(
         problems.append(f"it exited {result.returncode}")
     if expect and not re.search(expect, result.stdout + result.stderr):
         problems.append(f"its output lacks /{expect}/")
-    loaded = ld_debug_verdict(debug, prefix)
-    if not loaded.ok:
-        problems.append(loaded.detail)
-    if problems:
-        return Verdict(False, "; ".join(problems) + f"\n{result.tail(10)}")
-    return Verdict(True, f"{found.strip()}: {loaded.detail}")
+    return _with_loading(problems, debug, prefix, result, 10, f"{found.strip()}: ")
 
 
 def lmod_verdict(result: CommandResult, debug: Sequence[LoaderTrace], prefix: str) -> Verdict:
@@ -230,12 +225,27 @@ def lmod_verdict(result: CommandResult, debug: Sequence[LoaderTrace], prefix: st
         problems.append(f"LMOD_CMD is {lmod_cmd!r}, not the layer's Lmod")
     if not re.search(r"\blmod\b", text) or "settarg" not in text:
         problems.append("`module avail` did not list Lmod's own modules (lmod, settarg)")
+    return _with_loading(
+        problems, debug, prefix, result, 15, f"module avail listed lmod and settarg with {lmod_cmd}; "
+    )
+
+
+def _with_loading(
+    problems: list[str],
+    debug: Sequence[LoaderTrace],
+    prefix: str,
+    result: CommandResult,
+    tail: int,
+    passed: str,
+) -> Verdict:
+    """The verdict of a program run: ``problems`` plus the loader's (``debug``, must stay in the
+    layer); failed with the run's last ``tail`` lines, or passed as ``passed`` and what was loaded."""
     loaded = ld_debug_verdict(debug, prefix)
     if not loaded.ok:
         problems.append(loaded.detail)
     if problems:
-        return Verdict(False, "; ".join(problems) + f"\n{result.tail(15)}")
-    return Verdict(True, f"module avail listed lmod and settarg with {lmod_cmd}; {loaded.detail}")
+        return Verdict(False, "; ".join(problems) + f"\n{result.tail(tail)}")
+    return Verdict(True, passed + loaded.detail)
 
 
 def archspec_verdict(result: CommandResult, expected: str, prefix: str) -> Verdict:
