@@ -67,12 +67,7 @@ class gpu_module_smoke_check(gpu_check):
 
     @run_after("init")
     def set_command(self) -> None:
-        smoke = SMOKE.check_for(self.module.split("/", 1)[0])
-        self.expect = smoke.expect
-        self.descr = f"smoke: {self.module} loads; {smoke.description}"
-        self.modules = [self.module]
-        self.executable = "bash"
-        self.executable_opts = ["-c", rfmlib.sh_quote(smoke.command)]
+        self.run_smoke(self.module, SMOKE)
 
     @sanity_function
     def assert_runs(self) -> Any:

@@ -47,13 +47,8 @@ class module_smoke_check(eessi_check):
 
     @run_after("init")
     def set_command(self) -> None:
-        smoke = SMOKE.check_for(self.module.split("/", 1)[0])
-        self.expect = smoke.expect
-        self.descr = f"smoke: {self.module} loads; {smoke.description}"
-        self.modules = [self.module]
+        self.run_smoke(self.module, SMOKE)
         self.reference_key = f"module_smoke_check/{self.module}"
-        self.executable = "bash"
-        self.executable_opts = ["-c", rfmlib.sh_quote(smoke.command)]
 
     @sanity_function
     def assert_runs(self) -> Any:

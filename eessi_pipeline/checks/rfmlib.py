@@ -5,9 +5,9 @@
 * ``installed_modules`` lists the modules a smoke check is made for; ``smoke_table`` reads the smoke
   commands with the strict loader of :mod:`eessi_pipeline.checks.smoke`; ``load_references`` reads
   one check's reference values for one target from ``matrices/references.yaml`` in ReFrame's form;
-* :class:`TargetCheck`, the base of every check of a target: the target's name (for references)
-  and the key its references are read under.  It carries no ``@rfm.simple_test``: only the check
-  files' leaf classes are registered.
+* :class:`TargetCheck`, the base of every check of a target: the target's name (for references),
+  the key its references are read under, and the set-up of a module's smoke run.  It carries no
+  ``@rfm.simple_test``: only the check files' leaf classes are registered.
 """
 
 from __future__ import annotations
@@ -79,3 +79,13 @@ class TargetCheck(rfm.RunOnlyRegressionTest):
 
     def target_name(self) -> Any:
         return self.target or self.current_partition.name
+
+    def run_smoke(self, module: str, table: SmokeTable) -> None:
+        """Load ``module`` and run its smoke command from ``table`` in bash; the output must match
+        the entry's ``expect``, kept as ``self.expect`` for the leaf's sanity function."""
+        smoke = table.check_for(module.split("/", 1)[0])
+        self.expect = smoke.expect
+        self.descr = f"smoke: {module} loads; {smoke.description}"
+        self.modules = [module]
+        self.executable = "bash"
+        self.executable_opts = ["-c", sh_quote(smoke.command)]
