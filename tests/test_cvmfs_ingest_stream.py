@@ -106,6 +106,33 @@ def test_bytes_and_name_disagree_refused_by_checker_and_ingest(
     unchanged(repo, before)
 
 
+def test_repo_ingest_command_reads_the_tarball_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command's check rides on the ingest's one stream: no separate check pass opens it again."""
+    from eessi_pipeline import cli
+    from eessi_pipeline.cvmfs import tarstream
+
+    monkeypatch.setenv("EESSI_PIPELINE_STATE_DIR", str(tmp_path / "cli-state"))
+    monkeypatch.delenv("EESSI_PIPELINE_REPOSITORY", raising=False)
+    assert cli.main(["repo", "init", NAME], out=io.StringIO()) == 0
+    path = software_tarball(tmp_path, "2023.06", "x86_64/generic", {"bin/tool": b"v1\n"})
+    opened: list[Path] = []
+    real_init = tarstream.TarballStream.__init__
+
+    def counting_init(self: tarstream.TarballStream, tarball: Path, shown: str | None = None) -> None:
+        opened.append(tarball)
+        real_init(self, tarball, shown)
+
+    monkeypatch.setattr(tarstream.TarballStream, "__init__", counting_init)
+    assert cli.main(["repo", "ingest", "--tarball", str(path)], out=io.StringIO()) == 0
+    assert opened == [path]
+    hostile = write_tar(tmp_path / TB, [reg(f"{P}/bin/su", b"x", 0o4755)])
+    opened.clear()
+    assert cli.main(["repo", "ingest", "--tarball", str(hostile)], out=io.StringIO()) == 1
+    assert opened == [hostile] and "setuid" in capsys.readouterr().err
+
+
 def test_sha256_of_streamed_bytes_must_match_the_gate_record(repo: Repository, tmp_path: Path) -> None:
     path = software_tarball(tmp_path, "2023.06", "x86_64/generic", {"bin/tool": b"v1\n"})
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
