@@ -189,11 +189,10 @@ def listing_verdict(listings: Mapping[str, Listing], prefix: str, expected: int)
         if listing.rc != 0:
             problems.append(f"{elf}: the loader failed ({listing.text.strip()[:200]})")
             continue
-        for name, path in listing.libraries:
-            if path is None:
-                problems.append(f"{elf}: {name} not found")
-            elif not under(path, prefix):
-                problems.append(f"{elf}: {name} => {path} (a host path)")
+        for name, path in listing.stray(lambda p: under(p, prefix)):
+            problems.append(
+                f"{elf}: {name} not found" if path is None else f"{elf}: {name} => {path} (a host path)"
+            )
     if problems:
         return Verdict(False, f"{len(problems)} problems: " + "; ".join(problems[:10]))
     n = sum(len(v.libraries) for v in listings.values())

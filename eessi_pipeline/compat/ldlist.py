@@ -9,6 +9,7 @@ their resolved paths, or None when not found).
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
 
 LIST_MARK = "@@ELF "
@@ -32,6 +33,10 @@ class Listing:
     rc: int
     libraries: tuple[tuple[str, str | None], ...]
     text: str
+
+    def stray(self, inside: Callable[[str], bool]) -> list[tuple[str, str | None]]:
+        """The libraries not found (path None) or resolved to a path ``inside`` refuses, in order."""
+        return [(name, path) for name, path in self.libraries if path is None or not inside(path)]
 
 
 def parse_list_output(text: str) -> dict[str, Listing]:

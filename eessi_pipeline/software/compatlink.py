@@ -299,11 +299,12 @@ def listing_problems(
         if listing.rc != 0:
             problems.append(f"{f}: the loader failed: {listing.text.strip()[-300:]}")
             continue
-        for name, path in listing.libraries:
-            if path is None:
-                problems.append(f"{f}: {name} not found")
-            elif not posixpath.normpath(path).startswith(tuple(roots)):
-                problems.append(f"{f}: {name} => {path}, outside {' and '.join(allowed)}")
+        for name, path in listing.stray(lambda p: posixpath.normpath(p).startswith(tuple(roots))):
+            problems.append(
+                f"{f}: {name} not found"
+                if path is None
+                else f"{f}: {name} => {path}, outside {' and '.join(allowed)}"
+            )
     return problems
 
 
