@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import report
 from .errors import PipelineError, UsageError
 from .extras import require
 from .gate.record import parse_junit
@@ -102,8 +103,9 @@ def run_acceptance(
     run_dir.mkdir(parents=True, exist_ok=True)
     paths = TestRunPaths.under(run_dir, target)
     argv = pytest_argv(sys.executable, target, paths, settings.state_dir, stage, scheduler, site)
-    sys.stderr.write(f"[test] {target.name}: {' '.join(argv[3:])}\n")
-    done = run_echoed(argv, timeout=timeout, echo=sys.stderr, cwd=PROJECT_ROOT, env=pipeline_env(settings))
+    report.say("test", f"{target.name}: {' '.join(argv[3:])}")
+    env = pipeline_env(settings)
+    done = run_echoed(argv, timeout=timeout, echo=report.stream(), cwd=PROJECT_ROOT, env=env)
     listing = run_dir / RECORDS_FILE
     records = json.loads(listing.read_text(encoding="utf-8")) if listing.exists() else []
     return summarise(paths, target, done.returncode, records[0]["record"] if records else "")

@@ -38,6 +38,7 @@ from .errors import PipelineError
 from .gate.staging import Staging
 from .matrix import PROJECT_ROOT
 from .proc import run_echoed
+from .report import stream as report_stream
 
 COMPAT_TESTS = "tests/test_compat_layer.py"
 COMPAT_BACKEND = "debian"
@@ -129,7 +130,7 @@ def gate_compat(
     tests_dir = run_dir / "compat"
     tests_dir.mkdir(parents=True, exist_ok=True)
     argv = compat_pytest_argv(sys.executable, packed.tarball, state_dir, tests_dir)
-    done = run_echoed(argv, timeout=1800, echo=sys.stderr, cwd=PROJECT_ROOT, env=env)
+    done = run_echoed(argv, timeout=1800, echo=report_stream(), cwd=PROJECT_ROOT, env=env)
     if done.returncode != 0:
         raise CompatGateFailed(
             f"the compatibility layer's acceptance tests failed (pytest exit {done.returncode}): "

@@ -146,3 +146,20 @@ def test_every_pipeline_variable_is_in_the_settings_table() -> None:
         used |= set(re.findall(r"EESSI_PIPELINE_[A-Z0-9_]*[A-Z0-9]", path.read_text()))
     used -= {"EESSI_PIPELINE_SLURM"}  # a prefix in prose (EESSI_PIPELINE_SLURM*_PORT)
     assert sorted(used - declared) == []
+
+
+def test_library_code_reports_through_the_one_reporter() -> None:
+    """Only the command line (``cli/``), the reporter and the modules that are programs of their own
+    (their usage errors) touch ``sys.stderr``; the rest of the library reports through report.py."""
+    own_programs = {"report.py", "nslaunch.py", "checks/procmaps.py", "cluster/nshold.py"}
+    package = PROJECT_ROOT / "eessi_pipeline"
+    direct = re.compile(r"\bsys\s*\.\s*(?:__)?stderr\b|\bfile\s*=\s*sys\b|\bos\.write\(\s*2\s*,")
+    found = []
+    for path in package.rglob("*.py"):
+        rel = path.relative_to(package).as_posix()
+        if rel.startswith("cli/") or rel in own_programs:
+            continue
+        found += [
+            f"{rel}:{n}" for n, line in enumerate(path.read_text().splitlines(), 1) if direct.search(line)
+        ]
+    assert found == []

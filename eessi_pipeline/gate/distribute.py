@@ -16,6 +16,7 @@ from ..cvmfs.replica import snapshot
 from ..errors import PublishError
 from ..extras import has_module, install_hint
 from ..matrix import PROJECT_ROOT
+from ..report import say
 from ..services import stratum1
 from ..services.stack import Stack
 from ..trust import refuse_if_writable
@@ -25,9 +26,10 @@ def distribute(state_dir: Path, repository: str, checks: str) -> None:
     """After an ingest: snapshot the Stratum 1 and run the post-publish checks, when the network is up."""
     statuses = {s.name: s for s in Stack(state_dir).status()}
     if not all(n in statuses and statuses[n].running for n in ("stratum0", "stratum1")):
-        sys.stderr.write(
-            "[publish] the Stratum services are not running: no snapshot and no post-publish checks "
-            "(start them with `eessi-pipeline stratum up`)\n"
+        say(
+            "publish",
+            "the Stratum services are not running: no snapshot and no post-publish checks "
+            "(start them with `eessi-pipeline stratum up`)",
         )
         return
     key_file = state_dir / "keys" / f"{repository}.pub"
@@ -36,11 +38,11 @@ def distribute(state_dir: Path, repository: str, checks: str) -> None:
     refuse_if_writable(key_file, "the master public key", PublishError)
     result = snapshot(s0, replica, key_file.read_bytes())
     stratum1.write_info(state_dir)
-    sys.stderr.write(f"[publish] Stratum 1 at revision {result.revision}\n")
+    say("publish", f"Stratum 1 at revision {result.revision}")
     if not checks:
         return
     if not (has_module("pytest") and has_module("testinfra")):
-        sys.stderr.write(f"[publish] post-publish checks ({checks}) skipped: {install_hint('testinfra')}\n")
+        say("publish", f"post-publish checks ({checks}) skipped: {install_hint('testinfra')}")
         _audit(state_dir, {"post_publish_checks": checks, "revision": result.revision, "outcome": "skipped"})
         return
     settings: dict[str, Any] = {
@@ -67,7 +69,7 @@ def distribute(state_dir: Path, repository: str, checks: str) -> None:
     ]
     done = proc.run(argv, timeout=600, check=False, cwd=PROJECT_ROOT)  # the policy's path is the checkout's
     verdict = "passed" if done.returncode == 0 else f"FAILED (exit {done.returncode}):\n{done.tail(15)}"
-    sys.stderr.write(f"[publish] post-publish checks ({checks}) {verdict}\n")
+    say("publish", f"post-publish checks ({checks}) {verdict}")
     entry = {"post_publish_checks": checks, "revision": result.revision,
              "outcome": "passed" if done.returncode == 0 else "failed"}  # fmt: skip
     _audit(state_dir, entry)
