@@ -8,7 +8,9 @@ SIGTERM, and whatever is still alive after a short grace gets SIGKILL.  Children
 that a command spawned therefore die with it.
 
 A failure raises :class:`CommandFailed`, which names the command, its exit code
-and the last lines of what it wrote to stderr.
+and the last lines of what it wrote to stderr.  :func:`run` keeps at most
+``output_limit`` bytes of each output stream: a command that writes more is
+killed with its group and reported, rather than filling this process's memory.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import selectors
 import shlex
 import signal
 import subprocess
@@ -35,6 +38,9 @@ KILL_GRACE = 2.0
 
 MESSAGE_TAIL_LINES = 20
 """How many lines of stderr a :class:`CommandFailed` message quotes."""
+
+OUTPUT_LIMIT = 64 << 20
+"""Bytes :func:`run` accepts on a command's stdout, and as many on its stderr, unless told otherwise."""
 
 EXIT_NOT_FOUND = 127
 """Exit code reported for a program that could not be started (the shell's convention)."""
@@ -102,6 +108,7 @@ def run(
     stdin_file: BinaryIO | None = None,
     check: bool = True,
     kill_grace: float = KILL_GRACE,
+    output_limit: int = OUTPUT_LIMIT,
 ) -> CommandResult:
     """Run ``argv`` to completion within ``timeout`` seconds and return its result.
 
@@ -110,10 +117,14 @@ def run(
     program that cannot be started, always does.  ``env`` replaces the environment.
     Output is read until every writer closes it, so a background process left
     holding stdout counts against the time-out (and is killed with the group).
+    A command that writes more than ``output_limit`` bytes to stdout, or to stderr,
+    is killed with its group and raises :class:`CommandFailed`.
     """
     args = _checked_argv(argv)
     if input_bytes is not None and stdin_file is not None:
         raise ValueError("run(): give input_bytes or stdin_file, not both")
+    if output_limit < 1:
+        raise ValueError(f"run(): output_limit must be at least 1 byte, not {output_limit}")
     stdin: int | IO[bytes] = subprocess.DEVNULL
     if input_bytes is not None:
         stdin = subprocess.PIPE
@@ -122,17 +133,30 @@ def run(
     log.debug("running %s (timeout %gs)", shlex.join(args), timeout)
     start = time.monotonic()
     proc = _start(args, cwd=cwd, env=env, stdin=stdin, stdout=subprocess.PIPE)
+    capture = _Capture(proc, input_bytes, output_limit)
+    deadline = start + timeout
     try:
-        out, err = proc.communicate(input_bytes, timeout=timeout)
+        if not capture.read(deadline):
+            raise subprocess.TimeoutExpired(args, timeout)
+        if not capture.over:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         _kill_groups([proc], kill_grace)
-        out, err = _collect_after_kill(proc, kill_grace)
-        result = _result(args, proc.returncode, out, err, start)
+        capture.read(time.monotonic() + kill_grace)  # what it wrote while it was being stopped
+        capture.close()
+        result = _result(args, proc.returncode, capture.data("stdout"), capture.data("stderr"), start)
         raise _timeout_error(shlex.join(args), args, result, timeout) from None
     except BaseException:  # Ctrl-C or anything else: leave nothing running behind us
         _kill_groups([proc], kill_grace)
+        capture.close()
         raise
-    result = _result(args, proc.returncode, out, err, start)
+    if capture.over:
+        _kill_groups([proc], kill_grace)
+        capture.close()
+        result = _result(args, proc.returncode, capture.data("stdout"), capture.data("stderr"), start)
+        raise _overflow_error(shlex.join(args), args, result, capture.over, output_limit)
+    capture.close()
+    result = _result(args, proc.returncode, capture.data("stdout"), capture.data("stderr"), start)
     log.debug("%s exited with %d after %.1fs", args[0], result.returncode, result.duration)
     if check and result.returncode != 0:
         raise _exit_error(shlex.join(args), args, result)
@@ -243,6 +267,84 @@ def pipeline(
 
 
 # --- internals ---------------------------------------------------------------------------------------------
+
+
+class _Capture:
+    """A command's stdout and stderr read (and its stdin fed) in the calling thread, as
+    ``Popen.communicate`` does, but stopped as soon as one stream passes ``limit`` bytes."""
+
+    __slots__ = ("_chunks", "_input", "_selector", "_sizes", "limit", "over")
+
+    def __init__(self, proc: subprocess.Popen[bytes], input_bytes: bytes | None, limit: int) -> None:
+        self.limit = limit
+        self.over = ""  # the stream that passed the limit, once one has
+        self._chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+        self._sizes = {"stdout": 0, "stderr": 0}
+        self._input = memoryview(input_bytes or b"")
+        self._selector = selectors.DefaultSelector()
+        for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+            if pipe is not None:
+                self._selector.register(pipe, selectors.EVENT_READ, name)
+        if proc.stdin is not None:  # input_bytes given: stdin is our pipe
+            if self._input:
+                os.set_blocking(proc.stdin.fileno(), False)
+                self._selector.register(proc.stdin, selectors.EVENT_WRITE, "stdin")
+            else:
+                _close_quietly(proc.stdin)
+
+    def read(self, deadline: float) -> bool:
+        """Read until every pipe is closed or a stream passes the limit (True), or ``deadline`` (False)."""
+        while self._selector.get_map() and not self.over:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            for key, _ in self._selector.select(remaining):
+                if key.data == "stdin":
+                    self._feed(key.fileobj)  # type: ignore[arg-type]
+                else:
+                    self._take(key.fileobj, key.data)  # type: ignore[arg-type]
+        return True
+
+    def _take(self, pipe: IO[bytes], name: str) -> None:
+        try:
+            chunk = os.read(pipe.fileno(), 65536)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._drop(pipe)
+            return
+        self._chunks[name].append(chunk)
+        self._sizes[name] += len(chunk)
+        if self._sizes[name] > self.limit:
+            self.over = name
+
+    def _feed(self, pipe: IO[bytes]) -> None:
+        try:
+            written = os.write(pipe.fileno(), self._input[:65536])
+        except BlockingIOError:
+            return
+        except OSError:  # the command closed its stdin (EPIPE): it has read what it wanted
+            written = len(self._input)
+        self._input = self._input[written:]
+        if not self._input:
+            self._drop(pipe)
+
+    def _drop(self, pipe: IO[bytes]) -> None:
+        self._selector.unregister(pipe)
+        _close_quietly(pipe)
+
+    def close(self) -> None:
+        for key in list(self._selector.get_map().values()):
+            self._drop(key.fileobj)  # type: ignore[arg-type]
+        self._selector.close()
+
+    def data(self, name: str) -> bytes:
+        return b"".join(self._chunks[name])
+
+
+def _close_quietly(pipe: IO[bytes]) -> None:
+    with contextlib.suppress(OSError):
+        pipe.close()
 
 
 class _Drain:
@@ -387,15 +489,6 @@ def _signal_group(pgid: int, sig: int) -> bool:
     return True
 
 
-def _collect_after_kill(proc: subprocess.Popen[bytes], grace: float) -> tuple[bytes, bytes]:
-    try:
-        out, err = proc.communicate(timeout=grace)
-    except subprocess.TimeoutExpired:  # a process outside the group still holds the pipes open
-        _close_pipes(proc)
-        return b"", b""
-    return out or b"", err or b""
-
-
 def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
     for pipe in (proc.stdin, proc.stdout, proc.stderr):
         if pipe is not None:
@@ -455,6 +548,17 @@ def _timeout_error(shown: str, argv: tuple[str, ...], result: CommandResult, tim
     return CommandFailed(
         message, argv=argv, returncode=result.returncode, output_tail=result.tail(), timed_out=True
     )
+
+
+def _overflow_error(
+    shown: str, argv: tuple[str, ...], result: CommandResult, stream: str, limit: int
+) -> CommandFailed:
+    size = f"{limit >> 20} MiB" if limit % (1 << 20) == 0 else f"{limit} bytes"
+    message = (
+        f"{shown} wrote more than {size} to its {stream} (the limit of a command's output) and was killed "
+        "with its process group; find out why it writes so much, or raise output_limit for this command"
+    )
+    return CommandFailed(message, argv=argv, returncode=result.returncode, output_tail=result.tail())
 
 
 def _join_streams(stdout: str, stderr: str) -> str:

@@ -201,6 +201,34 @@ def test_run_child_ignoring_sigterm_is_killed_after_grace(tmp_path: Path) -> Non
     assert _pid_gone(child)
 
 
+# --- run: output limit -----------------------------------------------------------------------------------
+
+
+def test_run_output_past_the_limit_kills_the_group_and_names_command_and_limit(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    script = f"sleep 30 & echo $! > {shlex.quote(str(pidfile))}; exec yes"
+    with pytest.raises(CommandFailed) as info:
+        run(["sh", "-c", script], timeout=60, output_limit=1 << 20)
+    message = str(info.value)
+    assert message.startswith("sh -c ") and "wrote more than 1 MiB to its stdout" in message, message
+    assert not info.value.timed_out
+    assert info.value.output_tail.endswith("y")  # what it wrote up to the limit is kept
+    child = _read_pid(pidfile)
+    assert child is not None
+    assert _pid_gone(child), f"background child {child} survived the output limit"
+
+
+def test_run_stderr_has_its_own_limit() -> None:
+    with pytest.raises(CommandFailed, match="wrote more than 4096 bytes to its stderr"):
+        run(["sh", "-c", "yes >&2"], timeout=60, output_limit=4096)
+
+
+def test_run_output_up_to_the_limit_and_large_input_pass() -> None:
+    data = b"x" * (1 << 20)
+    result = run(["cat"], timeout=60, input_bytes=data, output_limit=1 << 20)
+    assert result.stdout == data.decode()
+
+
 # --- pipeline ---------------------------------------------------------------------------------------------
 
 
