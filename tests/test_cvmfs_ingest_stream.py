@@ -11,6 +11,7 @@ import os
 import random
 import stat
 import tarfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -321,10 +322,17 @@ def test_large_files_stream_into_chunks_or_one_streamed_object(
         ingest, "WHOLE_MAX", 100_000
     )  # unchunked files above it are compressed as they stream
     blob = os.urandom(3 * 1024 * 1024 + 17)
-    files = {"chunked.bin": blob, "hard": blob[:5]}
+    mid = random.Random(1).randbytes(250_000)  # between the chunk minimum and maximum: read whole, cut once
+    files = {"chunked.bin": blob, "hard": blob[:5], "mid.bin": mid}
     path = software_tarball(tmp_path, "2023.06", "x86_64/generic", files)
     repo.ingest(path)
     assert cat(repo, f"/versions/{P}/chunked.bin") == blob
+    assert cat(repo, f"/versions/{P}/mid.bin") == mid
+    with open_repository(repo.paths.root, repo.paths.keys.master_public.read_bytes()) as reader:
+        entry = reader.lookup(f"/versions/{P}/mid.bin")
+    assert entry is not None
+    ends = [c.offset + c.size for c in entry.chunks]
+    assert ends == chunk_boundaries(mid, 64 * 1024, 128 * 1024, 256 * 1024) == [86958, 204381, 250000]
     (tmp_path / "2").mkdir()
     repo.ingest(
         software_tarball(tmp_path / "2", "2023.06", "x86_64/generic", {"whole.bin": blob}), chunking=False
@@ -340,6 +348,25 @@ def test_multi_member_gzip_with_zero_padding_is_read_like_gzip(repo: Repository,
     check_tarball(path)
     repo.ingest(path, check=True)
     assert cat(repo, f"/versions/{P}/bin/tool") == b"t\n"
+
+
+@pytest.mark.parametrize("inflater", ["zlib", "isal"])
+def test_either_inflater_reads_gzip_members_alike_and_refuses_damage(inflater: str) -> None:
+    """ISA-L's inflate (used where it is installed) and zlib's give the same bytes and the same refusals."""
+    from eessi_pipeline.cvmfs.tarstream import _gunzip
+
+    module = pytest.importorskip("isal.isal_zlib") if inflater == "isal" else zlib
+    rnd = random.Random(3)
+    plain = bytes(rnd.choice(b"ab\0") for _ in range(300_000))
+    packed = gzip.compress(plain[:100_000]) + b"\0" * 7 + gzip.compress(plain[100_000:]) + b"\0" * 64
+    pieces = [packed[i : i + 4096] for i in range(0, len(packed), 4096)]
+    assert b"".join(_gunzip(iter(pieces), module)) == plain
+    damaged = bytearray(packed)
+    damaged[len(gzip.compress(plain[:100_000])) - 6] ^= 1  # the first member's CRC
+    with pytest.raises(Exception, match=r"(?i)check"):
+        b"".join(_gunzip(iter([bytes(damaged)]), module))
+    with pytest.raises(EOFError):
+        b"".join(_gunzip(iter([packed[:5000]]), module))
 
 
 @pytest.fixture(params=["threads", "processes"])

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 from ..errors import RepositoryError, TarballRejected
 from .catalog import DIR_SIZE, Node
 from .common import SUFFIX_PARTIAL, parent_path
-from .objects import Chunk, ObjectStore, StoredFile, first_cut
+from .objects import Chunk, ObjectStore, StoredFile, chunk_boundaries, first_cut
 from .objpool import BatchPool
 from .tarcheck import (
     CATALOG_MARKER,
@@ -234,6 +234,15 @@ class _Pipeline:
                 f.whole = self._submit(functools.partial(store.put, data), len(data))
             else:
                 f.hash = store.put_stream(iter(lambda: stream.read_data(BLOCK), b""))
+        elif info.size <= hi:  # held whole anyway before its first cut: read it at once, cut it once
+            data = _read_all(stream, info.size)
+            bounds = chunk_boundaries(data, lo, avg, hi)
+            if len(bounds) == 1:
+                f.whole = self._submit(functools.partial(store.put, data), len(data))
+            else:
+                for start, end in zip([0, *bounds[:-1]], bounds, strict=True):
+                    job = functools.partial(store.put, data[start:end], SUFFIX_PARTIAL)
+                    f.chunks.append((start, end - start, self._submit(job, end - start)))
         else:
             buf = bytearray()
             offset = 0

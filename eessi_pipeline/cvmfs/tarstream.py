@@ -26,6 +26,12 @@ from typing import Any
 
 from ..errors import TarballRejected
 
+_inflate: Any
+try:  # ISA-L's inflate: the same bytes as zlib's in about half the time (and without the GIL)
+    _inflate = importlib.import_module("isal.isal_zlib")
+except ImportError:  # pragma: no cover - zlib's own is used instead
+    _inflate = zlib
+
 BLOCK = 1 << 20  # bytes per raw read and per decompressed block
 QUEUE_BLOCKS = 8  # decompressed blocks in flight between the threads
 END_OF_ARCHIVE = 2 * tarfile.BLOCKSIZE
@@ -373,10 +379,10 @@ class TarballStream:
         self.close()
 
 
-def _gunzip(source: Iterator[bytes]) -> Iterator[bytes]:
-    """gzip members one after another (zlib checks each CRC and length); zero padding between and
-    after members is skipped, as gzip does."""
-    d = zlib.decompressobj(31)
+def _gunzip(source: Iterator[bytes], inflate: Any = _inflate) -> Iterator[bytes]:
+    """gzip members one after another (the inflater checks each CRC and length); zero padding between
+    and after members is skipped, as gzip does.  ``inflate``: a module with zlib's ``decompressobj``."""
+    d = inflate.decompressobj(31)
     fed = False  # the current member has had input
     finished_one = False
     for raw in source:
@@ -392,7 +398,7 @@ def _gunzip(source: Iterator[bytes]) -> Iterator[bytes]:
                 yield out
             if d.eof:
                 data = d.unused_data
-                d = zlib.decompressobj(31)
+                d = inflate.decompressobj(31)
                 fed, finished_one = False, True
             else:
                 data = d.unconsumed_tail
