@@ -235,6 +235,12 @@ SETTINGS: tuple[Setting, ...] = (
         "--http-max-bytes",
         "BYTES",
     ),
+    Setting(
+        "snapshot_timeout",
+        "EESSI_PIPELINE_SNAPSHOT_TIMEOUT",
+        "1800 s",
+        "Stratum 1: deadline of one whole snapshot (the replica keeps its revision when it passes)",
+    ),
     Setting("cpuinfo_max_bytes", "EESSI_PIPELINE_CPUINFO_MAX_BYTES", "4 MiB", "largest cpuinfo/lscpu text"),
     Setting("yaml_max_bytes", "EESSI_PIPELINE_YAML_MAX_BYTES", "8 MiB", "largest YAML data file"),
     Setting(
@@ -339,7 +345,7 @@ SETTINGS: tuple[Setting, ...] = (
 
 # Variables the pipeline sets for its own child processes (ReFrame checks): not settings for users.
 INTERNAL_ENV = frozenset({"EESSI_PIPELINE_MODULEPATH", "EESSI_PIPELINE_REFERENCES", "EESSI_PIPELINE_TARGET",
-                          "EESSI_PIPELINE_SMOKE"})  # fmt: skip
+                          "EESSI_PIPELINE_SMOKE", "EESSI_PIPELINE_EMULATED"})  # fmt: skip
 
 
 def setting(name: str) -> Setting:

@@ -136,6 +136,41 @@ def test_snapshot_from_a_hostile_stratum0_fails_within_its_limits(
     assert not (dest / ".cvmfspublished").exists()
 
 
+def test_a_snapshot_past_its_deadline_stops_and_the_replica_keeps_its_revision(
+    tmp_path: Path, hostile_server: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each request of a slow source is within its own limits (5 s); the whole snapshot is not (1 s)."""
+    r = Repository(tmp_path / "state", NAME)
+    r.init()
+    r.ingest(software_tarball(tmp_path, "2023.06", "x86_64/generic", {"bin/tool": CONTENT}))
+    key = r.paths.keys.master_public.read_bytes()
+    dest = tmp_path / "replica"
+    before = snapshot(f"{hostile_server('ok', _srv(r))}/cvmfs/{NAME}", dest, key, limits=LIMITS)
+    published = (dest / ".cvmfspublished").read_bytes()
+    (tmp_path / "next").mkdir()
+    r.ingest(
+        software_tarball(tmp_path / "next", "2023.06", "x86_64/generic", {"bin/new": CONTENT * 2}, 1700000001)
+    )
+    slow = hostile_server("slow", _srv(r))
+    patient = HttpLimits(read_timeout=5.0, request_deadline=5.0, operation_deadline=10.0)
+    monkeypatch.setenv("EESSI_PIPELINE_SNAPSHOT_TIMEOUT", "1")
+    start = time.monotonic()
+    with pytest.raises(RepositoryError, match=r"snapshot of .* failed") as caught:
+        snapshot(f"{slow}/cvmfs/{NAME}", dest, key, workers=2, limits=patient)
+    assert time.monotonic() - start < BOUND_S
+    message = str(caught.value)
+    assert "deadline of 1 s ($EESSI_PIPELINE_SNAPSHOT_TIMEOUT)" in message, message
+    assert f"still serves revision {before.revision}" in message, message
+    assert (dest / ".cvmfspublished").read_bytes() == published
+    assert verify_repository(str(dest), key).revision == before.revision
+
+
+def test_a_bad_snapshot_deadline_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("EESSI_PIPELINE_SNAPSHOT_TIMEOUT", "soon")
+    with pytest.raises(UsageError, match="EESSI_PIPELINE_SNAPSHOT_TIMEOUT"):
+        snapshot("http://127.0.0.1:9/cvmfs/x", tmp_path, b"")
+
+
 @pytest.mark.parametrize("mode", ["slow", "wrong-length", "wrong-content"])
 def test_verify_url_of_a_hostile_server_fails_within_its_limits(
     repo: Repository, hostile_server: Callable[..., str], monkeypatch: pytest.MonkeyPatch, mode: str

@@ -21,6 +21,11 @@ into a local repository directory, in the order the real Stratum 1 replication u
 Every file is written to ``data/txn`` and renamed into place, so a failed or killed snapshot
 leaves the replica serving its previous manifest, with at most some extra (valid) objects; the
 next snapshot removes what it left in ``data/txn`` and skips the objects already there.
+
+A whole snapshot has a deadline (``$EESSI_PIPELINE_SNAPSHOT_TIMEOUT``, 1800 s unless the caller
+gives one): every request ends by then, and none starts after it, so a source that is merely slow
+(each request within its own limits) cannot keep a snapshot running for ever.  A snapshot stopped
+by its deadline fails like any other, before the manifest is replaced.
 """
 
 from __future__ import annotations
@@ -31,16 +36,17 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import RepositoryError
+from ..errors import RepositoryError, UsageError
 from .common import SUFFIX_CATALOG, SUFFIX_CERTIFICATE, SUFFIX_HISTORY, SUFFIX_METAINFO, object_path
 from .http import HttpFetchError, HttpLimits
 from .manifest import Manifest, parse_manifest
@@ -61,6 +67,8 @@ LAST_SNAPSHOT_NAME = ".cvmfs_last_snapshot"
 STATUS_NAME = ".cvmfs_status.json"
 WHITELIST_PKCS7_NAME = ".cvmfswhitelist.pkcs7"
 DEFAULT_WORKERS = 8
+SNAPSHOT_TIMEOUT_ENV = "EESSI_PIPELINE_SNAPSHOT_TIMEOUT"
+DEFAULT_SNAPSHOT_TIMEOUT_S = 1800.0
 PROGRESS_INTERVAL_S = 5.0
 _TMP_PREFIX = "replica."
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -94,18 +102,45 @@ def date_utc(when: dt.datetime) -> str:
 # --------------------------------------------------------------------------- small helpers
 
 
+def snapshot_timeout(environ: Mapping[str, str] | None = None) -> float:
+    """Seconds a whole snapshot may take: ``$EESSI_PIPELINE_SNAPSHOT_TIMEOUT``, else the default."""
+    text = (os.environ if environ is None else environ).get(SNAPSHOT_TIMEOUT_ENV, "")
+    if not text:
+        return DEFAULT_SNAPSHOT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError(
+            f"${SNAPSHOT_TIMEOUT_ENV}={text!r} is not a positive number of seconds; unset it or give one"
+        )
+    return value
+
+
 class _CountingSource:
     """An :class:`HttpSource` that counts the bytes it downloads and keeps the raw bytes of the
-    signed files and of the X/H/M objects, so the replica stores exactly what was verified."""
+    signed files and of the X/H/M objects, so the replica stores exactly what was verified.  No
+    request starts after ``until`` (the snapshot's deadline, a ``time.monotonic()`` value), and
+    the source ends every request by then."""
 
-    def __init__(self, inner: HttpSource) -> None:
+    def __init__(self, inner: HttpSource, timeout: float) -> None:
         self.inner = inner
+        self.timeout = timeout
+        self.until = inner.until if inner.until is not None else math.inf
         self.bytes = 0
         self.kept: dict[str, bytes] = {}
         self._lock = threading.Lock()
 
     def fetch(self, relpath: str, max_bytes: int | None = None) -> bytes:
-        data = self.inner.fetch(relpath, max_bytes)
+        if time.monotonic() >= self.until:
+            raise self._past_deadline(relpath)
+        try:
+            data = self.inner.fetch(relpath, max_bytes)
+        except RepositoryError as e:
+            if time.monotonic() >= self.until:  # cut short by the deadline, not by the source
+                raise self._past_deadline(relpath) from e
+            raise
         keep = not relpath.startswith("data/") or relpath.endswith(
             (SUFFIX_CERTIFICATE, SUFFIX_HISTORY, SUFFIX_METAINFO)
         )
@@ -114,6 +149,13 @@ class _CountingSource:
             if keep:
                 self.kept[relpath] = data
         return data
+
+    def _past_deadline(self, relpath: str) -> RepositoryError:
+        return RepositoryError(
+            f"the snapshot ran past its deadline of {self.timeout:g} s (${SNAPSHOT_TIMEOUT_ENV}) before "
+            f"{self.inner.url(relpath)} arrived; raise the deadline for a large first snapshot, or find "
+            "out why the source is slow"
+        )
 
     def __str__(self) -> str:
         return str(self.inner)
@@ -449,13 +491,15 @@ def snapshot(
     proxy: str | None = None,
     now: dt.datetime | None = None,
     limits: HttpLimits | None = None,
+    timeout: float | None = None,
 ) -> SnapshotResult:
     """Replicate the repository at ``source_url`` (``http://host/cvmfs/<name>``) into ``dest_root``
     (the replica's repository directory, ``/srv/cvmfs/<name>``), as ``cvmfs_server snapshot`` does.
 
     ``master_public_key_pem`` verifies the whitelist; ``workers`` parallel fetchers copy the data
     objects; ``proxy`` routes every request through that forward proxy; ``now`` (UTC) is the time
-    used for the whitelist's expiry and written to the status files.  RepositoryError names what
+    used for the whitelist's expiry and written to the status files; ``timeout`` (seconds; None:
+    :func:`snapshot_timeout`) is the deadline of the whole snapshot.  RepositoryError names what
     failed; the replica then still serves its previous revision.
     """
     if not source_url.startswith(("http://", "https://")):
@@ -465,10 +509,15 @@ def snapshot(
         )
     if workers < 1:
         raise RepositoryError(f"workers must be at least 1, not {workers}")
+    if timeout is None:
+        timeout = snapshot_timeout()
+    elif not (math.isfinite(timeout) and timeout > 0):
+        raise RepositoryError(f"the snapshot's timeout must be a positive number of seconds, not {timeout}")
     if now is not None and now.tzinfo is None:
         now = now.replace(tzinfo=dt.UTC)
     dest = Path(dest_root)
-    source = _CountingSource(HttpSource(source_url, proxy=proxy, limits=limits))
+    until = time.monotonic() + timeout
+    source = _CountingSource(HttpSource(source_url, proxy=proxy, limits=limits, until=until), timeout)
     _require_master_replica(source)
     try:
         dest.mkdir(parents=True, exist_ok=True)

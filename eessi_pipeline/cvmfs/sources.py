@@ -55,13 +55,14 @@ class HttpSource:
 
     ``proxy`` (``http://squid:3128``) sends every request through that forward proxy. Every request
     is bounded by ``limits`` (:mod:`eessi_pipeline.cvmfs.http`: read timeout, deadline, size cap);
-    ``timeout`` is the per-read timeout.
+    ``timeout`` is the per-read timeout; ``until`` (a ``time.monotonic()`` value) ends every request by then.
     """
 
     base_url: str
     timeout: float = HTTP_TIMEOUT_S
     proxy: str | None = None
     limits: HttpLimits | None = None  # None: from the environment
+    until: float | None = None  # None: each request has only its own deadline
 
     def url(self, relpath: str) -> str:
         return f"{self.base_url.rstrip('/')}/{relpath}"
@@ -71,7 +72,7 @@ class HttpSource:
         limits = self.limits or HttpLimits.with_read_timeout(self.timeout)
         via = f" via proxy {self.proxy}" if self.proxy else ""
         try:
-            return http_get(url, limits, max_bytes=max_bytes, proxy=self.proxy,
+            return http_get(url, limits, max_bytes=max_bytes, proxy=self.proxy, until=self.until,
                             headers={"User-Agent": "eessi-pipeline-cvmfs-reader"})  # fmt: skip
         except HttpFetchError as e:
             if e.status == 404:
