@@ -35,7 +35,7 @@ from ..errors import BuildError, CompatError
 from ..fileio import file_sha256
 from ..matrix import Matrix, Target
 from ..proc import CommandFailed, run
-from . import compatlink, lmodfiles
+from . import compatlink, layertools, lmodfiles
 from .container import ContainerView
 from .easybuild import (
     HOOKS,
@@ -101,7 +101,7 @@ class BuildPlan:
                 f"{target.name} is not a target of stack version {ver}; pick another target or version"
             )
         prefix = f"/cvmfs/{repository}/versions/{ver}/software/linux/{target.subdir}"
-        stack = stacks.stack(ver, stack_name) if stack_name else stacks.stack_for(ver, target)
+        stack = stacks.stack(ver, stack_name, target.family) if stack_name else stacks.stack_for(ver, target)
         if stack.compat_layer and runtime.runtime is not Runtime.NAMESPACE:
             raise BuildError(
                 f"stack {stack.name} links to the compatibility layer, which only the namespace runtime "
@@ -126,6 +126,12 @@ class BuildPlan:
         """Where the stack's compatibility layer is at run time (None: the host's loader and libc)."""
         spec = self.compat_spec
         return spec.prefix if spec is not None else None
+
+    @property
+    def layer_tools(self) -> bool:
+        """Does EasyBuild compile with the compatibility layer's gcc and Python (a stack of another CPU
+        family than this host's, run under emulation; :mod:`eessi_pipeline.software.layertools`)?"""
+        return self.stack.compat_layer and layertools.layer_compiles(self.target.family, os.uname().machine)
 
     @property
     def target_dir(self) -> Path:
@@ -219,6 +225,8 @@ def build_inputs(
             "prefix": compat.prefix,
             "layer": compat_identity or "",
             "link_code": compatlink.code_sha256(),
+            # the layer's compiler and Python build the stack (another family's target)
+            **({"layer_tools": layertools.code_sha256()} if plan.layer_tools else {}),
         }
     return {
         **extra,
@@ -328,8 +336,13 @@ def ensure_build(
         for d in (overlay.upper, overlay.work, cfg.buildpath, plan.target_dir / "tarballs"):
             shutil.rmtree(d, ignore_errors=True)
         eb_env = eb_environment(cfg, env)
+        install_env = eb_env
+        if plan.layer_tools and layer is not None:
+            tools = layertools.write_wrappers(plan.target_dir / "layer-tools", layer.prefix)
+            install_env = layertools.layer_environment(eb_env, layer.prefix, tools)
+            log.info("%s: the compatibility layer's gcc and python3 build it (%s)", plan.target.name, tools)
         try:
-            overlay.run(eb_install_argv(cfg, plan.stack.easystack), timeout=EB_TIMEOUT, env=eb_env)
+            overlay.run(eb_install_argv(cfg, plan.stack.easystack), timeout=EB_TIMEOUT, env=install_env)
         except CommandFailed as e:
             raise BuildError(
                 f"EasyBuild failed for {plan.target.name} ({plan.stack.easystack.name}): "

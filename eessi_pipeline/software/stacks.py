@@ -11,6 +11,11 @@ Each stack names its top-level ``toolchain`` and where EasyBuild's robot finds e
   installed beside the framework), as EESSI's easystacks are.  EasyBuild downloads those sources
   from their ``source_urls`` itself, so such a stack builds only where those sites can be reached.
 
+``family_easyconfigs`` names, per CPU family, a directory searched before the project's own for that
+family's targets: an easyconfig whose sources differ by family (NumPy's wheel is per platform, and
+EasyBuild's ``arch=`` keys and ``%(arch)s`` name the *build host's* family, which under emulation is not
+the target's) keeps its name and module there, so every family's stack lists the same easyconfigs.
+
 ``compat_layer: true`` links a stack's installations to the version's compatibility layer after
 EasyBuild has installed them (:mod:`eessi_pipeline.software.compatlink`); the default keeps the host's
 loader and C library.
@@ -138,6 +143,7 @@ class StackConfig:
     assignments: tuple[tuple[str, str, str], ...]  # version, target, stack
     providers: tuple[tuple[str, ProviderSpec], ...]
     debian: DebianArchive
+    family_dirs: tuple[tuple[str, Path], ...] = ()  # family -> easyconfigs searched first for its targets
 
     def stack_name_for(self, version: str, target: Target) -> str:
         """Which stack ``target`` gets in ``version`` (pure)."""
@@ -153,21 +159,27 @@ class StackConfig:
     def provider(self, filename: str) -> ProviderSpec | None:
         return dict(self.providers).get(filename)
 
-    def robot_paths(self, robot: tuple[str, ...]) -> tuple[Path, ...]:
-        """The directories EasyBuild's robot searches, in order, for a stack's ``robot`` setting."""
-        return tuple(self.easyconfig_dir if r == "project" else easybuild_easyconfigs_dir() for r in robot)
+    def robot_paths(self, robot: tuple[str, ...], family: str | None = None) -> tuple[Path, ...]:
+        """The directories EasyBuild's robot searches, in order, for a stack's ``robot`` setting; for a
+        target of ``family``, ``project`` is that family's own easyconfigs first (if any), then the
+        project's."""
+        own = [d for f, d in self.family_dirs if f == family] + [self.easyconfig_dir]
+        return tuple(p for r in robot for p in (own if r == "project" else [easybuild_easyconfigs_dir()]))
 
-    def stack(self, version: str, name: str) -> Stack:
+    def stack(self, version: str, name: str, family: str | None = None) -> Stack:
+        """Stack ``name`` of ``version``; ``family`` (the target's CPU family) picks the family's own
+        easyconfigs where ``family_easyconfigs`` has some."""
         for f in self.stack_files:
             if f.version == version and f.name == name:
                 entries = load_easystack(f.easystack)
-                paths = self.robot_paths(f.robot)
+                paths = self.robot_paths(f.robot, family)
+                project = (self.easyconfig_dir, *(d for _, d in self.family_dirs))
                 ecs = []
                 for e in entries:
                     found = self.find_easyconfig(e.easyconfig, f.easystack, paths)
                     # sources of the project's own easyconfigs are provisioned offline; EasyBuild
                     # fetches those of its shipped easyconfigs itself
-                    own = found.is_relative_to(self.easyconfig_dir)
+                    own = any(found.is_relative_to(d) for d in project)
                     ecs.append(parse_easyconfig(found, with_sources=own))
                 stack = Stack(
                     name,
@@ -190,7 +202,7 @@ class StackConfig:
         )
 
     def stack_for(self, version: str, target: Target) -> Stack:
-        return self.stack(version, self.stack_name_for(version, target))
+        return self.stack(version, self.stack_name_for(version, target), target.family)
 
     def find_easyconfig(self, filename: str, easystack: Path, robot_paths: tuple[Path, ...] = ()) -> Path:
         """``<dir>/<letter>/<Name>/<file>`` in the first robot path that has it (EasyBuild's robot does the
@@ -278,4 +290,5 @@ def load_stacks(path: Path | None = None) -> StackConfig:
         assignments=tuple(assignments),
         providers=tuple(providers),
         debian=DebianArchive(deb["mirror"], deb["suite"], tuple(deb["components"])),
+        family_dirs=tuple(sorted((f, base / d) for f, d in data.get("family_easyconfigs", {}).items())),
     )

@@ -14,6 +14,7 @@ import tarfile
 
 import pytest
 
+from eessi_pipeline.compat.elf import MACHINES, parse_elf
 from eessi_pipeline.cvmfs.tarcheck import check_tarball
 from eessi_pipeline.gate.publish import software_roots
 from eessi_pipeline.gate.pytest_gate import announce
@@ -53,3 +54,26 @@ def test_software_tarball_metadata_matches(software_target, software_build) -> N
         int(payload["size"]) == built.tarball.stat().st_size
     )  # a string, as EESSI's upload script writes it
     assert payload["sha256sum"] == hashlib.sha256(built.tarball.read_bytes()).hexdigest()
+
+
+def test_software_tarball_elf_files_are_all_of_the_target_family(software_target, software_build) -> None:
+    """Every ELF file of the tarball is code for the target's CPU family (``e_machine``): an aarch64
+    stack built on an x86_64 host under emulation holds no x86_64 file, and the other way round."""
+    built = software_build(software_target.name)
+    wanted = MACHINES[software_target.family]
+    machines: dict[str, int] = {}
+    with tarfile.open(built.tarball) as tar:
+        for member in tar:
+            if not member.isfile() or member.size < 64:
+                continue
+            fh = tar.extractfile(member)
+            head = fh.read(4) if fh is not None else b""
+            if head != b"\x7fELF" or fh is None:
+                continue
+            info = parse_elf(head + fh.read())
+            machines[member.name] = info.machine if info is not None else -1
+    assert machines, f"no ELF file in {built.tarball.name}"
+    wrong = {name: m for name, m in machines.items() if m != wanted}
+    assert not wrong, (
+        f"{len(wrong)} of {len(machines)} ELF files are not {software_target.family} ({wanted}): {sorted(wrong.items())[:5]}"
+    )
