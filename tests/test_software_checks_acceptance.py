@@ -62,9 +62,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="session")
-def software_checks(software_target, software_build, eessi_run_dir, checks_slurm) -> ChecksOutcome:
+def software_checks(
+    software_target, software_build, eessi_run_dir, checks_slurm, build_node
+) -> ChecksOutcome:
     built = software_build(software_target.name)
-    tp = TargetPrefix(software_target, built.plan.prefix, built.plan.compat_prefix)
+    tp = TargetPrefix(software_target, built.plan.prefix, built.plan.compat_prefix, build_node.emulated_by)
     workdir = eessi_run_dir / f"reframe-{software_target.name}"
     slurm = checks_slurm(software_target)  # --eessi-scheduler slurm: every case is a Slurm job
     if slurm is None:
@@ -105,7 +107,23 @@ def test_reframe_run_is_complete(
         ]
 
 
-def test_reframe_impossible_reference_fails_precisely(software_target, software_build, tmp_path) -> None:
+def test_reframe_emulated_performance_is_recorded_not_judged(software_checks, build_node) -> None:
+    """Under emulation STREAM's values are in the report, marked, and never a failure; natively they
+    are judged as usual (this target's references, if any)."""
+    case = software_checks.result.case("stream_check %scale=1_core")
+    assert case is not None and case.result == "pass", case
+    assert {p.metric for p in case.perf} == {"Copy", "Scale", "Add", "Triad"}
+    assert all(p.emulated == build_node.emulated_by for p in case.perf)
+    if build_node.emulated_by:
+        assert all(p.reference is None for p in case.perf)
+        assert "emulated: not judged" in case.perf[0].describe(case.key)
+        html = (software_checks.paths.report.parent / "html" / "report.html").read_text(encoding="utf-8")
+        assert "emulated: not judged" in html
+
+
+def test_reframe_impossible_reference_fails_precisely(
+    software_target, software_build, build_node, tmp_path
+) -> None:
     refs = tmp_path / "references.yaml"
     refs.write_text(
         "schema_version: 1\nchecks:\n  stream_check/1_core:\n"
@@ -115,10 +133,15 @@ def test_reframe_impossible_reference_fails_precisely(software_target, software_
     built = software_build(software_target.name)
     outcome = run_checks(
         built.overlay,
-        TargetPrefix(software_target, built.plan.prefix, built.plan.compat_prefix),
+        TargetPrefix(software_target, built.plan.prefix, built.plan.compat_prefix, build_node.emulated_by),
         tmp_path / "run",
         references=refs,
     )
+    if build_node.emulated_by:  # emulated: the impossible reference is not applied
+        case = outcome.result.case("stream_check %scale=1_core")
+        assert outcome.returncode == 0 and case is not None and case.ok, outcome.result.failures
+        assert all(p.emulated and p.reference is None for p in case.perf)
+        return
     assert outcome.returncode != 0
     case = outcome.result.case("stream_check %scale=1_core")
     assert case is not None and case.result == "fail" and case.fail_phase == "performance"

@@ -43,6 +43,7 @@ class Measure:
     lower: float | None
     upper: float | None
     in_band: bool
+    emulated: str = ""  # the emulator the value was measured under: recorded, not judged
 
     def band_text(self) -> str:
         """The band in words: ``≥ 5``, ``≤ 12``, ``5 to 12``, or ``any``; with the unit."""
@@ -57,6 +58,8 @@ class Measure:
 
     def text(self) -> str:
         unit = f" {self.unit}" if self.unit else ""
+        if self.emulated:
+            return f"{self.metric} = {self.value:g}{unit} (emulated: not judged; {self.emulated})"
         if self.reference is None:
             return f"{self.metric} = {self.value:g}{unit} (no reference)"
         verdict = "in band" if self.in_band else "OUT OF BAND"
@@ -158,6 +161,7 @@ def _measure(case: Case) -> tuple[Measure, ...]:
                 lo,
                 hi,
                 p.in_band(),
+                p.emulated,
             )
         )
     return tuple(out)
@@ -272,6 +276,8 @@ def summary_json(summary: Summary, plot_files: Mapping[str, str] | None = None) 
                                 "lower": m.lower,
                                 "upper": m.upper,
                                 "in_band": m.in_band,
+                                # only for a value measured under emulation: not judged
+                                **({"emulated": m.emulated} if m.emulated else {}),
                             }
                             for m in c.measures
                         ],

@@ -24,14 +24,18 @@ class PerfValue:
     reference: Reference | None  # None when ReFrame had no reference (its default 0, unbounded)
     reframe_ok: bool
     unit: str = ""  # as the check reported it, also when there is no reference
+    emulated: str = ""  # the emulator the case ran under (e.g. "qemu-aarch64 7.2"): recorded, not judged
 
     def in_band(self) -> bool:
-        if self.reference is None:
+        if self.reference is None or self.emulated:
             return True
         lo, hi = self.reference.bounds()
         return (lo is None or self.value >= lo) and (hi is None or self.value <= hi)
 
     def describe(self, check: str) -> str:
+        if self.emulated:
+            unit = f" {self.unit}" if self.unit else ""
+            return f"{check}: {self.metric} = {self.value:g}{unit} (emulated: not judged; {self.emulated})"
         if self.reference is None:
             return f"{check}: {self.metric} = {self.value:g} (no reference)"
         lo, hi = self.reference.bounds()
@@ -104,13 +108,16 @@ def _reference(values: list[Any]) -> Reference | None:
 
 
 def parse_case(tc: Mapping[str, Any]) -> Case:
+    """One test case of ReFrame's report; ``emulated`` (the checks' variable, set from
+    ``$EESSI_PIPELINE_EMULATED``) marks its performance values as not judged."""
+    emulated = str(tc.get("emulated") or "")
     perf = []
     for key, values in (tc.get("perfvalues") or {}).items():
         vals = list(values) + [None] * (6 - len(values))
         if vals[0] is None:
             continue
         metric, value, unit = key.rsplit(":", 1)[-1], float(vals[0]), str(vals[4] or "")
-        perf.append(PerfValue(metric, value, _reference(vals), vals[5] != "fail", unit))
+        perf.append(PerfValue(metric, value, _reference(vals), vals[5] != "fail", unit, emulated))
     name = str(tc.get("display_name") or tc.get("name") or "?")
     return Case(
         name,

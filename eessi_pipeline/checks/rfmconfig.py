@@ -36,6 +36,7 @@ class TargetPrefix:
     target: Target
     prefix: str
     compat: str | None = None
+    emulated_by: str = ""  # e.g. "qemu-aarch64 7.2": this host runs the target's programs only emulated
 
     @property
     def modulepath(self) -> str:
@@ -115,10 +116,11 @@ def config(
     partitions = [
         local_partition(
             partition_name(tp.target),
-            f"processes on this host, software of {tp.target.subdir}",
+            f"processes on this host, software of {tp.target.subdir}"
+            + (f", emulated by {tp.emulated_by}" if tp.emulated_by else ""),
             ENVIRON,
             max_jobs,
-            features=["cpu", tp.target.marker],
+            features=["cpu", tp.target.marker, *(["emulated"] if tp.emulated_by else [])],
             env_vars=tp.env_vars,
             processor=processor_info(tp.target, num_cpus),
         )

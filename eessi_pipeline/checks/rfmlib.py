@@ -76,6 +76,9 @@ class TargetCheck(rfm.RunOnlyRegressionTest):
     time_limit = "5m"
     target = variable(str, value=os.environ.get("EESSI_PIPELINE_TARGET", ""))
     reference_key = variable(str, value="")
+    # the emulator the target's programs run under (``$EESSI_PIPELINE_EMULATED``, e.g. "qemu-aarch64
+    # 7.2"): performance is recorded, never held to a reference (emulation says nothing about speed)
+    emulated = variable(str, value=os.environ.get("EESSI_PIPELINE_EMULATED", ""))
 
     def target_name(self) -> Any:
         return self.target or self.current_partition.name

@@ -34,6 +34,8 @@ from .smoke import SMOKE_ENV, SMOKE_FILE, load_smoke
 CHECKS_DIR = PROJECT_ROOT / "checks" / "software"
 LMOD_CMD = "/usr/share/lmod/lmod/libexec/lmod"
 TIMEOUT = 1800.0
+#: Set for a target this host runs only under emulation: the emulator, e.g. "qemu-aarch64 7.2".
+EMULATED_ENV = "EESSI_PIPELINE_EMULATED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,9 @@ def reframe_env(
     )
     if smoke is not None:
         env[SMOKE_ENV] = str(smoke)
+    env.pop(EMULATED_ENV, None)
+    if tp.emulated_by:  # the checks record performance without judging it
+        env[EMULATED_ENV] = tp.emulated_by
     # ReFrame's Lmod backend needs LMOD_CMD; job scripts need the `module` function (non-login bash)
     env.setdefault("LMOD_CMD", LMOD_CMD)
     env.setdefault("BASH_ENV", LMOD_INIT)
