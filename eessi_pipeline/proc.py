@@ -15,6 +15,7 @@ killed with its group and reported, rather than filling this process's memory.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import logging
 import os
@@ -24,6 +25,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,21 +173,29 @@ def run_echoed(
     cwd: str | Path | None = None,
     env: Mapping[str, str] | None = None,
     kill_grace: float = KILL_GRACE,
+    output_limit: int = OUTPUT_LIMIT,
 ) -> CommandResult:
     """Like :func:`run` without ``check``, but every output line (stdout and stderr merged) is also
-    written to ``echo`` as it arrives: progress for long work such as a nested pytest run."""
+    written to ``echo`` as it arrives: progress for long work such as a nested pytest run.  All of it
+    is echoed; the result keeps about the last ``output_limit`` bytes."""
     args = _checked_argv(argv)
     log.debug("running %s (timeout %gs, echoed)", shlex.join(args), timeout)
     start = time.monotonic()
     proc = _start(args, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                   stderr=subprocess.STDOUT)  # fmt: skip
-    kept: list[bytes] = []
+    kept: deque[bytes] = deque()
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def pump() -> None:
-        assert proc.stdout is not None
-        for line in iter(proc.stdout.readline, b""):
+        out = proc.stdout
+        assert out is not None
+        size = 0
+        for line in iter(lambda: out.readline(65536), b""):
             kept.append(line)
-            echo.write(line.decode(errors="replace"))
+            size += len(line)
+            while size > output_limit and len(kept) > 1:  # the output's tail is what a failure needs
+                size -= len(kept.popleft())
+            echo.write(decoder.decode(line))
             echo.flush()
 
     reader = threading.Thread(target=pump, daemon=True)

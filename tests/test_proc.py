@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shlex
 import subprocess
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from eessi_pipeline.errors import PipelineError
-from eessi_pipeline.proc import CommandFailed, CommandResult, pipeline, run
+from eessi_pipeline.proc import CommandFailed, CommandResult, pipeline, run, run_echoed
 
 
 def _pid_gone(pid: int, within: float = 2.0) -> bool:
@@ -227,6 +228,15 @@ def test_run_output_up_to_the_limit_and_large_input_pass() -> None:
     data = b"x" * (1 << 20)
     result = run(["cat"], timeout=60, input_bytes=data, output_limit=1 << 20)
     assert result.stdout == data.decode()
+
+
+def test_run_echoed_echoes_everything_and_keeps_the_tail() -> None:
+    echo = io.StringIO()
+    script = "yes | head -c 2097152; echo last line"
+    result = run_echoed(["sh", "-c", script], timeout=60, echo=echo, output_limit=1 << 20)
+    assert len(echo.getvalue()) == (2 << 20) + len("last line\n")
+    assert len(result.stdout) <= (1 << 20) + 65536
+    assert result.stdout.endswith("y\nlast line\n")
 
 
 # --- pipeline ---------------------------------------------------------------------------------------------
