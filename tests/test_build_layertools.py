@@ -4,11 +4,16 @@ under qemu is tests/acceptance (``pytest -m arch_aarch64_generic``)."""
 
 from __future__ import annotations
 
+import io
+import json
 import os
 from pathlib import Path
 
 import pytest
+from helpers import build_cli_parser
 
+from eessi_pipeline.arch.cpuinfo import read_host_cpu
+from eessi_pipeline.arch.emulation import emulators_for
 from eessi_pipeline.checks.htmlreport import case_row
 from eessi_pipeline.checks.report import parse_report
 from eessi_pipeline.checks.rfmconfig import TargetPrefix, config
@@ -134,3 +139,20 @@ def test_emulated_partition_says_so_and_claims_only_the_target_arch():
     assert env[EMULATED_ENV] == "qemu-aarch64 7.2"
     native = TargetPrefix(matrix.target("x86_64_generic"), "/p")
     assert EMULATED_ENV not in reframe_env(native, Path("/refs.yaml"), {EMULATED_ENV: "stale"})
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="says what an x86_64 host does")
+def test_cli_dry_run_says_the_layer_compiles_an_emulated_target(tmp_path):
+    if not emulators_for(read_host_cpu(None), load_matrix().target("aarch64_generic")):
+        pytest.skip("no aarch64 emulator registered here (bash setup.sh registers qemu-user-static)")
+    argv = ["--state-dir", str(tmp_path), "build", "--target", "aarch64_generic", "--dry-run", "--json"]
+    args = build_cli_parser().parse_args(argv)
+    out = io.StringIO()
+    assert args.handler(args, out) == 0
+    steps = json.loads(out.getvalue())["commands"]
+    assert set(steps) == {"compat_layer", "layer_tools", "eb", "link", "lmod_cache"}
+    assert (
+        "--sysroot=/cvmfs/software.eessi.local/versions/2023.06/compat/linux/aarch64" in steps["layer_tools"]
+    )
+    assert "QEMU_LD_PREFIX=/cvmfs/" in steps["layer_tools"]
+    assert not any(tmp_path.iterdir())

@@ -41,6 +41,12 @@ def _dry_run(plan: BuildPlan, args: argparse.Namespace, out: TextIO) -> int:
             f"build or reuse the {compat.family} compatibility layer in {compat.compat_dir} "
             f"(as `eessi-pipeline compat build --family {compat.family}`), shown read-only at {compat.prefix}"
         )
+    if compat is not None and plan.layer_tools:
+        steps["layer_tools"] = (
+            f"EasyBuild's commands find the layer's gcc (--sysroot={compat.prefix}), python3, binutils "
+            f"and bash first on PATH (wrappers in {plan.target_dir / 'layer-tools'}), "
+            f"QEMU_LD_PREFIX={compat.prefix}: {plan.target.family} programs run under emulation"
+        )
     steps["eb"] = shlex.join(view.wrap(eb_install_argv(cfg, plan.stack.easystack)))
     if compat is not None:
         steps["link"] = (
