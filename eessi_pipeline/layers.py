@@ -77,13 +77,15 @@ def identity_json(identity: str, spec: LayerSpec) -> bytes:
     return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
 
 
-def compat_pytest_argv(python: str, tarball: Path, state_dir: Path, run_dir: Path) -> list[str]:
-    """The gated pytest run of a compat tarball (pure): the layer's tests, its ReFrame report."""
+def compat_pytest_argv(python: str, tarball: Path, state_dir: Path, run_dir: Path, family: str) -> list[str]:
+    """The gated pytest run of a compat tarball (pure): the tests of ``family``'s layer only (the record
+    holds no other family's results; under emulation for a family not the host's), its ReFrame report."""
     return [
         python, "-m", "pytest", COMPAT_TESTS, "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-rfEs",
         f"--junitxml={run_dir / 'junit.xml'}", f"--eessi-run-dir={run_dir}",
-        f"--eessi-compat-state={state_dir}", f"--eessi-gate-tarball={tarball}",
-        f"--eessi-gate-reframe-report={run_dir / 'reframe-compat' / 'report.json'}", "--eessi-gate-stage",
+        f"--eessi-compat-state={state_dir}", f"--eessi-compat-family={family}",
+        f"--eessi-gate-tarball={tarball}", "--eessi-gate-stage",
+        f"--eessi-gate-reframe-report={run_dir / 'reframe-compat' / family / 'report.json'}",
     ]  # fmt: skip
 
 
@@ -129,7 +131,7 @@ def gate_compat(
     say(f"compat layer {spec.prefix}: {how}; {packed.tarball.name}: {COMPAT_TESTS} + ReFrame checks, gate")
     tests_dir = run_dir / "compat"
     tests_dir.mkdir(parents=True, exist_ok=True)
-    argv = compat_pytest_argv(sys.executable, packed.tarball, state_dir, tests_dir)
+    argv = compat_pytest_argv(sys.executable, packed.tarball, state_dir, tests_dir, spec.family)
     done = run_echoed(argv, timeout=1800, echo=report_stream(), cwd=PROJECT_ROOT, env=env)
     if done.returncode != 0:
         raise CompatGateFailed(

@@ -10,6 +10,7 @@ import pytest
 from eessi_pipeline.compat.acceptance import (
     LoaderTrace,
     archspec_verdict,
+    cpu_expectation,
     host_links_verdict,
     ld_debug_verdict,
     listing_verdict,
@@ -151,6 +152,34 @@ def test_startprefix_verdict() -> None:
     assert startprefix_verdict(_r(good.stdout, "Leaving Gentoo Prefix with exit status 3", 3), P, "tok", 3).ok
 
 
+def test_startprefix_verdict_refuses_the_emulator_as_the_shell() -> None:
+    """Under qemu-user another process's /proc/<pid>/exe is the emulator: that is not the layer's shell."""
+    seen = _r(
+        "tok\nshell=/usr/bin/qemu-aarch64-static\n", f"Leaving compat layer {P} with exit status 3\n", 3
+    )
+    assert "the shell is '/usr/bin/qemu-aarch64-static'" in startprefix_verdict(seen, P, "tok", 3).detail
+
+
+def test_maps_verdict_refuses_the_kernels_view_of_an_emulated_process() -> None:
+    """qemu-user's own /proc/self/maps has only the layer's files; the kernel's view of the same process
+    (what another process reads) adds the emulator, which the verdict names as a file from outside."""
+    guest = _maps(f"{P}/bin/cat", LDSO, LIBC)
+    assert maps_verdict(guest, P).ok
+    v = maps_verdict(guest + _maps("/usr/bin/qemu-aarch64-static"), P)
+    assert not v.ok and "/usr/bin/qemu-aarch64-static is mapped from outside the layer" in v.detail
+
+
+def test_cpu_expectation_natively_the_host_under_emulation_the_generic_family() -> None:
+    native = cpu_expectation("x86_64", "x86_64", "icelake")
+    assert (native.name, native.why) == ("icelake", "this host's microarchitecture")
+    emulated = cpu_expectation("aarch64", "x86_64", "icelake")
+    assert emulated.name == "aarch64" and "emulated on this x86_64 host" in emulated.why
+    init = f"{P}/usr/lib/python3/dist-packages/archspec/__init__.py"
+    assert archspec_verdict(_r(f"aarch64\n{init}\n"), emulated.name, P, emulated.why).ok
+    tuned = archspec_verdict(_r(f"neoverse_n1\n{init}\n"), emulated.name, P, emulated.why)
+    assert not tuned.ok and "expected 'aarch64' (the generic aarch64" in tuned.detail
+
+
 def test_tool_verdict() -> None:
     ok_trace = [_ld(5, f"{P}/lib64/ld-linux-x86-64.so.2", LIBC)]
     assert tool_verdict(f"{P}/bin/tar\n", _r("tar (GNU tar) 1.34"), "GNU tar", ok_trace, P).ok
@@ -162,7 +191,10 @@ def test_tool_verdict() -> None:
 def test_archspec_locale_python_verdicts() -> None:
     init = f"{P}/usr/lib/python3/dist-packages/archspec/__init__.py"
     assert archspec_verdict(_r(f"zen3\n{init}\n"), "zen3", P).ok
-    assert "this host is 'zen3'" in archspec_verdict(_r(f"haswell\n{init}\n"), "zen3", P).detail
+    assert (
+        "printed 'haswell', expected 'zen3' (this host's microarchitecture)"
+        in archspec_verdict(_r(f"haswell\n{init}\n"), "zen3", P).detail
+    )
     assert (
         "not from the layer"
         in archspec_verdict(_r("zen3\n/usr/lib/python3/archspec/__init__.py\n"), "zen3", P).detail

@@ -332,6 +332,42 @@ def test_decide_expands_target_in_required_tests() -> None:
     assert not unnamed.accept and "names the target" in unnamed.reasons[0]
 
 
+def compat_case(family: str, tested: str, emulator: str = "") -> tuple[TarballFacts, GateRecord]:
+    """A compat tarball of ``family`` whose record holds the layer tests of ``tested`` (all passed)."""
+    facts = TarballFacts(f"eessi-2023.06-compat-linux-{family}-1700000000.tar.gz", "c" * 64, 1000, "compat",
+                         "2023.06", (f"2023.06/compat/linux/{family}",))  # fmt: skip
+    tests = (CaseResult(f"tests/test_compat_layer.py::test_layer_build_layout[{tested}]", "passed"),
+             CaseResult(f"tests/test_compat_layer.py::test_layer_every_tool_of_the_package_set_runs[{tested}-ldd --version]", "passed"))  # fmt: skip
+    record = GateRecord(
+        tarball=facts.name, sha256=facts.sha256, size=facts.size, content_type="compat", target=family,
+        host_cpu="x86_64/intel/icelake", digests={}, tests=tests, reframe=ReframeSummary("d" * 64, 46, 0, ()),
+        tools={}, created=(NOW - dt.timedelta(hours=1)).isoformat(), emulated=bool(emulator), emulator=emulator,
+    )  # fmt: skip
+    return facts, record
+
+
+def test_decide_judges_each_compat_layer_by_its_own_family_tests() -> None:
+    """The shipped policy's compat rule names {family}: the x86_64 and the (emulated) aarch64 layer are
+    each accepted on their own family's tests, and neither on the other family's."""
+    policy = dataclasses.replace(POLICY, content_types={"compat": load_policy().content_types["compat"]})
+    assert decide(*compat_case("x86_64", "x86_64"), SIGNED, policy, NOW).accept
+    emulated = decide(*compat_case("aarch64", "aarch64", "qemu-aarch64 7.2"), SIGNED, policy, NOW)
+    assert emulated.accept, emulated.reasons  # generic emulated records may publish compat layers
+    crossed = decide(*compat_case("aarch64", "x86_64", "qemu-aarch64 7.2"), SIGNED, policy, NOW)
+    assert not crossed.accept
+    assert "required test 'tests/test_compat_layer.py::*[aarch64]' is missing" in crossed.reasons
+    assert "required test 'tests/test_compat_layer.py::*[aarch64-*]' is missing" in crossed.reasons
+
+
+def test_decide_refuses_a_family_placeholder_without_a_family() -> None:
+    facts, record = green()
+    policy = dataclasses.replace(POLICY, content_types={"software": ContentRule(("*[{family}]",), True)})
+    assert "required test '*[x86_64]' is missing" in decide(facts, record, SIGNED, policy, NOW).reasons
+    untargeted = dataclasses.replace(record, target="")
+    reasons = decide(facts, untargeted, SIGNED, policy, NOW).reasons
+    assert "required test '*[{family}]' names the family; the record has none" in reasons
+
+
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
 def test_pytest_gate_records_announced_tarballs(
     pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: list[str]

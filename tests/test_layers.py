@@ -65,10 +65,14 @@ def test_compat_identity_and_gated_test_run_are_decided_from_the_spec(tmp_path: 
     spec = LayerSpec.create("2023.06", "x86_64", tmp_path, repository=REPO)
     data = json.loads(identity_json("abc", spec))
     assert data == {"inputs_digest": "abc", "version": "2023.06", "family": "x86_64", "prefix": spec.prefix}
-    argv = compat_pytest_argv("py", tmp_path / "t.tar.gz", tmp_path, tmp_path / "run")
+    argv = compat_pytest_argv("py", tmp_path / "t.tar.gz", tmp_path, tmp_path / "run", "aarch64")
     assert argv[:4] == ["py", "-m", "pytest", "tests/test_compat_layer.py"]
     assert f"--eessi-gate-tarball={tmp_path / 't.tar.gz'}" in argv and "--eessi-gate-stage" in argv
-    assert f"--eessi-gate-reframe-report={tmp_path / 'run' / 'reframe-compat' / 'report.json'}" in argv
+    assert "--eessi-compat-family=aarch64" in argv  # the record holds the aarch64 layer's tests only
+    assert (
+        f"--eessi-gate-reframe-report={tmp_path / 'run' / 'reframe-compat' / 'aarch64' / 'report.json'}"
+        in argv
+    )
     assert f"--eessi-compat-state={tmp_path}" in argv
 
 

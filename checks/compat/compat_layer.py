@@ -9,6 +9,12 @@ and the host files come from the layer's own manifest
 minimal configuration (one local partition) and runs these checks with the layer
 visible at its prefix.  Every check runs the layer's programs through its
 ``startprefix``, extracts what they printed and asserts on it; nothing is built.
+
+A layer of another CPU family runs here under qemu-user: the checks read only ``/proc/self``
+(qemu-user answers it for the emulated program; another process's ``/proc/<pid>`` names the
+emulator), and ``archspec cpu`` must print ``EESSI_COMPAT_EXPECTED_CPU`` (set by
+``eessi_pipeline.compat.rfm_runner``: the host's microarchitecture natively, the family's generic
+one under emulation; without it, the host's).
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ HOST_FILES = list(
     )
 )
 LOCALE = (MANIFEST.get("locales") or ["en_US.UTF-8"])[0]
+EXPECTED_CPU = os.environ.get("EESSI_COMPAT_EXPECTED_CPU", "")
+EXPECTED_CPU_WHY = os.environ.get("EESSI_COMPAT_EXPECTED_CPU_WHY", "this host's microarchitecture")
 
 
 def _under(path: str) -> bool:
@@ -81,13 +89,15 @@ class compat_layer_check(rfm.RunOnlyRegressionTest):
 
 @rfm.simple_test
 class compat_startprefix(compat_layer_check):
-    """startprefix runs commands from stdin in the layer's own shell and passes the exit status on."""
+    """startprefix runs commands from stdin in the layer's own shell and passes the exit status on.
+    The shell names its executable from its own /proc/self/maps (first mapping), read by itself."""
 
     descr = "startprefix runs a command"
 
     @run_after("init")
     def feed_commands(self) -> None:
-        self.executable_opts = ["<<<", "'echo eessi-compat-ok; echo shell=$(readlink /proc/$$/exe); exit 3'"]
+        own_exe = 'read -r _ _ _ _ _ exe < /proc/self/maps; echo "shell=$exe"'
+        self.executable_opts = ["<<<", shlex.quote(f"echo eessi-compat-ok; {own_exe}; exit 3")]
 
     @sanity_function
     def assert_ran_in_layer(self) -> Any:
@@ -97,12 +107,16 @@ class compat_startprefix(compat_layer_check):
                 sn.assert_found(
                     rf"^shell={re.escape(self.compat_prefix)}/\S+$",
                     self.stdout,
-                    msg="the shell is not the layer's",
+                    msg=f"the shell is not the layer's: {self.shell_seen()}",
                 ),
                 sn.assert_eq(self.leaving_status(), 3),
                 sn.assert_eq(self.job.exitcode, 3),
             ]
         )
+
+    def shell_seen(self) -> str:
+        with open(os.path.join(self.stagedir, str(self.stdout)), encoding="utf-8", errors="replace") as fh:
+            return ", ".join(re.findall(r"^shell=(.*)$", fh.read(), re.M)) or "no shell= line"
 
 
 @rfm.simple_test
@@ -248,7 +262,7 @@ class compat_lmod(compat_layer_check):
 
 @rfm.simple_test
 class compat_archspec(compat_layer_check):
-    """`archspec cpu` runs with the layer's Python and names this host's microarchitecture."""
+    """`archspec cpu` runs with the layer's Python and names the expected microarchitecture."""
 
     descr = "archspec cpu runs with the layer's python"
     executable_opts = [
@@ -258,12 +272,19 @@ class compat_archspec(compat_layer_check):
     ]
 
     @sanity_function
-    def assert_host_cpu(self) -> Any:
-        import archspec.cpu
+    def assert_expected_cpu(self) -> Any:
+        expected = EXPECTED_CPU
+        if not expected:
+            import archspec.cpu
 
+            expected = str(archspec.cpu.host().name)
         return sn.all(
             [
-                sn.assert_found(rf"^{re.escape(str(archspec.cpu.host().name))}$", self.stdout),
+                sn.assert_found(
+                    rf"^{re.escape(expected)}$",
+                    self.stdout,
+                    msg=f"archspec cpu did not print {expected} ({EXPECTED_CPU_WHY})",
+                ),
                 sn.assert_found(
                     rf"^{re.escape(self.compat_prefix)}/\S+/archspec/__init__\.py$",
                     self.stdout,

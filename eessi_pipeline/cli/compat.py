@@ -87,7 +87,7 @@ def cmd_build(args: argparse.Namespace, out: TextIO) -> int:
 def _report(result: CheckResult) -> None:
     tag = "[  OK  ]" if result.ok else "[ FAIL ]"
     first = result.detail.splitlines()[0] if result.detail else ""
-    sys.stderr.write(f"{tag} {result.name}: {first}\n")
+    sys.stderr.write(f"{tag} {result.name}{': ' + first if first else ''}\n")
 
 
 def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
@@ -110,19 +110,20 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     if args.runner in ("reframe", "both"):
         workdir = spec.compat_dir / "checks" / f"{spec.version}-linux-{spec.family}"
         verdict = run_checks(view, workdir)
-        for case in verdict.cases:
-            passed = case.result in ("pass", "xfail")
-            results.append(
-                {
-                    "name": f"reframe: {case.name}",
-                    "ok": passed,
-                    "detail": "" if passed else f"{case.fail_phase}: {case.fail_reason}",
-                }
+        cases = [
+            CheckResult(
+                f"reframe: {case.name}",
+                case.result in ("pass", "xfail"),
+                "" if case.result in ("pass", "xfail") else f"{case.fail_phase}: {case.fail_reason}",
             )
+            for case in verdict.cases
+        ]
+        if not verdict.ok:  # the run as a whole: no case ran, some failed, or ReFrame itself failed
+            cases.append(CheckResult("reframe", False, verdict.detail))
+        for case_result in cases:
+            results.append(case_result.to_json())
             if not args.json:
-                sys.stderr.write(f"{'[  OK  ]' if passed else '[ FAIL ]'} reframe: {case.name}\n")
-        if not verdict.ok:
-            results.append({"name": "reframe", "ok": False, "detail": verdict.detail})
+                _report(case_result)
         ok = ok and verdict.ok
     failed = [r for r in results if not r["ok"]]
     if args.json:

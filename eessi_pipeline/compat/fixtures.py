@@ -10,6 +10,10 @@ and then reuse it.  The state directory is ``--eessi-compat-state DIR``, else
 an unchanged layer is never rebuilt).  The layer is the one of the session's stack version
 (``--eessi-version``) in the repository ``$EESSI_PIPELINE_REPOSITORY`` (default
 ``software.eessi.local``), so ``eessi-pipeline run`` tests exactly the layer it publishes.
+
+``--eessi-compat-family FAMILY`` (repeatable) limits the layer tests to those families: a gated run
+tests one family's tarball, and its record holds that family's tests only.  Without it they run for
+this host's family and every family the host emulates (:func:`layer_families`).
 """
 
 from __future__ import annotations
@@ -51,6 +55,27 @@ class CompatLayer:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_state_option(parser, "--eessi-compat-state", STATE_ENV, "the compatibility layers tests build")
+    parser.getgroup("eessi-pipeline").addoption(
+        "--eessi-compat-family",
+        metavar="FAMILY",
+        action="append",
+        default=[],
+        help="test only this family's compatibility layer (repeatable; default: this host's family and "
+        "every family it runs under emulation)",
+    )
+
+
+def layer_families(config: pytest.Config, available: list[str]) -> list[str]:
+    """The families whose layer tests this run generates: ``available`` (host first), or those named
+    with ``--eessi-compat-family`` (a name that is not available is a usage error)."""
+    chosen = list(dict.fromkeys(config.getoption("--eessi-compat-family") or []))
+    unknown = [f for f in chosen if f not in available]
+    if unknown:
+        raise pytest.UsageError(
+            f"--eessi-compat-family {', '.join(unknown)}: no package set for it here; "
+            f"choose from {', '.join(available)}"
+        )
+    return chosen or available
 
 
 def compat_state_dir(config: pytest.Config) -> Path:

@@ -3,7 +3,9 @@
 A run of :mod:`eessi_pipeline.checks.rfmrun` in the layer's mount namespace (so the checks find the
 layer at its prefix), with a minimal configuration: one system, one local partition (local scheduler
 and launcher), no module system.  ReFrame exits 0 when *nothing* ran, so the verdict also requires at
-least one test case (:func:`report_verdict`).
+least one test case (:func:`report_verdict`).  The microarchitecture ``compat_archspec`` expects
+(:func:`~.acceptance.expected_cpu`: the host's, or the family's generic one under emulation) is handed
+to the checks in ``EESSI_COMPAT_EXPECTED_CPU`` (and why, in ``EESSI_COMPAT_EXPECTED_CPU_WHY``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ..checks.rfmrun import (
 from ..errors import CompatError
 from ..matrix import PROJECT_ROOT
 from ..proc import CommandResult
+from .acceptance import CpuExpectation, Manifest, expected_cpu
 from .runner import LayerView
 
 CHECKS_DIR = PROJECT_ROOT / "checks" / "compat"
@@ -49,10 +52,16 @@ def config(system: str = SYSTEM, max_jobs: int = 4) -> dict[str, Any]:
     )
 
 
-def reframe_env(prefix: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """ReFrame's environment in the layer: the layer's prefix for the checks (pure)."""
+def reframe_env(
+    prefix: str, expected: CpuExpectation, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """ReFrame's environment in the layer: the layer's prefix and the expected CPU for the checks (pure)."""
     return reframe_environ(
-        os.environ if base is None else base, ("RFM_CONFIG_FILES",), EESSI_COMPAT_PREFIX=prefix
+        os.environ if base is None else base,
+        ("RFM_CONFIG_FILES",),
+        EESSI_COMPAT_PREFIX=prefix,
+        EESSI_COMPAT_EXPECTED_CPU=expected.name,
+        EESSI_COMPAT_EXPECTED_CPU_WHY=expected.why,
     )
 
 
@@ -103,14 +112,18 @@ def report_verdict(report: Mapping[str, Any]) -> ReportVerdict:
     return ReportVerdict(True, num, tuple(cases), f"all {len(cases)} cases passed")
 
 
-def run_checks(view: LayerView, workdir: Path, checks: Path = CHECKS_DIR) -> ReportVerdict:
-    """Run the ReFrame checks against the layer behind ``view``; the report lands in ``workdir``."""
+def run_checks(
+    view: LayerView, workdir: Path, checks: Path = CHECKS_DIR, expected: CpuExpectation | None = None
+) -> ReportVerdict:
+    """Run the ReFrame checks against the layer behind ``view``; the report lands in ``workdir``.
+    ``expected``: what ``archspec cpu`` must print (default: :func:`~.acceptance.expected_cpu` of the
+    layer's family)."""
     program = find_reframe(CompatError, " or run `eessi-pipeline compat check --runner python`")
     workdir.mkdir(parents=True, exist_ok=True)
     paths = RunPaths.under(workdir)
     argv = reframe_argv(program, paths, checks, junit=False)
     cfg = config(max_jobs=max(1, os.cpu_count() or 1))
-    env = reframe_env(view.prefix)
+    env = reframe_env(view.prefix, expected or expected_cpu(Manifest.read(view.staging).family))
     result = run_reframe(_InLayer(view, workdir), argv, paths, cfg, env, TIMEOUT)
     verdict = report_verdict(read_report(paths, result, error=CompatError))
     if verdict.ok and result.returncode != 0:

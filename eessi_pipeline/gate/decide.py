@@ -72,13 +72,25 @@ def rule_binding(c: Case) -> list[str]:
     return reasons
 
 
+def placeholders(record: GateRecord) -> dict[str, str]:
+    """What a required-test pattern's placeholders stand for in this record (pure): ``{target}`` the
+    tested target's matrix name (zen3), ``{family}`` its CPU family, the first part of the tested
+    directory (``x86_64/amd/zen3`` and the compat layer ``aarch64`` alike)."""
+    family = record.target.split("/", 1)[0] if record.content_type in ("software", "compat") else ""
+    return {"{target}": record.target_name, "{family}": family}
+
+
 def _required_test_reasons(c: Case, templates: tuple[str, ...]) -> list[str]:
     reasons = []
+    values = placeholders(c.record)
     for template in templates:
-        if "{target}" in template and not c.record.target_name:
-            reasons.append(f"required test {template!r} names the target; the record has no target name")
+        missing = [k.strip("{}") for k, v in values.items() if k in template and not v]
+        if missing:
+            reasons.append(f"required test {template!r} names the {missing[0]}; the record has none")
             continue
-        pattern = template.replace("{target}", c.record.target_name)
+        pattern = template
+        for key, value in values.items():
+            pattern = pattern.replace(key, value)
         matching = [t for t in c.record.tests if test_id_matches(pattern, t.id)]
         if not matching:
             reasons.append(f"required test {pattern!r} is missing")
