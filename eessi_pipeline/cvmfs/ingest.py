@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 from ..errors import RepositoryError, TarballRejected
 from .catalog import DIR_SIZE, Node
 from .common import SUFFIX_PARTIAL, parent_path
-from .objects import Chunk, ObjectStore, StoredFile, chunk_boundaries, first_cut
+from .objects import Chunk, ObjectStore, StoredFile, first_cut
 from .objpool import BatchPool
 from .tarcheck import (
     CATALOG_MARKER,
@@ -234,15 +234,20 @@ class _Pipeline:
                 f.whole = self._submit(functools.partial(store.put, data), len(data))
             else:
                 f.hash = store.put_stream(iter(lambda: stream.read_data(BLOCK), b""))
-        elif info.size <= hi:  # held whole anyway before its first cut: read it at once, cut it once
+        elif info.size <= hi:  # held whole anyway before its first cut: read it at once
             data = _read_all(stream, info.size)
-            bounds = chunk_boundaries(data, lo, avg, hi)
-            if len(bounds) == 1:
-                f.whole = self._submit(functools.partial(store.put, data), len(data))
-            else:
-                for start, end in zip([0, *bounds[:-1]], bounds, strict=True):
+            view = memoryview(data)
+            start = 0
+            while start < len(data):  # each search stops at its cut: every byte is scanned once at most
+                cut = first_cut(view[start:], lo, avg, hi, True)
+                assert cut is not None  # never with final=True
+                end = start + cut
+                if end - start == len(data):
+                    f.whole = self._submit(functools.partial(store.put, data), len(data))
+                else:
                     job = functools.partial(store.put, data[start:end], SUFFIX_PARTIAL)
                     f.chunks.append((start, end - start, self._submit(job, end - start)))
+                start = end
         else:
             buf = bytearray()
             offset = 0

@@ -169,7 +169,9 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def first_cut(data: bytes | bytearray, minimum: int, average: int, maximum: int, final: bool) -> int | None:
+def first_cut(
+    data: bytes | bytearray | memoryview, minimum: int, average: int, maximum: int, final: bool
+) -> int | None:
     """Where the chunk that starts at ``data[0]`` ends by the xor32 rule, so that a file can be cut
     while it is read; ``len(data)`` when (``final``: ``data`` is the rest of the file) the rest is one
     piece; None while fewer than ``maximum + 1`` bytes are buffered and more will follow.
