@@ -317,6 +317,20 @@ def test_compat_job_gates_the_layer_of_every_family_and_version_for_publish(
     assert "compat" in ([needs] if isinstance(needs, str) else list(needs or []))
 
 
+def test_compat_job_gates_only_its_own_family_with_that_familys_reframe_report(workflow: dict[Any, Any]) -> None:
+    """An x86_64 runner with qemu-user registered (setup.sh does it) would also test the aarch64 layer: the
+    gated run keeps the job's family only, and hands the gate that family's ReFrame report (the compat
+    tests write it to ``reframe-compat/<family>/report.json`` of the run dir)."""
+    compat = job(workflow, "compat")
+    (gate,) = [r for r in run_steps(compat) if "tests/test_compat_layer.py" in r]
+    for entry in compat["strategy"]["matrix"]["include"]:
+        words = shlex.split(render(gate, entry).replace("\\\n", " "))
+        family = entry["family"]
+        assert words[words.index("--eessi-compat-family") + 1] == family, words
+        report = words[words.index("--eessi-gate-reframe-report") + 1]
+        assert report.endswith(f"/reframe-compat/{family}/report.json"), report
+
+
 def test_gpu_job_packs_the_tarball_and_records_the_gate(workflow: dict[Any, Any]) -> None:
     runs = [" ".join(r.split()) for r in run_steps(job(workflow, "gpu"))]
     build = next(i for i, r in enumerate(runs) if "gpu build" in r)
