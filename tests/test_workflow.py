@@ -317,7 +317,9 @@ def test_compat_job_gates_the_layer_of_every_family_and_version_for_publish(
     assert "compat" in ([needs] if isinstance(needs, str) else list(needs or []))
 
 
-def test_compat_job_gates_only_its_own_family_with_that_familys_reframe_report(workflow: dict[Any, Any]) -> None:
+def test_compat_job_gates_only_its_own_family_with_that_familys_reframe_report(
+    workflow: dict[Any, Any],
+) -> None:
     """An x86_64 runner with qemu-user registered (setup.sh does it) would also test the aarch64 layer: the
     gated run keeps the job's family only, and hands the gate that family's ReFrame report (the compat
     tests write it to ``reframe-compat/<family>/report.json`` of the run dir)."""
