@@ -149,9 +149,12 @@ def test_compat_build_tarball_and_upper_hold_only_the_software(compat_build):
     with open("/proc/self/mountinfo", encoding="utf-8") as fh:  # field 5: the mount point
         points = [line.split()[4] for line in fh if len(line.split()) > 4]
     assert not [p for p in points if p == f"/cvmfs/{REPO}" or p.startswith(f"/cvmfs/{REPO}/")]
-    # The build's own files never reach the host's /cvmfs.  (Only its files: other tests of the same
-    # run, on other xdist workers, may create mount points below the host's /cvmfs; when this fails the
-    # message shows what the host has there.)
+    # The build's own files never reach the host's /cvmfs, and with nothing mounted there (another xdist
+    # worker's test may mount below it) not even a directory of the repository is on the host's disk.
+    # When either fails, the message shows what the host has there.
     built = f"/cvmfs/{REPO}/versions/2023.06/software/linux/x86_64/generic/{STREAM}"
     cvmfs_mounts = [p for p in points if p == "/cvmfs" or p.startswith("/cvmfs/")]
     assert not os.path.exists(built), (built, cvmfs_mounts, sorted(os.listdir(f"/cvmfs/{REPO}")))
+    if not cvmfs_mounts:
+        versions = f"/cvmfs/{REPO}/versions"
+        assert not os.path.exists(versions), (versions, sorted(os.listdir(f"/cvmfs/{REPO}")))
