@@ -152,10 +152,17 @@ def write_catalog(doc: CatalogDoc, stats: dict[str, int], tmp_dir: Path) -> byte
         db.executemany("INSERT INTO properties (key, value) VALUES (?, ?)", sorted(props.items()))
         rows = []
         chunk_rows = []
+        parents: dict[str, tuple[int, int]] = {}  # a directory's entries share its hash
         for path in sorted(doc.entries):
             node = doc.entries[path]
             a, b = md5path(path)
-            pa, pb = (0, 0) if path == "" else md5path(parent_path(path))
+            if path == "":
+                pa, pb = 0, 0
+            else:
+                parent = parent_path(path)
+                if parent not in parents:
+                    parents[parent] = md5path(parent)
+                pa, pb = parents[parent]
             flags = entry_flags(node, path == doc.root and doc.root != "")
             digest = bytes.fromhex(node.hash) if node.hash else None
             rows.append(

@@ -24,6 +24,7 @@ a member, a symlink, a SHA-256 other than the gate's — raises before the trans
 from __future__ import annotations
 
 import functools
+import gc
 import stat
 import threading
 from collections import deque
@@ -390,6 +391,8 @@ def overlay_stream(txn: Transaction, tarball: Path, opts: IngestOptions) -> Stre
         processes = False  # TarballStream says why
     pipeline = _Pipeline(txn, tarball, opts.chunking, processes)
     members = _Members(txn, base, opts.check, pipeline)
+    collecting = gc.isenabled()
+    gc.disable()  # a header, an entry and a few futures per member, no cycles: nothing to collect
     try:
         with TarballStream(tarball, shown) as stream:
             txn._step("tarball opened")
@@ -409,6 +412,8 @@ def overlay_stream(txn: Transaction, tarball: Path, opts: IngestOptions) -> Stre
         ) from e
     finally:
         pipeline.close()
+        if collecting:
+            gc.enable()
     txn._step("tarball read")
     if opts.expected_sha256 is not None and sha256 != opts.expected_sha256.lower():
         raise TarballRejected(

@@ -20,6 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+# numpy's BLAS never runs here (only elementwise integer operations), yet OpenBLAS starts a thread
+# per core at import that spins for a while: about 0.1 s of a core stolen from each ingest.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 try:  # optional: chunk_boundaries vectorises its rolling checksum with it
     import numpy as np
 except ImportError:  # pragma: no cover - the pure loop is used instead

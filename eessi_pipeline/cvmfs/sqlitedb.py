@@ -31,6 +31,9 @@ def write_db(data: bytes, tmp_dir: Path, prefix: str, fill: Callable[[sqlite3.Co
         db = sqlite3.connect(tmp)
         try:
             db.execute("PRAGMA journal_mode=DELETE")
+            # No fsync: the file is read back at once and stored as an object (renamed into place);
+            # a crash before that loses nothing the publish has not yet referenced.
+            db.execute("PRAGMA synchronous=OFF")
             fill(db)
             db.commit()
         finally:

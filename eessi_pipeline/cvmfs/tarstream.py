@@ -16,13 +16,14 @@ import hashlib
 import importlib
 import os
 import queue
+import struct
 import tarfile
 import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from ..errors import TarballRejected
 
@@ -79,6 +80,78 @@ class StreamProblem:
     reason: str
 
 
+_FAST_TYPES = frozenset(
+    {tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE}
+    | {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
+)
+
+
+# A ustar/GNU header block: name, mode, uid, gid, size, mtime, chksum, type, linkname, magic+version,
+# uname, gname, devmajor, devminor, prefix (GNU keeps other fields in the prefix's space: only types
+# whose prefix tarfile ignores or joins the same way take the fast path).
+_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s8x32s32s8s8s155s12x")
+
+
+def _octal(field: bytes) -> int:
+    """An octal number field: digits, then spaces or NULs.  ``int`` raises ValueError for anything else
+    (base-256, text after a NUL, …), and then tarfile reads the header; where ``int`` succeeds the
+    value is the one :func:`tarfile.nti` gives (it cuts at the first NUL and strips whitespace)."""
+    return int(field.rstrip(b" \0") or b"0", 8)
+
+
+def _text(field: bytes, encoding: str, errors: str) -> str:
+    """A NUL-terminated text field, as :func:`tarfile.nts` reads it."""
+    return field.partition(b"\0")[0].decode(encoding, errors)
+
+
+class _Header(tarfile.TarInfo):
+    """A member header.  :meth:`frombuf` reads the common headers (regular files, directories, links,
+    GNU long names: what GNU tar writes) itself, checking the checksum with one ``sum`` instead of
+    tarfile's two 504-field unpacks; any other header, and any header with something unusual (a
+    base-256 number, a checksum that only matches signed, a zero block), is read by tarfile's own
+    ``frombuf``, so every result and every error is tarfile's (a test compares the two on generated
+    headers).  Everything after the header block (long names, pax records, offsets) is tarfile's code.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
+        buf = bytes(buf)  # no copy for bytes, what the stream reads
+        if len(buf) != tarfile.BLOCKSIZE or buf[156:157] not in _FAST_TYPES:
+            return super().frombuf(buf, encoding, errors)
+        name, mode, uid, gid, size, mtime, chk, kind, link, uname, gname, major, minor, prefix = (
+            _HEADER.unpack(buf)
+        )
+        try:
+            chksum = _octal(chk)
+            if chksum != 256 + sum(buf) - sum(chk):  # the checksum field counts as 8 spaces
+                raise ValueError("checksum")
+            numbers = (_octal(mode), _octal(uid), _octal(gid), _octal(size), _octal(mtime))
+            devices = (_octal(major), _octal(minor))
+        except ValueError:
+            return super().frombuf(buf, encoding, errors)
+        obj = cls()
+        obj.mode, obj.uid, obj.gid, obj.size, obj.mtime = numbers
+        obj.devmajor, obj.devminor = devices
+        obj.chksum = chksum
+        obj.type = kind
+        obj.linkname = _text(link, encoding, errors)
+        obj.uname = _text(uname, encoding, errors)
+        obj.gname = _text(gname, encoding, errors)
+        text = _text(name, encoding, errors)
+        if kind == tarfile.AREGTYPE and text.endswith("/"):  # old V7 tar's directories
+            obj.type = kind = tarfile.DIRTYPE
+        if kind == tarfile.DIRTYPE:
+            text = text.rstrip("/")
+        if prefix[0] and kind not in tarfile.GNU_TYPES:  # ustar's split long name
+            long_prefix = _text(prefix, encoding, errors)
+            if long_prefix:
+                text = long_prefix + "/" + text
+        obj.name = text
+        return obj
+
+
 class _Shim:
     """The attributes :meth:`tarfile.TarInfo.fromtarfile` reads from a TarFile."""
 
@@ -88,6 +161,16 @@ class _Shim:
         self.errors = "surrogateescape"
         self.offset = 0
         self.pax_headers: dict[str, str] = {}
+
+
+def _payload(block: bytes) -> int:
+    """The length of ``block`` without its trailing zero bytes (copying only a tail that is zero)."""
+    if block[-1]:
+        return len(block)
+    tail = block[-4096:].rstrip(b"\0")
+    if tail:
+        return len(block) - min(4096, len(block)) + len(tail)
+    return len(block.rstrip(b"\0"))
 
 
 class _Reader:
@@ -113,7 +196,7 @@ class _Reader:
                 raise StreamError(f"{type(item).__name__}: {item}") from item
             if not item:
                 continue
-            payload = len(item.rstrip(b"\0"))
+            payload = _payload(item)
             if payload:
                 self.last_nonzero_end = self.pos + (len(self._buf) - self._at) + payload
             self._buf = self._buf[self._at :] + item if self._at < len(self._buf) else item
@@ -285,7 +368,7 @@ class TarballStream:
             if reader.pos != self.member_end:  # what the caller left of the previous member's data
                 reader.skip(self.member_end - reader.pos)
             try:
-                info = tarfile.TarInfo.fromtarfile(shim)  # type: ignore[arg-type]  # duck-typed TarFile
+                info = _Header.fromtarfile(shim)  # type: ignore[arg-type]  # duck-typed TarFile
             except _END_OF_DATA:
                 return
             except _SKIPPABLE:
