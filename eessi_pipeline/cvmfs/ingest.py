@@ -158,9 +158,11 @@ class _File:
             return self.source.stored is not None
         if self.pending:
             return False
-        futures: list[Future[list[str]] | Future[str] | None] = [self.batch, self.whole]
-        futures.extend(f for _, _, f in self.chunks)
-        return all(f is None or f.done() for f in futures)
+        if self.batch is not None:
+            return self.batch.done()
+        if self.whole is not None:
+            return self.whole.done()
+        return all(f.done() for _, _, f in self.chunks)
 
     def result(self) -> StoredFile:
         if self.source is not None:
@@ -230,9 +232,9 @@ class _Pipeline:
             if self.batch_bytes >= BATCH_BYTES or len(self.batch) >= BATCH_FILES:
                 self._flush_batch()
         elif not self.chunking or info.size <= lo:
-            if info.size <= WHOLE_MAX:
-                data = _read_all(stream, info.size)
-                f.whole = self._submit(functools.partial(store.put, data), len(data))
+            if info.size <= WHOLE_MAX:  # one job, fed to zlib piece by piece: never joined
+                parts = stream.read_data_parts()
+                f.whole = self._submit(functools.partial(store.put_stream, parts), info.size)
             else:
                 f.hash = store.put_stream(iter(lambda: stream.read_data(BLOCK), b""))
         elif info.size <= hi:  # held whole anyway before its first cut: read it at once

@@ -6,11 +6,12 @@ Moved here from :mod:`.tarcheck`, which still exports every public name of this 
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import re
 import stat
 import tarfile
-from collections.abc import Callable, Set
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
 
 from .tarname import TYPES_WITH_ARCH, VERSION_SUFFIX, TarballName, printable
@@ -93,6 +94,8 @@ class CheckContext:
 
 
 def _is_utf8(text: str) -> bool:
+    if text.isascii():
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -100,8 +103,9 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def _components(name: str) -> list[str]:
-    return [c for c in name.split("/") if c not in ("", ".")]
+@functools.lru_cache(maxsize=16)  # each member's name is split by several checks in a row
+def _components(name: str) -> tuple[str, ...]:
+    return tuple(c for c in name.split("/") if c not in ("", "."))
 
 
 def normalise_member_name(name: str) -> str:
@@ -135,7 +139,7 @@ def _text_problems(what: str, text: str) -> list[str]:
     return problems
 
 
-def _layout_problems(info: tarfile.TarInfo, parts: list[str], ctx: CheckContext) -> list[str]:
+def _layout_problems(info: tarfile.TarInfo, parts: Sequence[str], ctx: CheckContext) -> list[str]:
     name = ctx.name
     top = parts[0]
     if not ctx.accepts_top(top):
@@ -165,7 +169,7 @@ def _layout_problems(info: tarfile.TarInfo, parts: list[str], ctx: CheckContext)
     return problems
 
 
-def _allowed_host_link(target: str, parts: list[str], ctx: CheckContext) -> bool:
+def _allowed_host_link(target: str, parts: Sequence[str], ctx: CheckContext) -> bool:
     """A compat layer's link to one of :data:`COMPAT_HOST_FILES`, lying directly in the layer's etc."""
     if ctx.name.content_type != "compat" or target not in COMPAT_HOST_FILES:
         return False
@@ -173,7 +177,7 @@ def _allowed_host_link(target: str, parts: list[str], ctx: CheckContext) -> bool
     return len(parts) == 6 and parts[1] == "compat" and parts[4] == "etc"
 
 
-def _symlink_problems(info: tarfile.TarInfo, parts: list[str], ctx: CheckContext) -> list[str]:
+def _symlink_problems(info: tarfile.TarInfo, parts: Sequence[str], ctx: CheckContext) -> list[str]:
     target = info.linkname
     if not target:
         return ["symlink has an empty target"]
@@ -219,7 +223,7 @@ def length_problems(what: str, text: str) -> list[str]:
     problems = []
     if len(raw) >= PATH_MAX:
         problems.append(f"{what} is {len(raw)} bytes long; paths are limited to {PATH_MAX - 1} (PATH_MAX)")
-    longest = max((len(c) for c in raw.split(b"/")), default=0)
+    longest = max(map(len, raw.split(b"/")))
     if longest > NAME_MAX:
         problems.append(
             f"{what} has a {longest}-byte component; names are limited to {NAME_MAX} bytes (NAME_MAX)"

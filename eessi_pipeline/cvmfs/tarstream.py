@@ -225,6 +225,26 @@ class _Reader:
         self.pos += len(out)
         return out
 
+    def read_parts(self, size: int) -> list[bytes]:
+        """The next ``size`` bytes (fewer at the end) in the pieces they arrived in: a whole block is
+        handed on as it is, not copied into one large string."""
+        parts = []
+        need = size
+        while need > 0:
+            avail = len(self._buf) - self._at
+            if not avail:
+                self._buf, self._at = b"", 0
+                if not self._fill():
+                    break
+                continue
+            take = min(need, avail)
+            whole = self._at == 0 and take == len(self._buf)
+            parts.append(self._buf if whole else self._buf[self._at : self._at + take])
+            self._at += take
+            need -= take
+        self.pos += size - need
+        return parts
+
     def skip(self, size: int) -> int:
         done = 0
         while done < size:
@@ -409,6 +429,20 @@ class TarballStream:
         self._data_left -= n
         self._data_at += n
         return out
+
+    def read_data_parts(self) -> list[bytes]:
+        """All that is left of the current member's data, in pieces (see :meth:`_Reader.read_parts`)."""
+        n = self._data_left
+        if n <= 0:
+            return []
+        if self.reader.pos != self._data_at:
+            raise StreamError("internal: member data read out of order")
+        parts = self.reader.read_parts(n)
+        if sum(map(len, parts)) != n:
+            raise StreamError("unexpected end of data inside a member: the tarball is truncated")
+        self._data_left = 0
+        self._data_at += n
+        return parts
 
     def finish(self) -> list[StreamProblem]:
         """Read to the end of the file (checking gzip CRCs, hashing every byte); the trailer's problems."""

@@ -93,6 +93,8 @@ class Transaction:
     restructured: set[str] = field(default_factory=set)  # catalogs whose set of nested catalogs changed
     new_dirs: set[str] = field(default_factory=set)
     published: bool = False  # the manifest of this transaction is in place
+    # catalog_for's answers by path; forgotten whenever a nested catalog is made or removed
+    _catalog_of: dict[str, CatalogDoc] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.objects_at_start = self.repo.store.new_objects
@@ -124,13 +126,28 @@ class Transaction:
         return self.docs[""]
 
     def catalog_for(self, path: str) -> CatalogDoc:
-        """The catalog that holds ``path`` (for a mountpoint: the nested catalog itself)."""
-        doc = self.root_doc()
-        while True:
-            child = next((mp for mp in doc.nested if _within(path, mp)), None)
-            if child is None:
-                return doc
-            doc = self.docs.get(child) or self._load(child, doc.nested[child][0])
+        """The catalog that holds ``path`` (for a mountpoint: the nested catalog itself).
+
+        A path lies in its parent directory's catalog unless it is a mountpoint listed there; the
+        answer for each directory is remembered, so that a tarball's thousands of entries in one
+        directory cost one lookup each, however many nested catalogs the repository has.
+        """
+        cache = self._catalog_of
+        doc = cache.get(path)
+        if doc is not None:
+            return doc
+        unknown: list[str] = []  # path and its ancestors without an answer yet, deepest first
+        p = path
+        while p and p not in cache:
+            unknown.append(p)
+            p = parent_path(p)
+        doc = cache.get(p) or self.root_doc()
+        cache[p] = doc
+        for q in reversed(unknown):
+            if q in doc.nested:
+                doc = self.docs.get(q) or self._load(q, doc.nested[q][0])
+            cache[q] = doc
+        return doc
 
     def get(self, path: str) -> Node | None:
         return self.catalog_for(path).entries.get(path)
@@ -194,6 +211,7 @@ class Transaction:
                     f"cannot delete {path}: no such path in the repository; nothing was changed"
                 )
             return
+        self._catalog_of.clear()
         if doc.root == path:  # a nested catalog's mountpoint: drop the whole catalog
             parent = self.catalog_for(parent_path(path))
             parent.nested.pop(path, None)
@@ -209,6 +227,7 @@ class Transaction:
                 self.restructured.add(doc.root)
                 self._forget_docs_under(mp)
             self._touch(doc)
+        self._catalog_of.clear()  # nested catalogs below path are gone
         self.paths_deleted += 1
 
     def _forget_docs_under(self, path: str) -> None:
@@ -226,6 +245,7 @@ class Transaction:
         if node is None or not node.is_dir:
             raise RepositoryError(f"cannot make a nested catalog at {path}: it is not a directory")
         child = CatalogDoc(root=path)
+        self._catalog_of.clear()
         for p in [p for p in parent.entries if _within(p, path)]:
             child.entries[p] = parent.entries[p] if p != path else dataclasses.replace(node)
             if p != path:
@@ -313,7 +333,10 @@ class Transaction:
         store = self.repo.store
         paths = self.repo.paths
         ts = int(self.now.timestamp())
-        # A changed catalog changes its hash, so every catalog above it changes too.
+        # A changed catalog changes its hash, so every catalog above it changes too; the root catalog
+        # is rewritten even when nothing changed (a new revision, as an empty cvmfs_server publish).
+        self.root_doc()
+        self.dirty.add("")
         for root in list(self.dirty):
             r = root
             while r:
