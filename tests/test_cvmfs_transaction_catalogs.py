@@ -5,6 +5,7 @@ files added, nested catalogs made, paths and whole nested catalogs removed), als
 
 from __future__ import annotations
 
+import contextlib
 import stat
 from pathlib import Path
 
@@ -57,10 +58,8 @@ def _apply(repo: Repository, txn: Transaction, op: str, path: str) -> Transactio
         if txn.get(path) is None and txn.get(path.rsplit("/", 1)[0] or "/") is not None:
             txn.put(path + "/x", _file(path + "/x"))
     elif op == "nest":
-        try:
+        with contextlib.suppress(RepositoryError):  # not a directory (yet)
             txn.make_nested(path)
-        except RepositoryError:
-            pass  # not a directory (yet)
     elif op == "remove":
         if txn.get(path) is not None:
             txn.remove(path)

@@ -93,6 +93,8 @@ class StreamResult:
 def pack_xattrs(tarball: Path, member: tarfile.TarInfo) -> bytes | None:
     """A member's extended attributes (pax ``SCHILY.xattr.*``) in cvmfs's catalog blob: version 1,
     count, then per attribute a key length, a value length, key and value (one byte each for the lengths)."""
+    if not member.pax_headers:
+        return None
     attrs = sorted(
         (k[len(XATTR_PREFIX) :].encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
         for k, v in member.pax_headers.items()
@@ -247,8 +249,8 @@ class _Pipeline:
                 end = start + cut
                 if end - start == len(data):
                     f.whole = self._submit(functools.partial(store.put, data), len(data))
-                else:
-                    job = functools.partial(store.put, data[start:end], SUFFIX_PARTIAL)
+                else:  # a view: the chunk is not copied out of the file
+                    job = functools.partial(store.put, view[start:end], SUFFIX_PARTIAL)
                     f.chunks.append((start, end - start, self._submit(job, end - start)))
                 start = end
         else:

@@ -34,7 +34,7 @@ from .common import CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, SUFFIX_PARTIAL, object_path
 ZLIB_LEVEL = 6  # zlib's Z_DEFAULT_COMPRESSION, what cvmfs uses
 
 
-def compress(data: bytes) -> bytes:
+def compress(data: bytes | memoryview) -> bytes:
     return zlib.compress(data, ZLIB_LEVEL)
 
 
@@ -231,6 +231,13 @@ def _removed_on_failure(tmp: str) -> Iterator[None]:
         raise
 
 
+def _link_open_file(fd: int, dest: str) -> None:
+    """Give the open file ``fd`` the name ``dest``: ``linkat`` of ``/proc/self/fd/<fd>`` following
+    that link.  (``os.link`` calls plain ``link``, which does not follow it, unless a directory fd is
+    given: ``fd`` itself serves, the kernel ignores it for an absolute path.)"""
+    os.link(f"/proc/self/fd/{fd}", dest, src_dir_fd=fd, follow_symlinks=True)
+
+
 class ObjectStore:
     """The ``data/`` tree of one repository directory."""
 
@@ -243,6 +250,7 @@ class ObjectStore:
         self.chunk_sizes = (CHUNK_MIN, CHUNK_AVG, CHUNK_MAX)  # min, average, max
         self.new_objects = 0  # objects this store instance added (not already present)
         self._count_lock = threading.Lock()
+        self._unnamed: bool | None = None  # O_TMPFILE + linkat work here (probed on first write)
 
     @property
     def txn_dir(self) -> Path:
@@ -262,12 +270,19 @@ class ObjectStore:
     def put_compressed(self, compressed: bytes, suffix: str = "") -> str:
         """Store one compressed object under its SHA-1 (nothing is written when it exists).
 
-        The bytes go to a file in ``data/txn`` named after the object and the writing thread, then
-        are renamed into place: a reader, or a crash, never leaves half an object under its name.
+        The object gets its name only once all its bytes are written, so a reader, or a crash, never
+        meets half an object under its name: an unnamed file linked into place where the system
+        allows it (:meth:`_put_unnamed`), else a file in ``data/txn`` named after the object and the
+        writing thread, then renamed.
         """
         h = content_hash(compressed)
         dest = f"{self._root}/data/{h[:2]}/{h[2:]}{suffix}"
         if os.path.exists(dest):
+            return h
+        if self._unnamed is None:
+            self._unnamed = self._probe_unnamed()
+        if self._unnamed:
+            self._put_unnamed(compressed, f"{self._root}/data/{h[:2]}", dest)
             return h
         tmp = f"{self._root}/data/txn/{h}{suffix}.{os.getpid()}.{threading.get_ident()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -283,6 +298,43 @@ class ObjectStore:
             os.replace(tmp, dest)
         self._count_new(dest)
         return h
+
+    def _put_unnamed(self, compressed: bytes, directory: str, dest: str) -> bool:
+        """Write ``compressed`` as a file without a name in ``directory`` (``O_TMPFILE``), then give it
+        the name ``dest`` (``linkat``): one directory entry per object instead of a temporary name
+        and a rename, and nothing left behind by a crash.  False when ``dest`` appeared meanwhile
+        (another worker stored the same bytes)."""
+        fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY, 0o644)
+        try:
+            if self._fix_mode:
+                os.fchmod(fd, 0o644)  # objects are world-readable whatever the umask
+            view = memoryview(compressed)
+            while view:
+                view = view[os.write(fd, view) :]
+            try:
+                _link_open_file(fd, dest)
+            except FileExistsError:
+                return False
+        finally:
+            os.close(fd)
+        self._count_new(dest)
+        return True
+
+    def _probe_unnamed(self) -> bool:
+        """Whether this file system and /proc let :meth:`_put_unnamed` work (else: temporary names)."""
+        if not hasattr(os, "O_TMPFILE"):
+            return False
+        probe = f"{self._root}/data/txn/probe.{os.getpid()}.{threading.get_ident()}"
+        try:
+            fd = os.open(f"{self._root}/data/txn", os.O_TMPFILE | os.O_WRONLY, 0o644)
+            try:
+                _link_open_file(fd, probe)
+            finally:
+                os.close(fd)
+            os.unlink(probe)
+        except OSError:
+            return False
+        return True
 
     def _count_new(self, dest: str) -> None:
         """One more object written by this store (and remembered, when a refused ingest may remove it)."""
@@ -343,7 +395,7 @@ class ObjectStore:
             self.new_objects -= len(created)
         return len(created)
 
-    def put(self, data: bytes, suffix: str = "") -> str:
+    def put(self, data: bytes | memoryview, suffix: str = "") -> str:
         return self.put_compressed(compress(data), suffix)
 
     def get(self, hex_hash: str, suffix: str = "") -> bytes:

@@ -246,7 +246,8 @@ class Transaction:
             raise RepositoryError(f"cannot make a nested catalog at {path}: it is not a directory")
         child = CatalogDoc(root=path)
         self._catalog_of.clear()
-        for p in [p for p in parent.entries if _within(p, path)]:
+        below = path + "/"
+        for p in [p for p in parent.entries if p == path or p.startswith(below)]:
             child.entries[p] = parent.entries[p] if p != path else dataclasses.replace(node)
             if p != path:
                 del parent.entries[p]
