@@ -288,16 +288,19 @@ class ObjectStore:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         with _removed_on_failure(tmp):
             try:
-                if self._fix_mode:
-                    os.fchmod(fd, 0o644)  # objects are world-readable whatever the umask
-                view = memoryview(compressed)
-                while view:
-                    view = view[os.write(fd, view) :]
+                self._write_object(fd, compressed)
             finally:
                 os.close(fd)
             os.replace(tmp, dest)
         self._count_new(dest)
         return h
+
+    def _write_object(self, fd: int, compressed: bytes) -> None:
+        if self._fix_mode:
+            os.fchmod(fd, 0o644)  # objects are world-readable whatever the umask
+        view = memoryview(compressed)
+        while view:
+            view = view[os.write(fd, view) :]
 
     def _put_unnamed(self, compressed: bytes, directory: str, dest: str) -> bool:
         """Write ``compressed`` as a file without a name in ``directory`` (``O_TMPFILE``), then give it
@@ -306,11 +309,7 @@ class ObjectStore:
         (another worker stored the same bytes)."""
         fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY, 0o644)
         try:
-            if self._fix_mode:
-                os.fchmod(fd, 0o644)  # objects are world-readable whatever the umask
-            view = memoryview(compressed)
-            while view:
-                view = view[os.write(fd, view) :]
+            self._write_object(fd, compressed)
             try:
                 _link_open_file(fd, dest)
             except FileExistsError:
