@@ -199,7 +199,8 @@ class _Scanner:
             if not reasons:
                 self.files.add(key)
                 self.catalog = self.catalog or parts[-1] == CATALOG_MARKER
-        self.problems.extend(Problem(info.name, r) for r in reasons)
+        if reasons:
+            self.problems.extend(Problem(info.name, r) for r in reasons)
 
     def note(self, problem: Problem) -> None:
         self.problems.append(problem)

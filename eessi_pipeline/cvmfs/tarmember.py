@@ -309,7 +309,7 @@ def check_member(
     that had no problem, the only allowed hard-link targets."""
     problems = basic_member_problems(info, earlier_files)
     parts = _components(info.name)
-    if parts and ".." not in info.name.split("/") and not info.name.startswith("/"):
+    if parts and ".." not in parts and not info.name.startswith("/"):
         problems.extend(_layout_problems(info, parts, ctx))
     if info.issym() and info.linkname:
         problems.extend(p for p in _symlink_problems(info, parts, ctx) if p not in problems)
