@@ -124,15 +124,19 @@ def load_certificate_der(path: Path) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
+def _damaged(path: Path) -> RepositoryError:
+    return RepositoryError(
+        f"{path}: the key makes signatures its own public key does not accept: it is damaged; "
+        "restore it from your backup"
+    )
+
+
 def _checked(key: rsa.RSAPrivateKey, path: Path, signature: bytes, message: bytes) -> bytes:
     """``signature``, once it verifies with the key's public part (a damaged key signs wrongly)."""
     try:
         key.public_key().verify(signature, message, padding.PKCS1v15(), hashes.SHA1())
     except InvalidSignature:
-        raise RepositoryError(
-            f"{path}: the key makes signatures its own public key does not accept: it is damaged; "
-            "restore it from your backup"
-        ) from None
+        raise _damaged(path) from None
     return signature
 
 
@@ -154,8 +158,5 @@ def sign_raw_pkcs1(key_path: Path, message: bytes) -> bytes:
     em = b"\x00\x01" + b"\xff" * (k - 3 - len(message)) + b"\x00" + message
     sig = pow(int.from_bytes(em, "big"), numbers.d, n)
     if pow(sig, numbers.public_numbers.e, n) != int.from_bytes(em, "big"):  # see _load_private
-        raise RepositoryError(
-            f"{key_path}: the key makes signatures its own public key does not accept: it is damaged; "
-            "restore it from your backup"
-        )
+        raise _damaged(key_path)
     return sig.to_bytes(k, "big")
