@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from cvmfs_helpers import make_tarball, reference_dir, software_tarball
+from hypothesis import given
+from hypothesis import strategies as st
 
 from eessi_pipeline.cvmfs.catalog import CatalogDoc, read_catalog
 from eessi_pipeline.cvmfs.history import read_tags
@@ -377,6 +379,28 @@ def test_dirtab_match_is_component_wise(pattern: str, path: str, expected: bool)
     from eessi_pipeline.cvmfs.repository import dirtab_match
 
     assert dirtab_match(pattern, path) is expected
+
+
+_COMPONENT = st.text(st.sampled_from("ab.*?[]!-"), max_size=4)
+
+
+@given(
+    st.lists(_COMPONENT, min_size=1, max_size=4),
+    st.lists(st.text(st.sampled_from("ab.-[]"), max_size=3), max_size=4),
+)
+def test_dirtab_match_is_fnmatch_per_component(pattern: list[str], path: list[str]) -> None:
+    """The compiled matcher answers what :func:`fnmatch.fnmatchcase` answers component by component."""
+    import fnmatch
+
+    from eessi_pipeline.cvmfs.repository import dirtab_match
+
+    pat, where = "/" + "/".join(pattern), "/" + "/".join(path)
+    want = pat.rstrip("/").split("/")
+    have = where.split("/")
+    expected = len(want) == len(have) and all(
+        fnmatch.fnmatchcase(h, w) for h, w in zip(have, want, strict=False)
+    )
+    assert dirtab_match(pat, where) is expected
 
 
 def test_ingest_zstd_tarball(repo: Repository, tmp_path: Path) -> None:

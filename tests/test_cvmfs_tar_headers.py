@@ -12,13 +12,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eessi_pipeline.cvmfs.tarstream import TarballStream, _Header
+from eessi_pipeline.cvmfs.tarstream import TarballStream, _byte_sum, _Header
 
 ENC, ERR = "utf-8", "surrogateescape"
 FIELDS = [s for s in tarfile.TarInfo.__slots__ if s not in ("tarfile", "_sparse_structs", "_link_target")]
 TYPES = [
     tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE,
     tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE, tarfile.CONTTYPE, b"V", b"Z",
+    tarfile.XHDTYPE, tarfile.XGLTYPE,
 ]  # fmt: skip
 FORMATS = [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT]
 
@@ -92,6 +93,11 @@ def test_headers_with_odd_number_fields_read_alike(buf: bytes, span: tuple[int, 
     fixed = block[:148] + b" " * 8 + block[156:]
     chk = f"{sum(fixed):06o}\0 ".encode()
     _same(fixed[:148] + chk + fixed[156:])
+
+
+@given(st.binary(min_size=512, max_size=512) | st.sampled_from([b"\xff" * 512, b"\0" * 512]))
+def test_byte_sum_is_the_sum_of_the_bytes(block: bytes) -> None:
+    assert _byte_sum(block) == sum(block)
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import fnmatch
+import functools
 import hashlib
 import json
 import logging
+import re
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -64,11 +66,26 @@ class PublishResult:
     sha256: str = ""  # of the tarball's bytes as ingested (empty for a publish without a tarball)
 
 
+@functools.lru_cache(maxsize=1024)
+def _dirtab_components(pattern: str) -> tuple[str | re.Pattern[str], ...]:
+    """A ``.cvmfsdirtab`` line as one matcher per path component: the text itself where it has no
+    wildcard, else its compiled shell pattern (what :func:`fnmatch.fnmatchcase` compiles)."""
+    return tuple(
+        re.compile(fnmatch.translate(c)) if any(w in c for w in "*?[") else c
+        for c in pattern.strip().rstrip("/").split("/")
+    )
+
+
 def dirtab_match(pattern: str, path: str) -> bool:
     """Component-wise shell-wildcard match of a ``.cvmfsdirtab`` line against a repository path."""
-    want = pattern.strip().rstrip("/").split("/")
+    want = _dirtab_components(pattern)
     have = path.split("/")
-    return len(want) == len(have) and all(fnmatch.fnmatchcase(h, w) for h, w in zip(have, want, strict=True))
+    if len(want) != len(have):
+        return False
+    for h, w in zip(have, want, strict=True):
+        if h != w if isinstance(w, str) else w.match(h) is None:
+            return False
+    return True
 
 
 def _within(path: str, root: str) -> bool:
@@ -298,7 +315,9 @@ class Transaction:
         include = [p.strip() for p in patterns if p.strip() and not p.strip().startswith(("#", "!"))]
         exclude = [p.strip()[1:] for p in patterns if p.strip().startswith("!")]
         made = []
-        for path in sorted(self.new_dirs, key=lambda p: (p.count("/"), p)):
+        depths = {len(_dirtab_components(p)) for p in include}  # a path of another depth matches none
+        candidates = [p for p in self.new_dirs if p.count("/") + 1 in depths]
+        for path in sorted(candidates, key=lambda p: (p.count("/"), p)):
             node = self.get(path)
             if node is None or not node.is_dir:
                 continue
