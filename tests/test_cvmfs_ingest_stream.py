@@ -330,9 +330,14 @@ def test_large_files_stream_into_chunks_or_one_streamed_object(
     assert cat(repo, f"/versions/{P}/mid.bin") == mid
     with open_repository(repo.paths.root, repo.paths.keys.master_public.read_bytes()) as reader:
         entry = reader.lookup(f"/versions/{P}/mid.bin")
-    assert entry is not None
+        big = reader.lookup(f"/versions/{P}/chunked.bin")
+    assert entry is not None and big is not None
     ends = [c.offset + c.size for c in entry.chunks]
     assert ends == chunk_boundaries(mid, 64 * 1024, 128 * 1024, 256 * 1024) == [86958, 204381, 250000]
+    # cut while it streamed in 1 MiB reads, held as pieces: the whole-file rule's cuts all the same
+    assert [c.offset + c.size for c in big.chunks] == chunk_boundaries(
+        blob, 64 * 1024, 128 * 1024, 256 * 1024
+    )
     (tmp_path / "2").mkdir()
     repo.ingest(
         software_tarball(tmp_path / "2", "2023.06", "x86_64/generic", {"whole.bin": blob}), chunking=False

@@ -6,8 +6,9 @@ judged as it arrives — always by :func:`.tarcheck.basic_member_problems`, and 
 :class:`.tarcheck.CheckContext` by every EESSI rule of :mod:`.tarcheck` too — and its data flows
 to a thread pool that compresses (zlib), hashes (SHA-1) and writes objects; zlib, hashlib and file
 writes release the GIL, so the pool uses every core while this thread parses the next header.
-Small files travel in batches; large files are cut into chunks while they are read
-(:func:`.objects.first_cut`).  Finished results become catalog entries in archive order.
+Small files travel in batches (to worker processes, see :mod:`.objpool`); large files are cut into
+chunks while they are read (:func:`.objects.first_cut_in`, over the pieces as they arrived: never
+joined).  Finished results become catalog entries in archive order.
 
 Memory is bounded by constants, not by the tarball: :data:`IN_FLIGHT_BYTES` (or
 :data:`IN_FLIGHT_PER_WORKER` per worker, if more) of member data handed to workers and not yet
@@ -37,7 +38,7 @@ from typing import TYPE_CHECKING
 from ..errors import RepositoryError, TarballRejected
 from .catalog import DIR_SIZE, Node
 from .common import SUFFIX_PARTIAL, parent_path
-from .objects import Chunk, ObjectStore, StoredFile, first_cut
+from .objects import Chunk, ObjectStore, Pieces, StoredFile, first_cut_in
 from .objpool import BatchPool
 from .tarcheck import (
     CATALOG_MARKER,
@@ -224,7 +225,7 @@ class _Pipeline:
         self.waiting.append(f)
         self.files += 1
         self.bytes += info.size
-        lo, avg, hi = self.store.chunk_sizes
+        lo = self.store.chunk_sizes[0]
         store = self.store
         if info.size <= SMALL_FILE:
             data = _read_all(stream, info.size)
@@ -236,46 +237,40 @@ class _Pipeline:
         elif not self.chunking or info.size <= lo:
             if info.size <= WHOLE_MAX:  # one job, fed to zlib piece by piece: never joined
                 parts = stream.read_data_parts()
-                f.whole = self._submit(functools.partial(store.put_stream, parts), info.size)
+                f.whole = self._submit(functools.partial(store.put_pieces, parts), info.size)
             else:
                 f.hash = store.put_stream(iter(lambda: stream.read_data(BLOCK), b""))
-        elif info.size <= hi:  # held whole anyway before its first cut: read it at once
-            data = _read_all(stream, info.size)
-            view = memoryview(data)
-            start = 0
-            while start < len(data):  # each search stops at its cut: every byte is scanned once at most
-                cut = first_cut(view[start:], lo, avg, hi, True)
-                assert cut is not None  # never with final=True
-                end = start + cut
-                if end - start == len(data):
-                    f.whole = self._submit(functools.partial(store.put, data), len(data))
-                else:  # a view: the chunk is not copied out of the file
-                    job = functools.partial(store.put, view[start:end], SUFFIX_PARTIAL)
-                    f.chunks.append((start, end - start, self._submit(job, end - start)))
-                start = end
         else:
-            buf = bytearray()
-            offset = 0
-            while True:
-                buf += stream.read_data(BLOCK)
-                final = stream.data_left == 0
-                while (cut := first_cut(buf, lo, avg, hi, final)) is not None:
-                    if final and cut >= len(buf):
-                        piece = bytes(buf)
-                        if not f.chunks:
-                            f.whole = self._submit(functools.partial(store.put, piece), len(piece))
-                        elif piece:
-                            job = functools.partial(store.put, piece, SUFFIX_PARTIAL)
-                            f.chunks.append((offset, len(piece), self._submit(job, len(piece))))
-                        break
-                    piece = bytes(buf[:cut])
-                    del buf[:cut]
-                    fut = self._submit(functools.partial(store.put, piece, SUFFIX_PARTIAL), len(piece))
-                    f.chunks.append((offset, len(piece), fut))
-                    offset += len(piece)
-                if final:
-                    break
+            self._add_chunked(f, stream)
         return f
+
+    def _add_chunked(self, f: _File, stream: TarballStream) -> None:
+        """Cut a file above the chunk minimum while it is read: its pieces are searched for cuts
+        where they lie, and each chunk goes to a worker as views of them (no copy).  A file up to the
+        chunk maximum is read at once (its first cut needs all of it anyway); a larger one a block at
+        a time, holding about one chunk."""
+        lo, avg, hi = self.store.chunk_sizes
+        pieces = Pieces()
+        begin = 0
+        while True:
+            for part in stream.read_data_parts(None if f.size <= hi else BLOCK):
+                pieces.append(part)
+            final = stream.data_left == 0
+            while (cut := first_cut_in(pieces, begin, lo, avg, hi, final)) is not None:
+                end = begin + cut
+                last = final and end >= len(pieces)
+                views = pieces.views(begin, end)
+                if last and not f.chunks:
+                    f.whole = self._submit(functools.partial(self.store.put_pieces, views), end)
+                elif end > begin:
+                    job = functools.partial(self.store.put_pieces, views, SUFFIX_PARTIAL)
+                    f.chunks.append((begin, end - begin, self._submit(job, end - begin)))
+                begin = end
+                if last:
+                    break
+            pieces.drop_before(begin)
+            if final:
+                return
 
     def add_link(self, path: str, info: tarfile.TarInfo, source: _File) -> None:
         self.waiting.append(_File(path, info, source.size, source=source))

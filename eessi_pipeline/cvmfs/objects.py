@@ -211,6 +211,94 @@ def first_cut(
 _CUT_BLOCK = 256 * 1024
 
 
+class Pieces:
+    """A file's bytes as the pieces they were read in, never joined: cuts are searched across them
+    and chunks handed on as views.  Offsets count from the file's start; :meth:`drop_before` forgets
+    the pieces wholly before an offset (a file read while it is cut holds about one chunk)."""
+
+    def __init__(self, parts: Iterable[bytes] = ()) -> None:
+        self._parts: list[memoryview] = []
+        self._starts: list[int] = []  # offset of each piece
+        self._first = 0  # pieces dropped so far (their offsets stay counted)
+        self.size = 0
+        for part in parts:
+            self.append(part)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def append(self, part: bytes | memoryview) -> None:
+        if len(part):
+            self._parts.append(memoryview(part).cast("B"))
+            self._starts.append(self.size)
+            self.size += len(part)
+
+    def _index(self, pos: int) -> int:
+        """The piece holding offset ``pos`` (which must be held)."""
+        return bisect.bisect_right(self._starts, pos, self._first) - 1
+
+    def views(self, a: int, b: int) -> list[memoryview]:
+        """Views covering ``[a, b)``, in order (nothing copied)."""
+        out = []
+        i = self._index(a)
+        while a < b:
+            start = self._starts[i]
+            part = self._parts[i]
+            stop = min(b, start + len(part))
+            out.append(part[a - start : stop - start])
+            a = stop
+            i += 1
+        return out
+
+    def contiguous(self, a: int, b: int) -> bytes | memoryview:
+        """``[a, b)`` as one buffer: a view inside one piece, else a copy of just that range."""
+        views = self.views(a, b)
+        return views[0] if len(views) == 1 else b"".join(views)
+
+    def piece_span(self, pos: int) -> tuple[int, int]:
+        """Start and end offset of the piece holding ``pos``."""
+        i = self._index(pos)
+        return self._starts[i], self._starts[i] + len(self._parts[i])
+
+    def drop_before(self, pos: int) -> None:
+        parts, i = self._parts, self._first
+        while i < len(parts) and self._starts[i] + len(parts[i]) <= pos:
+            parts[i] = memoryview(b"")  # released; its start stays for the offsets after it
+            i += 1
+        self._first = i
+
+
+def first_cut_in(
+    pieces: Pieces, begin: int, minimum: int, average: int, maximum: int, final: bool
+) -> int | None:
+    """:func:`first_cut` of the bytes of ``pieces`` from offset ``begin`` on, without joining them:
+    each search window lies inside one piece (a window that would need the end of the piece before
+    for its 31 bytes of history is kept short and copied)."""
+    n = len(pieces) - begin
+    if not final and n <= maximum:
+        return None
+    if n <= minimum:
+        return n
+    limit = min(maximum, n)
+    if np is None or minimum < 32 or maximum < minimum or average < 2:
+        return first_cut(pieces.contiguous(begin, begin + limit), minimum, average, maximum, True)
+    threshold = 0xFFFFFFFF // average
+    start = minimum - 1  # relative to begin; the rule looks 31 bytes back from each position
+    while start < limit:
+        at = begin + start
+        piece_start, piece_end = pieces.piece_span(at)
+        if at - 31 < piece_start:  # history in the piece before: a short window, copied
+            stop = min(limit, start + 4096)
+        else:
+            stop = min(limit, start + _CUT_BLOCK, piece_end - begin)
+        window = pieces.contiguous(at - 31, begin + stop)
+        hits = _xor32_candidates(window, threshold, 31)
+        if hits:
+            return start - 31 + hits[0] + 1
+        start = stop
+    return limit
+
+
 def _umask() -> int:
     """The process's umask, read without changing it (Linux); 0o777 when it cannot be read."""
     with contextlib.suppress(OSError, ValueError):
@@ -396,6 +484,14 @@ class ObjectStore:
 
     def put(self, data: bytes | memoryview, suffix: str = "") -> str:
         return self.put_compressed(compress(data), suffix)
+
+    def put_pieces(self, pieces: Iterable[bytes | memoryview], suffix: str = "") -> str:
+        """:meth:`put` of the joined ``pieces``, which are fed to zlib one by one instead (zlib's
+        output does not depend on how its input is split: a test holds it)."""
+        comp = zlib.compressobj(ZLIB_LEVEL)
+        out = [comp.compress(p) for p in pieces]
+        out.append(comp.flush())
+        return self.put_compressed(out[0] if len(out) == 1 else b"".join(out), suffix)
 
     def get(self, hex_hash: str, suffix: str = "") -> bytes:
         p = self.path(hex_hash, suffix)

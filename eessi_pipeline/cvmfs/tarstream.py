@@ -442,9 +442,10 @@ class TarballStream:
         self._data_at += n
         return out
 
-    def read_data_parts(self) -> list[bytes]:
-        """All that is left of the current member's data, in pieces (see :meth:`_Reader.read_parts`)."""
-        n = self._data_left
+    def read_data_parts(self, size: int | None = None) -> list[bytes]:
+        """The next ``size`` bytes (default: all that is left) of the current member's data, in
+        pieces (see :meth:`_Reader.read_parts`)."""
+        n = self._data_left if size is None else min(size, self._data_left)
         if n <= 0:
             return []
         if self.reader.pos != self._data_at:
@@ -452,7 +453,7 @@ class TarballStream:
         parts = self.reader.read_parts(n)
         if sum(map(len, parts)) != n:
             raise StreamError("unexpected end of data inside a member: the tarball is truncated")
-        self._data_left = 0
+        self._data_left -= n
         self._data_at += n
         return parts
 
