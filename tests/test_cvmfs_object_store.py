@@ -65,6 +65,31 @@ def test_a_writer_that_loses_the_race_neither_counts_nor_replaces(tmp_path: Path
     dest = s.path(h)
     dest.write_bytes(compressed)  # the other writer's object, named between our check and our link
     before = dest.stat().st_ino
-    assert s._put_unnamed(compressed, str(dest.parent), str(dest)) is False
+
+    def write(fd: int) -> str:
+        os.write(fd, compressed)
+        return h
+
+    assert s._new_object(str(dest.parent), write, "") == h
     assert s.new_objects == 0 and dest.stat().st_ino == before
     assert list(s.txn_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("how", ["unnamed", "renamed"])
+def test_a_streamed_object_is_the_object_of_the_joined_pieces(how: str, tmp_path: Path) -> None:
+    """put_stream (a file too large to hold) names its object only when complete, like every other
+    object: the same file put makes of the joined bytes, world-readable, nothing left in data/txn,
+    and a second stream of the same bytes neither replaces nor counts it."""
+    old = os.umask(0o077)
+    try:
+        store = _store(tmp_path / "repo", how)
+        pieces = [os.urandom(1000), b"\0" * 70_000, b"tail"]
+        h = store.put_stream(iter(pieces), "P")
+        ino = store.path(h, "P").stat().st_ino
+        assert store.put_stream(iter(pieces), "P") == h
+    finally:
+        os.umask(old)
+    assert store.new_objects == 1 and store.path(h, "P").stat().st_ino == ino
+    assert store.path(h, "P").read_bytes() == zlib.compress(b"".join(pieces), 6)
+    assert stat.S_IMODE(store.path(h, "P").stat().st_mode) == 0o644
+    assert list(store.txn_dir.iterdir()) == []

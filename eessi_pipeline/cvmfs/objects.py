@@ -1,10 +1,10 @@
 """Content-addressed storage: zlib-compressed objects named by the SHA-1 of the compressed bytes.
 
-Objects live at ``data/XX/<rest><suffix>``.  Writes go to ``data/txn`` first and
-are renamed into place, so a reader never sees half an object.  Files above the
-chunking minimum are cut with cvmfs's xor32 rolling checksum and stored as ``P``
-objects.  Compression and hashing run in a thread pool (zlib and hashlib
-release the GIL on large buffers), so all cores work.
+Objects live at ``data/XX/<rest><suffix>``.  An object gets its name only once it is complete
+(an unnamed file linked into place, or a temporary one renamed), so a reader never sees half an
+object.  Files above the chunking minimum are cut with cvmfs's xor32 rolling checksum and stored
+as ``P`` objects.  Compression and hashing run in a thread pool (zlib and hashlib release the GIL
+on large buffers), so all cores work.
 """
 
 from __future__ import annotations
@@ -326,6 +326,12 @@ def _link_open_file(fd: int, dest: str) -> None:
     os.link(f"/proc/self/fd/{fd}", dest, src_dir_fd=fd, follow_symlinks=True)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 class ObjectStore:
     """The ``data/`` tree of one repository directory."""
 
@@ -356,59 +362,63 @@ class ObjectStore:
         return self.path(hex_hash, suffix).exists()
 
     def put_compressed(self, compressed: bytes, suffix: str = "") -> str:
-        """Store one compressed object under its SHA-1 (nothing is written when it exists).
-
-        The object gets its name only once all its bytes are written, so a reader, or a crash, never
-        meets half an object under its name: an unnamed file linked into place where the system
-        allows it (:meth:`_put_unnamed`), else a file in ``data/txn`` named after the object and the
-        writing thread, then renamed.
-        """
+        """Store one compressed object under its SHA-1 (nothing is written when it exists)."""
         h = content_hash(compressed)
-        dest = f"{self._root}/data/{h[:2]}/{h[2:]}{suffix}"
-        if os.path.exists(dest):
+        if os.path.exists(self._dest(h, suffix)):
             return h
+
+        def write(fd: int) -> str:
+            _write_all(fd, compressed)
+            return h
+
+        return self._new_object(f"{self._root}/data/{h[:2]}", write, suffix)
+
+    def _dest(self, hex_hash: str, suffix: str) -> str:
+        return f"{self._root}/data/{hex_hash[:2]}/{hex_hash[2:]}{suffix}"
+
+    def _new_object(self, directory: str, write: Callable[[int], str], suffix: str) -> str:
+        """Write one object through ``write(fd)``, which returns its hash, and give the file its name
+        only once all its bytes are written, so that a reader, or a crash, never meets half an object
+        under its name.  Where the file system allows it the file is made without a name in
+        ``directory`` (``O_TMPFILE``) and linked into place (``linkat``): one directory entry per
+        object, nothing left behind by a crash; elsewhere it is written under a temporary name in
+        ``data/txn`` and renamed.  An object that exists already (another writer stored the same
+        bytes first) is neither replaced nor counted."""
         if self._unnamed is None:
             self._unnamed = self._probe_unnamed()
         if self._unnamed:
-            self._put_unnamed(compressed, f"{self._root}/data/{h[:2]}", dest)
-            return h
-        tmp = f"{self._root}/data/txn/{h}{suffix}.{os.getpid()}.{threading.get_ident()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        with _removed_on_failure(tmp):
+            fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY, 0o644)
             try:
-                self._write_object(fd, compressed)
+                if self._fix_mode:
+                    os.fchmod(fd, 0o644)  # objects are world-readable whatever the umask
+                h = write(fd)
+                dest = self._dest(h, suffix)
+                try:
+                    _link_open_file(fd, dest)
+                except FileExistsError:
+                    return h
             finally:
                 os.close(fd)
-            os.replace(tmp, dest)
+        else:
+            tmp = f"{self._root}/data/txn/new.{os.getpid()}.{threading.get_ident()}"
+            with _removed_on_failure(tmp):
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    if self._fix_mode:
+                        os.fchmod(fd, 0o644)
+                    h = write(fd)
+                finally:
+                    os.close(fd)
+                dest = self._dest(h, suffix)
+                if os.path.exists(dest):
+                    os.unlink(tmp)
+                    return h
+                os.replace(tmp, dest)
         self._count_new(dest)
         return h
 
-    def _write_object(self, fd: int, compressed: bytes) -> None:
-        if self._fix_mode:
-            os.fchmod(fd, 0o644)  # objects are world-readable whatever the umask
-        view = memoryview(compressed)
-        while view:
-            view = view[os.write(fd, view) :]
-
-    def _put_unnamed(self, compressed: bytes, directory: str, dest: str) -> bool:
-        """Write ``compressed`` as a file without a name in ``directory`` (``O_TMPFILE``), then give it
-        the name ``dest`` (``linkat``): one directory entry per object instead of a temporary name
-        and a rename, and nothing left behind by a crash.  False when ``dest`` appeared meanwhile
-        (another worker stored the same bytes)."""
-        fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY, 0o644)
-        try:
-            self._write_object(fd, compressed)
-            try:
-                _link_open_file(fd, dest)
-            except FileExistsError:
-                return False
-        finally:
-            os.close(fd)
-        self._count_new(dest)
-        return True
-
     def _probe_unnamed(self) -> bool:
-        """Whether this file system and /proc let :meth:`_put_unnamed` work (else: temporary names)."""
+        """Whether this file system and /proc let :meth:`_new_object` link unnamed files into place."""
         if not hasattr(os, "O_TMPFILE"):
             return False
         probe = f"{self._root}/data/txn/probe.{os.getpid()}.{threading.get_ident()}"
@@ -433,27 +443,20 @@ class ObjectStore:
     def put_stream(self, pieces: Iterable[bytes], suffix: str = "") -> str:
         """Store content that arrives in pieces (a file too large to hold), compressing and hashing
         as it is written; the same object :meth:`put` makes of the joined pieces."""
-        comp = zlib.compressobj(ZLIB_LEVEL)
-        sha = hashlib.sha1()
-        tmp = f"{self._root}/data/txn/stream.{os.getpid()}.{threading.get_ident()}"
-        with _removed_on_failure(tmp):
-            with open(tmp, "wb") as fh:
-                for piece in pieces:
-                    out = comp.compress(piece)
-                    sha.update(out)
-                    fh.write(out)
-                out = comp.flush()
+
+        def write(fd: int) -> str:
+            comp = zlib.compressobj(ZLIB_LEVEL)
+            sha = hashlib.sha1()
+            for piece in pieces:
+                out = comp.compress(piece)
                 sha.update(out)
-                fh.write(out)
-            h = sha.hexdigest()
-            dest = f"{self._root}/data/{h[:2]}/{h[2:]}{suffix}"
-            if os.path.exists(dest):
-                os.unlink(tmp)
-                return h
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
-        self._count_new(dest)
-        return h
+                _write_all(fd, out)
+            out = comp.flush()
+            sha.update(out)
+            _write_all(fd, out)
+            return sha.hexdigest()
+
+        return self._new_object(f"{self._root}/data/txn", write, suffix)
 
     def adopt(self, created: list[str]) -> None:
         """Count (and record, see :meth:`record_new`) objects another process created in this store."""
