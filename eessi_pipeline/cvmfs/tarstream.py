@@ -429,18 +429,9 @@ class TarballStream:
         return self._data_left
 
     def read_data(self, size: int = BLOCK) -> bytes:
-        """The next up to ``size`` bytes of the current member's data (b"" at its end)."""
-        n = min(size, self._data_left)
-        if n <= 0:
-            return b""
-        if self.reader.pos != self._data_at:
-            raise StreamError("internal: member data read out of order")
-        out = self.reader.read(n)
-        if len(out) != n:
-            raise StreamError("unexpected end of data inside a member: the tarball is truncated")
-        self._data_left -= n
-        self._data_at += n
-        return out
+        """The next up to ``size`` bytes of the current member's data (b"" at its end), in one piece
+        (:meth:`read_data_parts` joined; a read inside one block is not copied again)."""
+        return b"".join(self.read_data_parts(size))
 
     def read_data_parts(self, size: int | None = None) -> list[bytes]:
         """The next ``size`` bytes (default: all that is left) of the current member's data, in
